@@ -1,0 +1,199 @@
+"""The follower against a simulated chain with forks and an in-memory transactional sink."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.chainsim import HexCodec, SimChain, Watched, addr, transfer
+from tests.component.conftest import chain_config
+from tests.memsink import MemorySink
+from watcher.runtime.follower import ChainFollower, StepOutcome
+
+ALICE, BOB, STRANGER = addr(0xA11CE), addr(0xB0B), addr(0x5757)
+
+
+def follower(sim: SimChain, sink: MemorySink, **cfg: Any) -> ChainFollower:
+    watched = Watched(ALICE, BOB, labels={ALICE: "customer-1"})
+    return ChainFollower(chain_config(**cfg), sim, sink, watched, HexCodec(), "payments.deposits",
+                         clock=lambda: 1_800_000_000.0)
+
+
+async def drain(f: ChainFollower, limit: int = 100) -> StepOutcome:
+    outcome = StepOutcome.IDLE
+    for _ in range(limit):
+        outcome = await f.step()
+        if outcome is not StepOutcome.PROGRESS:
+            return outcome
+    raise AssertionError("follower never caught up")
+
+
+def kinds(sink: MemorySink) -> list[tuple[Any, ...]]:
+    return [(e["type"], e["deposit_id"], e["block_number"], e["confirmations"]) for e in sink.events()]
+
+
+async def test_pending_then_confirmed_with_contract_fields() -> None:
+    sim, sink = SimChain(), MemorySink()
+    f = follower(sim, sink)
+    await f.start()
+    sim.mine(transfer("0xt1", ALICE, 10**18), transfer("0xt2", STRANGER, 5))
+    assert await drain(f) is StepOutcome.CAUGHT_UP
+    sim.mine_empty(2)
+    await drain(f)
+    assert kinds(sink) == [("deposit.pending", "eth:0xt1:tx", 1, 1),
+                           ("deposit.confirmed", "eth:0xt1:tx", 1, 3)]
+    ev = sink.events()[1]
+    assert ev["amount"] == "1000000000000000000" and ev["decimals"] == 18
+    assert ev["label"] == "customer-1" and ev["required_confirmations"] == 3
+    assert ev["block_hash"] == sim.ref_at(1).hash and ev["schema_version"] == 1
+    assert sink.records[0].key == b"eth:0xt1:tx"
+
+
+async def test_reorg_reverts_pending_and_remined_tx_starts_new_lifecycle() -> None:
+    sim, sink = SimChain(), MemorySink()
+    f = follower(sim, sink)
+    await f.start()
+    sim.mine_empty(2)
+    sim.mine(transfer("0xt1", ALICE, 10**18))          # height 3
+    await drain(f)
+    old_hash = sim.ref_at(3).hash
+    sim.fork_at(3)
+    sim.mine_empty(1)                                  # new 3: empty
+    sim.mine(transfer("0xt1", ALICE, 10**18))          # re-mined at 4
+    await drain(f)
+    evs = sink.events()
+    assert [(e["type"], e["block_hash"] == old_hash) for e in evs] == [
+        ("deposit.pending", True), ("deposit.reverted", True), ("deposit.pending", False)]
+    assert evs[1]["previous_type"] == "deposit.pending"
+    assert evs[2]["block_number"] == 4
+
+
+async def test_reorg_after_confirmation_reverts_with_previous_type_confirmed() -> None:
+    sim, sink = SimChain(), MemorySink()
+    f = follower(sim, sink)
+    await f.start()
+    sim.mine(transfer("0xt1", ALICE, 10**18))
+    sim.mine_empty(4)
+    await drain(f)
+    sim.fork_at(1)
+    sim.mine_empty(6)
+    await drain(f)
+    types = [(e["type"], e.get("previous_type")) for e in sink.events()]
+    assert types == [("deposit.confirmed", None), ("deposit.reverted", "deposit.confirmed")]
+
+
+async def test_reorg_deeper_than_window_halts_and_publishes_nothing_more() -> None:
+    sim, sink = SimChain(), MemorySink()
+    f = follower(sim, sink, reorg_window=6, confirmations={"ETH": 3, "USDC": 1},
+                 finality={"mode": "depth", "depth": 100})
+    await f.start()
+    sim.mine_empty(10)
+    await drain(f)
+    committed = sink.commits
+    sim.fork_at(2)
+    sim.mine_empty(12)
+    assert await drain(f) is StepOutcome.HALTED
+    assert f.status.halted_reason is not None and "window" in f.status.halted_reason
+    assert sink.commits == committed
+
+
+async def test_reorg_below_finality_halts() -> None:
+    sim, sink = SimChain(), MemorySink()
+    f = follower(sim, sink, finality={"mode": "depth", "depth": 3})
+    await f.start()
+    sim.mine_empty(10)
+    await drain(f)
+    sim.fork_at(5)
+    sim.mine_empty(7)
+    assert await drain(f) is StepOutcome.HALTED
+    assert "finalized" in (f.status.halted_reason or "")
+
+
+async def test_node_behind_the_tip_is_not_a_reorg() -> None:
+    sim, sink = SimChain(), MemorySink()
+    f = follower(sim, sink)
+    await f.start()
+    sim.mine(transfer("0xt1", ALICE, 10**18))
+    sim.mine_empty(1)
+    await drain(f)
+    behind = SimChain(blocks=dict(sim.blocks), canonical=list(sim.canonical[:2]))
+    f.source = behind
+    assert await f.step() is StepOutcome.LAGGING_NODE
+    assert [e["type"] for e in sink.events()] == ["deposit.pending"]
+
+
+async def test_failed_commit_reloads_state_and_loses_nothing() -> None:
+    sim, sink = SimChain(), MemorySink()
+    f = follower(sim, sink)
+    await f.start()
+    sim.mine(transfer("0xt1", ALICE, 10**18))
+    await drain(f)
+    sim.mine(transfer("0xt2", BOB, 10**18))
+    sim.mine_empty(2)
+    sink.fail_commits = 2
+    assert await f.step() is StepOutcome.IDLE
+    assert await f.step() is StepOutcome.IDLE
+    await drain(f)
+    got = Counter((e["type"], e["deposit_id"]) for e in sink.events())
+    # Blocks 2..4 arrive in one batch after the failures, so t2 is first seen 3 deep: confirmed alone.
+    assert got == Counter({("deposit.pending", "eth:0xt1:tx"): 1, ("deposit.confirmed", "eth:0xt1:tx"): 1,
+                           ("deposit.confirmed", "eth:0xt2:tx"): 1})
+
+
+async def test_restart_resumes_from_checkpoint_without_duplicates() -> None:
+    sim, sink = SimChain(), MemorySink()
+    f = follower(sim, sink)
+    await f.start()
+    sim.mine(transfer("0xt1", ALICE, 10**18))
+    await drain(f)
+    sim.mine_empty(5)
+    g = follower(sim, sink)   # a new process: only the sink's committed state survives
+    await g.start()
+    await drain(g)
+    assert [e["type"] for e in sink.events()] == ["deposit.pending", "deposit.confirmed"]
+
+
+async def test_fenced_instance_halts_for_good() -> None:
+    sim, sink = SimChain(), MemorySink()
+    f = follower(sim, sink)
+    await f.start()
+    sim.mine(transfer("0xt1", ALICE, 10**18))
+    sink.fenced = True
+    assert await f.step() is StepOutcome.HALTED
+    assert f.status.fenced
+    sink.fenced = False
+    assert await f.step() is StepOutcome.HALTED
+    assert sink.events() == []
+
+
+async def test_node_errors_are_survived() -> None:
+    sim, sink = SimChain(), MemorySink()
+    f = follower(sim, sink)
+    await f.start()
+    sim.mine(transfer("0xt1", ALICE, 10**18))
+    sim.down = True
+    assert await f.step() is StepOutcome.IDLE
+    assert f.status.last_error is not None
+    sim.down = False
+    await drain(f)
+    assert [e["type"] for e in sink.events()] == ["deposit.pending"]
+
+
+@pytest.mark.parametrize("start", [0, 7])
+async def test_catch_up_in_batches_confirms_deep_deposits_directly(start: int) -> None:
+    sim, sink = SimChain(), MemorySink()
+    for i in range(1, 40):
+        sim.mine(transfer(f"0x{i:x}", ALICE, 10**18)) if i % 4 == 0 else sim.mine_empty(1)
+    f = follower(sim, sink, start_block=start)
+    await f.start()
+    await drain(f)
+    evs = sink.events()
+    heights = sorted({e["block_number"] for e in evs})
+    assert heights == [i for i in range(max(start, 1), 40) if i % 4 == 0]
+    # Each deposit exactly once confirmed; the ones in the last 2 blocks still pending.
+    confirmed = [e for e in evs if e["type"] == "deposit.confirmed"]
+    assert len(confirmed) == len({e["deposit_id"] for e in confirmed})
+    assert all(e["confirmations"] >= 3 for e in confirmed)
+    assert f.status.processed_height == 39 and sink.commits >= 39 // 5
