@@ -1,0 +1,29 @@
+"""Readiness: what makes /readyz fail, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from watcher.runtime.follower import FollowerStatus
+from watcher.runtime.health import readiness
+
+
+def status(**kw: object) -> FollowerStatus:
+    st = FollowerStatus(started=True, last_ok_at=100.0)
+    for k, v in kw.items():
+        setattr(st, k, v)
+    return st
+
+
+@pytest.mark.parametrize(("name", "st", "regs", "now", "ready", "reason"), [
+    ("following", status(), True, 110.0, True, ""),
+    ("registrations still loading", status(), False, 110.0, False, "registrations"),
+    ("not started", status(started=False), True, 110.0, False, "not started"),
+    ("halted by a deep reorg", status(halted_reason="reorg beyond the window"), True, 110.0, False,
+     "halted"),
+    ("no success for too long", status(last_error="node down"), True, 200.0, False, "node down"),
+])
+def test_readiness(name: str, st: FollowerStatus, regs: bool, now: float, ready: bool, reason: str) -> None:
+    r = readiness({"eth": st}, {"eth": 60.0}, regs, now)
+    assert r.ready is ready
+    assert reason in " ".join(r.reasons)
