@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# `make up`: installs what is missing, starts Kafka, anvil, btcd and Prometheus on the
+# contract's ports, starts the watcher against them, and sends a demo deposit so you
+# can watch its events arrive in Kafka.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+./deploy/local/bootstrap.sh
+python3 deploy/local/devstack.py up
+
+run=.stack/run; mkdir -p "$run" .stack/logs
+pidfile=$run/watcher.pid
+if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  echo "watcher: already running (pid $(cat "$pidfile"))"
+else
+  nohup .venv/bin/watcher run --config config/local.yaml > .stack/logs/watcher.log 2>&1 &
+  echo $! > "$pidfile"
+  echo "watcher: started (pid $!), log .stack/logs/watcher.log"
+fi
+for _ in $(seq 1 120); do
+  if curl -fsS http://127.0.0.1:9308/readyz >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    echo "watcher: exited during start; last lines of .stack/logs/watcher.log:" >&2
+    tail -30 .stack/logs/watcher.log >&2
+    exit 1
+  fi
+  sleep 0.5
+done
+curl -fsS http://127.0.0.1:9308/readyz >/dev/null || {
+  echo "watcher: not ready after 60 s; see .stack/logs/watcher.log and http://127.0.0.1:9308/readyz" >&2
+  exit 1
+}
+echo "watcher: ready — metrics http://127.0.0.1:9308/metrics, Prometheus http://127.0.0.1:9090"
+.venv/bin/python deploy/local/demo.py
+echo
+echo "Stack and watcher are running. Stop everything with: make down"
