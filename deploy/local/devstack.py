@@ -817,7 +817,7 @@ def start_kafka(state_dir: Path, port: int = DEFAULT_PORTS["kafka"],
             rc = subprocess.call(
                 [java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                  f"-Dlog4j2.configurationFile={log4j2}", "-cp", classpath,
-                 "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
+                 "kafka.tools.StorageTool", "format", "--standalone", f"--cluster-id={cluster_id}",
                  "-c", str(props)],
                 stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if rc != 0:

@@ -1,0 +1,358 @@
+"""The Kafka transactional sink against a real broker: atomicity, fencing, crashes, doubt."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tests.support.services import KafkaService
+from watcher.config import KafkaConfig, Topics
+from watcher.errors import ConfigError, ErrorKind, SinkError
+from watcher.kafka.client import (
+    CHECKPOINT_PARTITION,
+    Consumed,
+    ManualConsumer,
+    connection_kwargs,
+    describe,
+    ensure_topics,
+)
+from watcher.kafka.sink import COMMIT_ID_HEADER, KafkaTransactionalSink, classify
+from watcher.metrics import REGISTRY
+from watcher.ports import OutRecord
+
+
+def make_cfg(bootstrap: str, **overrides: Any) -> KafkaConfig:
+    suffix = uuid.uuid4().hex[:10]
+    topics = Topics(**{f: f"test.{f}.{suffix}" for f in Topics.__dataclass_fields__})
+    fields: dict[str, Any] = {
+        "bootstrap_servers": bootstrap, "topics": topics, "transactional_id_prefix": "test",
+        "client_id": "test", "security_protocol": "PLAINTEXT", "sasl_mechanism": None,
+        "sasl_username": None, "sasl_password": None, "ssl_cafile": None,
+        "transaction_timeout_ms": 60_000}
+    fields.update(overrides)
+    return KafkaConfig(**fields)
+
+
+@pytest.fixture
+async def cfg(kafka: KafkaService) -> AsyncIterator[KafkaConfig]:
+    c = make_cfg(kafka.bootstrap_servers)
+    assert len(await ensure_topics(c)) == 5
+    yield c
+
+
+@pytest.fixture
+def txn_id() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+async def read_all(cfg: KafkaConfig, topic: str) -> list[Consumed]:
+    """Everything a read_committed consumer sees in ``topic`` now."""
+    consumer = ManualConsumer(cfg, topic, timeout_s=10)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets()
+        out: list[Consumed] = []
+        async with asyncio.timeout(10):
+            while [p for p, e in ends.items() if await consumer.position(p) < e]:
+                out.extend(await consumer.fetch(timeout_ms=200))
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def end_offset(cfg: KafkaConfig, topic: str, *, committed: bool) -> int:
+    consumer = ManualConsumer(cfg, topic, read_committed=committed, timeout_s=10)
+    await consumer.start([CHECKPOINT_PARTITION])
+    try:
+        return (await consumer.end_offsets())[CHECKPOINT_PARTITION]
+    finally:
+        await consumer.stop()
+
+
+def deposits(cfg: KafkaConfig, *ids: str) -> list[OutRecord]:
+    return [OutRecord(cfg.topics.deposits, i.encode(), f'{{"deposit_id":"{i}"}}'.encode())
+            for i in ids]
+
+
+def keys(records: list[Consumed]) -> list[bytes]:
+    return [r.key or b"" for r in records]
+
+
+def commits(chain: str, outcome: str) -> float:
+    return REGISTRY.get_sample_value("watcher_kafka_commits_total",
+                                     {"chain": chain, "outcome": outcome}) or 0.0
+
+
+@pytest.mark.integration
+async def test_commit_makes_records_and_checkpoint_visible_together(
+        cfg: KafkaConfig, txn_id: str) -> None:
+    sink = KafkaTransactionalSink(cfg, txn_id, "t1", timeout_s=15)
+    await sink.start()
+    try:
+        assert await sink.load_checkpoint("eth") is None
+        withdrawal = OutRecord(cfg.topics.withdrawals, b"w1", b'{"request_id":"w1"}')
+        await sink.commit([*deposits(cfg, "d1", "d2"), withdrawal], "eth", b"cp-1")
+        await sink.commit(deposits(cfg, "d3"), "eth", b"cp-2")
+        await sink.commit([], "btc", b"other-chain")
+        assert await sink.load_checkpoint("eth") == b"cp-2"
+        assert await sink.load_checkpoint("btc") == b"other-chain"
+    finally:
+        await sink.stop()
+    assert sorted(keys(await read_all(cfg, cfg.topics.deposits))) == [b"d1", b"d2", b"d3"]
+    assert keys(await read_all(cfg, cfg.topics.withdrawals)) == [b"w1"]
+    cps = await read_all(cfg, cfg.topics.checkpoints)
+    assert [(r.key, r.value, r.partition) for r in cps] == [
+        (b"eth", b"cp-1", CHECKPOINT_PARTITION), (b"eth", b"cp-2", CHECKPOINT_PARTITION),
+        (b"btc", b"other-chain", CHECKPOINT_PARTITION)]
+    assert all(r.header(COMMIT_ID_HEADER) for r in cps)
+    assert commits("t1", "committed") == 3
+
+    again = KafkaTransactionalSink(cfg, txn_id, "t1", timeout_s=15)
+    await again.start()
+    try:
+        assert await again.load_checkpoint("eth") == b"cp-2", "a restarted sink reads it back"
+    finally:
+        await again.stop()
+
+
+@pytest.mark.integration
+async def test_second_instance_fences_the_first(cfg: KafkaConfig, txn_id: str) -> None:
+    first = KafkaTransactionalSink(cfg, txn_id, "t2", timeout_s=15)
+    second = KafkaTransactionalSink(cfg, txn_id, "t2", timeout_s=15)
+    await first.start()
+    try:
+        await first.load_checkpoint("eth")
+        await first.commit(deposits(cfg, "before"), "eth", b"cp-first")
+        await second.start()
+        assert await second.load_checkpoint("eth") == b"cp-first"
+        with pytest.raises(SinkError) as err:
+            await first.commit(deposits(cfg, "zombie-1", "zombie-2"), "eth", b"cp-zombie")
+        assert err.value.kind is ErrorKind.FENCED
+        assert first.fenced
+        with pytest.raises(SinkError) as again:
+            await first.commit(deposits(cfg, "zombie-3"), "eth", b"cp-zombie")
+        assert again.value.kind is ErrorKind.FENCED, "a fenced sink never writes again"
+        await second.commit(deposits(cfg, "after"), "eth", b"cp-second")
+        assert await second.load_checkpoint("eth") == b"cp-second"
+    finally:
+        await first.stop()
+        await second.stop()
+    assert sorted(keys(await read_all(cfg, cfg.topics.deposits))) == [b"after", b"before"]
+    assert [r.value for r in await read_all(cfg, cfg.topics.checkpoints)] == [
+        b"cp-first", b"cp-second"]
+    assert commits("t2", "fenced") == 2
+
+
+@pytest.mark.integration
+async def test_abandoned_transaction_is_aborted_by_the_next_start(
+        cfg: KafkaConfig, txn_id: str) -> None:
+    sink = KafkaTransactionalSink(cfg, txn_id, "t3", timeout_s=15)
+    await sink.start()
+    try:
+        await sink.commit(deposits(cfg, "committed"), "eth", b"cp-committed")
+    finally:
+        await sink.stop()
+
+    # A process that crashed mid-transaction: records and a checkpoint sent, never committed.
+    crashed = AIOKafkaProducer(**connection_kwargs(cfg), transactional_id=txn_id,
+                               transaction_timeout_ms=cfg.transaction_timeout_ms)
+    await crashed.start()
+    await crashed.begin_transaction()
+    await crashed.send_and_wait(cfg.topics.deposits, key=b"abandoned", value=b"{}")
+    await crashed.send_and_wait(cfg.topics.checkpoints, key=b"eth", value=b"cp-abandoned",
+                                partition=CHECKPOINT_PARTITION)
+    await crashed.stop()  # no commit, no abort: the broker holds the transaction open
+    assert await end_offset(cfg, cfg.topics.checkpoints, committed=True) \
+        < await end_offset(cfg, cfg.topics.checkpoints, committed=False), "transaction is open"
+
+    restarted = KafkaTransactionalSink(cfg, txn_id, "t3", timeout_s=15)
+    t0 = time.monotonic()
+    await restarted.start()
+    try:
+        assert await restarted.load_checkpoint("eth") == b"cp-committed"
+        elapsed = time.monotonic() - t0
+        assert elapsed < 10, f"took {elapsed:.1f}s: waited for the transaction timeout?"
+        await restarted.commit(deposits(cfg, "next"), "eth", b"cp-next")
+    finally:
+        await restarted.stop()
+    assert sorted(keys(await read_all(cfg, cfg.topics.deposits))) == [b"committed", b"next"]
+    assert [r.value for r in await read_all(cfg, cfg.topics.checkpoints)] == [
+        b"cp-committed", b"cp-next"]
+
+
+@pytest.mark.integration
+async def test_open_transaction_of_another_chain_never_yields_an_old_checkpoint(
+        cfg: KafkaConfig, txn_id: str) -> None:
+    """Chains share the checkpoint partition: another writer's open transaction holds the last
+    stable offset below our newest checkpoint, and the read must wait, not answer older."""
+    sink = KafkaTransactionalSink(cfg, txn_id, "t7", timeout_s=15)
+    await sink.start()
+    other = AIOKafkaProducer(**connection_kwargs(cfg), transactional_id=f"{txn_id}-other")
+    await other.start()
+    try:
+        await sink.commit([], "eth", b"cp-1")
+        await other.begin_transaction()
+        await other.send_and_wait(cfg.topics.checkpoints, key=b"btc", value=b"btc-1",
+                                  partition=CHECKPOINT_PARTITION)
+        await sink.commit([], "eth", b"cp-2")
+
+        impatient = KafkaTransactionalSink(cfg, txn_id, "t7", timeout_s=1.5)
+        await impatient.start()  # fences ``sink``, which is done anyway
+        try:
+            with pytest.raises(SinkError) as err:
+                await impatient.load_checkpoint("eth")
+            assert err.value.kind is ErrorKind.RETRIABLE
+        finally:
+            await impatient.stop()
+
+        async def commit_later() -> None:
+            await asyncio.sleep(1)
+            await other.commit_transaction()
+
+        later = asyncio.create_task(commit_later())
+        restarted = KafkaTransactionalSink(cfg, txn_id, "t7", timeout_s=15)
+        await restarted.start()
+        try:
+            assert await restarted.load_checkpoint("eth") == b"cp-2"
+        finally:
+            await restarted.stop()
+        await later
+    finally:
+        await sink.stop()
+        await other.stop()
+
+
+@pytest.mark.integration
+async def test_commit_in_doubt_is_resolved(cfg: KafkaConfig, txn_id: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit request's answer is lost: committed or not, the caller learns the truth."""
+    sink = KafkaTransactionalSink(cfg, txn_id, "t4", timeout_s=15)
+    await sink.start()
+    try:
+        assert await sink.load_checkpoint("eth") is None
+
+        # 1. Committed on the broker, but the answer never arrived: commit() succeeds.
+        producer: Any = sink._producer
+        real_commit = producer.commit_transaction
+
+        async def commit_then_lose_answer() -> None:
+            await real_commit()
+            raise TimeoutError("answer lost")
+
+        monkeypatch.setattr(producer, "commit_transaction", commit_then_lose_answer)
+        await sink.commit(deposits(cfg, "d1"), "eth", b"cp-1")
+        assert sink._producer is not producer, "the producer was re-initialised"
+
+        # 2. The request never left: RETRIABLE, nothing visible, and the retry goes through.
+        producer = sink._producer
+
+        async def lose_request() -> None:
+            raise ConnectionResetError("request lost")
+
+        monkeypatch.setattr(producer, "commit_transaction", lose_request)
+        with pytest.raises(SinkError) as err:
+            await sink.commit(deposits(cfg, "d2"), "eth", b"cp-2")
+        assert err.value.kind is ErrorKind.RETRIABLE
+        await sink.commit(deposits(cfg, "d2"), "eth", b"cp-2")
+        assert await sink.load_checkpoint("eth") == b"cp-2"
+    finally:
+        await sink.stop()
+    assert keys(await read_all(cfg, cfg.topics.deposits)) == [b"d1", b"d2"], "each exactly once"
+
+
+@pytest.mark.integration
+async def test_send_failure_aborts_and_retries_cleanly(cfg: KafkaConfig, txn_id: str) -> None:
+    sink = KafkaTransactionalSink(cfg, txn_id, "t5", timeout_s=15)
+    await sink.start()
+    try:
+        await sink.load_checkpoint("eth")
+        too_big = OutRecord(cfg.topics.deposits, b"big", b"x" * (20 * 1024 * 1024))
+        with pytest.raises(SinkError) as err:
+            await sink.commit([*deposits(cfg, "with-big"), too_big], "eth", b"cp-1")
+        assert err.value.kind is ErrorKind.FINAL
+        with pytest.raises(SinkError) as cp_err:
+            await sink.commit([], "eth", b"x" * (16 * 1024 * 1024 + 1))
+        assert cp_err.value.kind is ErrorKind.FINAL
+        await sink.commit(deposits(cfg, "ok"), "eth", b"cp-1")
+    finally:
+        await sink.stop()
+    assert keys(await read_all(cfg, cfg.topics.deposits)) == [b"ok"]
+
+
+@pytest.mark.integration
+async def test_large_checkpoint_round_trips(cfg: KafkaConfig, txn_id: str) -> None:
+    snapshot = bytes(range(256)) * (8 * 1024 * 1024 // 256)  # 8 MiB, compressible
+    sink = KafkaTransactionalSink(cfg, txn_id, "t6", timeout_s=30)
+    await sink.start()
+    try:
+        await sink.commit([], "eth", snapshot)
+        assert await sink.load_checkpoint("eth") == snapshot
+    finally:
+        await sink.stop()
+
+
+@pytest.mark.integration
+async def test_ensure_topics_is_idempotent_and_checks_compaction(kafka: KafkaService) -> None:
+    cfg = make_cfg(kafka.bootstrap_servers)
+    assert len(await ensure_topics(cfg)) == 5
+    assert await ensure_topics(cfg) == []
+
+    wrong = make_cfg(kafka.bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(wrong.topics.checkpoints, 1, 1,
+                                            topic_configs={"cleanup.policy": "delete"})])
+    finally:
+        await admin.close()
+    with pytest.raises(ConfigError) as err:
+        await ensure_topics(wrong)
+    assert err.value.key == "kafka.topics.checkpoints"
+    assert wrong.topics.checkpoints in err.value.reason and "compact" in err.value.reason
+
+
+def test_connection_settings_and_redaction() -> None:
+    cfg = make_cfg("b:9093", security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512",
+                   sasl_username="watcher", sasl_password="s3cret")
+    kwargs = connection_kwargs(cfg)
+    assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert kwargs["sasl_plain_password"] == "s3cret"
+    assert "s3cret" not in repr(cfg) and "s3cret" not in str(describe(cfg))
+    with pytest.raises(ConfigError, match=r"kafka\.sasl_password"):
+        connection_kwargs(make_cfg("b:9093", security_protocol="SASL_SSL", sasl_mechanism="PLAIN",
+                                   sasl_username="u"))
+    with pytest.raises(ConfigError, match=r"kafka\.sasl_mechanism"):
+        connection_kwargs(make_cfg("b:9093", security_protocol="SASL_PLAINTEXT",
+                                   sasl_mechanism="GSSAPI", sasl_username="u", sasl_password="p"))
+    ssl_kwargs = connection_kwargs(make_cfg("b:9093", security_protocol="SSL"))
+    assert ssl_kwargs["ssl_context"].verify_mode.name == "CERT_REQUIRED"
+
+
+def test_classify() -> None:
+    from aiokafka.errors import (
+        InvalidProducerEpoch,
+        KafkaConnectionError,
+        MessageSizeTooLargeError,
+        ProducerFenced,
+        TransactionalIdAuthorizationFailed,
+    )
+    assert classify(ProducerFenced()) is ErrorKind.FENCED
+    assert classify(InvalidProducerEpoch()) is ErrorKind.FENCED
+    assert classify(TransactionalIdAuthorizationFailed("x")) is ErrorKind.FENCED
+    try:
+        try:
+            raise ProducerFenced()
+        except ProducerFenced as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as outer:
+        assert classify(outer) is ErrorKind.FENCED
+    assert classify(MessageSizeTooLargeError()) is ErrorKind.FINAL
+    assert classify(KafkaConnectionError()) is ErrorKind.RETRIABLE
+    assert classify(TimeoutError()) is ErrorKind.RETRIABLE
