@@ -43,7 +43,8 @@ async def test_random_histories_keep_the_rules(ops: list[tuple[object, ...]]) ->
             tos, amount = o[1], o[2]
             assert isinstance(tos, list) and isinstance(amount, int)
             counter += 1
-            sim.mine(*(transfer(f"0x{counter:x}", to, amount, locator=f"log:{i}") for i, to in enumerate(tos)))
+            sim.mine(*(transfer(f"0x{counter:x}", to, amount, locator=f"log:{i}")
+                       for i, to in enumerate(tos)))
         elif kind == "empty":
             assert isinstance(o[1], int)
             sim.mine_empty(o[1])
@@ -95,7 +96,7 @@ async def test_random_histories_keep_the_rules(ops: list[tuple[object, ...]]) ->
 
     # Every watched transfer in a canonical block was announced at all.
     for bh in canonical:
-        ref, transfers = sim.blocks[bh]  # type: ignore[index]
+        _, transfers = sim.blocks[bh]  # type: ignore[index]
         for t in transfers:
             if t.to_address in (ALICE, BOB):
                 assert (f"eth:{t.txid}:{t.locator}", bh) in seq
