@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -39,5 +40,5 @@ class MemorySink:
     async def stop(self) -> None:
         return None
 
-    def events(self) -> list[dict[str, object]]:
+    def events(self) -> list[dict[str, Any]]:
         return [orjson.loads(r.value) for r in self.records if r.value is not None]

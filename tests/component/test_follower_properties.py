@@ -96,7 +96,7 @@ async def test_random_histories_keep_the_rules(ops: list[tuple[object, ...]]) ->
 
     # Every watched transfer in a canonical block was announced at all.
     for bh in canonical:
-        _, transfers = sim.blocks[bh]  # type: ignore[index]
+        _, transfers = sim.blocks[bh]
         for t in transfers:
             if t.to_address in (ALICE, BOB):
                 assert (f"eth:{t.txid}:{t.locator}", bh) in seq

@@ -65,7 +65,7 @@ def test_lifecycle(case: Case) -> None:
     block = ref(case.seen_at)
     tr.add_block(BlockContents(block, (transfer("0xt1", addr(1), case.amount, case.asset),)),
                  lambda t: None)
-    got = []
+    got: list[tuple[DepositEventType, int]] = []
     for tip in case.tips:
         got.extend((e.type, e.confirmations) for e in tr.evaluate(tip))
     assert tuple(got) == case.expect
