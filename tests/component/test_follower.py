@@ -197,3 +197,14 @@ async def test_catch_up_in_batches_confirms_deep_deposits_directly(start: int) -
     assert len(confirmed) == len({e["deposit_id"] for e in confirmed})
     assert all(e["confirmations"] >= 3 for e in confirmed)
     assert f.status.processed_height == 39 and sink.commits >= 39 // 5
+
+
+async def test_unreadable_checkpoint_halts_without_crashing() -> None:
+    sim, sink = SimChain(), MemorySink()
+    sink.checkpoints["chain:eth"] = b'{"version": 1, "chain": "eth", "window": "garbage"}'
+    f = follower(sim, sink)
+    await f.start()
+    assert await f.step() is StepOutcome.HALTED
+    assert "checkpoint unreadable" in (f.status.halted_reason or "")
+    assert await f.step() is StepOutcome.HALTED
+    assert sink.commits == 0

@@ -132,6 +132,10 @@ class ChainFollower:
             self.status.last_error = str(exc)
             log.warning("node error", chain=chain, kind=exc.kind.value, error=str(exc))
             return StepOutcome.IDLE
+        except SnapshotError as exc:
+            # Halted in _load_state; nothing can be decided without the committed state.
+            log.critical("checkpoint unreadable; chain halted", chain=chain, error=str(exc))
+            return StepOutcome.HALTED
         except BrokenBranch as exc:
             await self._cancel_prefetch()
             metrics.CYCLE_ERRORS.labels(chain, "broken_branch").inc()
