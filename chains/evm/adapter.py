@@ -17,8 +17,6 @@ import time
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from eth_utils.address import to_checksum_address
-
 from chains.evm import parse
 from chains.evm.errors import RpcError
 from chains.evm.rpc import Call, RpcPool, raise_errors
@@ -55,7 +53,7 @@ class EvmAddressCodec:
         if not isinstance(text, str) or not _ADDRESS_TEXT_RE.match(text):
             raise InvalidAddress("not 0x followed by 40 hex digits")
         digits = text[2:]
-        checksummed = to_checksum_address(text)
+        checksummed = parse.to_checksum_address(text)
         if digits != digits.lower() and digits != digits.upper() and checksummed != text:
             raise InvalidAddress("bad checksum")
         return Address(checksummed), AddressKey(bytes.fromhex(digits))

@@ -15,9 +15,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
-from eth_utils.address import to_checksum_address
+from eth_utils.address import to_checksum_address as _eip55
 
 from watcher.config import ChainConfig
 from watcher.errors import NodeAnswerInvalid
@@ -51,6 +52,17 @@ def quantity(value: object, what: str) -> int:
     if isinstance(value, str) and _QUANTITY_RE.match(value):
         return int(value, 16)
     raise NodeAnswerInvalid(f"{what}: not a hex quantity")
+
+
+@lru_cache(maxsize=1 << 16)
+def _checksum_lower(lower_hex: str) -> str:
+    return str(_eip55(lower_hex))
+
+
+def to_checksum_address(value: str) -> str:
+    """EIP-55 form, cached: it costs a keccak, and the same watched addresses recur in every
+    block (profiled at ~20% of catch-up time uncached)."""
+    return _checksum_lower(value.lower())
 
 
 def block_hash(value: object, what: str) -> BlockHash:

@@ -278,8 +278,10 @@ class ChainFollower:
                 return None
             contents = await self.source.contents(refs, self.addresses)
             return _Batch(tuple(refs), tuple(contents))
-        except (ChainError, BrokenBranch):
-            # The regular path will fetch again and report the error with its own counting.
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # and reports any error with its own counting and classification.
             return None
 
     async def _take_prefetch(self) -> _Batch | None:
