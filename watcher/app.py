@@ -14,6 +14,7 @@ from watcher.core.addresses import AddressIndex
 from watcher.errors import ConfigError
 from watcher.ports import AddressCodec, ChainSource
 from watcher.runtime.follower import ChainFollower, FollowerStatus
+from watcher.runtime.gc_tuning import tune_for_throughput
 from watcher.runtime.health import HealthServer
 
 log = structlog.get_logger("watcher.app")
@@ -83,6 +84,7 @@ class App:
                 return 0
             log.info("address registrations loaded",
                      **{f"watched_{cid}": len(ix) for cid, ix in self.indexes.items()})
+            tune_for_throughput()
             for name, f in self.followers.items():
                 await f.start()
                 tasks.append(asyncio.create_task(f.run(stop), name=f"follow-{name}"))

