@@ -106,6 +106,9 @@ class ChainConfig:
     default_confirmations: ConfirmationRule
     traces: TraceMode
     batch_size: int
+    blocks_per_request: int
+    """Blocks per JSON-RPC batch POST: small keeps each answer's parse in CPU cache (2 measured
+    2x cheaper per block than 25); raise max_concurrency instead to hide a remote node's latency."""
     max_concurrency: int
     rpc_timeout_ms: int
     rpc_max_attempts: int
@@ -259,7 +262,7 @@ def _parse_kafka(r: _Reader) -> KafkaConfig:
 def _parse_chain(cid: ChainId, r: _Reader) -> ChainConfig:
     r.only({"family", "chain_id", "network", "endpoints", "poll_interval_ms", "start_block",
             "reorg_window", "finality", "native_asset", "tokens", "confirmations", "traces",
-            "batch_size", "max_concurrency", "rpc_timeout_ms", "rpc_max_attempts",
+            "batch_size", "blocks_per_request", "max_concurrency", "rpc_timeout_ms", "rpc_max_attempts",
             "lag_tolerance_blocks"})
     family_text = r.text("family")
     try:
@@ -370,7 +373,8 @@ def _parse_chain(cid: ChainId, r: _Reader) -> ChainConfig:
         confirmations=rules,
         default_confirmations=default_rule,
         traces=traces,
-        batch_size=r.integer("batch_size", 100, lo=1, hi=10_000),
+        batch_size=r.integer("batch_size", 200, lo=1, hi=1_000),
+        blocks_per_request=r.integer("blocks_per_request", 2, lo=1, hi=100),
         max_concurrency=r.integer("max_concurrency", 4, lo=1, hi=64),
         rpc_timeout_ms=r.integer("rpc_timeout_ms", 10_000, lo=100, hi=300_000),
         rpc_max_attempts=r.integer("rpc_max_attempts", 5, lo=1, hi=100),

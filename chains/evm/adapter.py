@@ -35,9 +35,6 @@ from watcher.types import Address, AddressKey, BlockContents, BlockHash, BlockRe
 
 log = logging.getLogger(__name__)
 
-CHUNK_MAX_BLOCKS = 25
-"""Most blocks fetched in one batch POST by :meth:`EvmChainSource.contents`."""
-
 REVERIFY_INTERVAL_S = 30.0
 """How often an endpoint that could not be verified is tried again."""
 
@@ -265,7 +262,8 @@ class EvmChainSource:
         await self._ensure_started()
         if not refs:
             return []
-        size = max(1, min(CHUNK_MAX_BLOCKS, math.ceil(len(refs) / self._cfg.max_concurrency)))
+        size = max(1, min(self._cfg.blocks_per_request,
+                          math.ceil(len(refs) / self._cfg.max_concurrency)))
         chunks = [refs[i:i + size] for i in range(0, len(refs), size)]
         gate = asyncio.Semaphore(self._cfg.max_concurrency)
 

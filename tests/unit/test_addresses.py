@@ -281,7 +281,7 @@ def test_tombstones_compacted_on_grow() -> None:
 
 
 def test_memory_bytes_counts_labels() -> None:
-    index = AddressIndex(20, 1024)
+    index = AddressIndex(20, 1024, small_set_limit=0)
     base = index.memory_bytes()
     assert base >= 1024 * 21
     index.add(A)
@@ -306,7 +306,7 @@ class IndexMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.index = AddressIndex(KEY_SIZE, 8)
+        self.index = AddressIndex(KEY_SIZE, 8, small_set_limit=12)  # crosses into table-only mode
         self.model: dict[bytes, str | None] = {}
 
     @initialize(target=keys, k=keys_st)
@@ -398,7 +398,7 @@ def test_watched_addresses_per_chain() -> None:
 @given(st.lists(st.tuples(st.booleans(), st.binary(min_size=20, max_size=20)), max_size=200),
        st.lists(st.binary(min_size=0, max_size=21), max_size=50))
 def test_matches_agrees_with_contains(ops: list[tuple[bool, bytes]], probes: list[bytes]) -> None:
-    index = AddressIndex(20, 8)
+    index = AddressIndex(20, 8, small_set_limit=50)  # crosses from mirror to table
     for add, k in ops:
         if add:
             index.add(k)
@@ -406,3 +406,21 @@ def test_matches_agrees_with_contains(ops: list[tuple[bool, bytes]], probes: lis
             index.remove(k)
     keys = [k for _, k in ops] + probes
     assert index.matches(keys) == [i for i, k in enumerate(keys) if k in index]
+
+
+@pytest.mark.parametrize("limit", [0, 3, 100])
+def test_small_set_mirror_is_dropped_past_its_limit_and_answers_stay_equal(limit: int) -> None:
+    index = AddressIndex(20, 8, small_set_limit=limit)
+    keys = [os.urandom(20) for _ in range(10)]
+    for k in keys[:6]:
+        index.add(k)
+    index.remove(keys[0])
+    probes = [*keys, b"short", bytes(20)]
+    assert index.matches(probes) == [1, 2, 3, 4, 5]
+    assert index.matches(probes) == [i for i, k in enumerate(probes) if k in index]
+    with_mirror = AddressIndex(20, 8, small_set_limit=100)
+    without = AddressIndex(20, 8, small_set_limit=0)
+    for k in keys:
+        with_mirror.add(k)
+        without.add(k)
+    assert with_mirror.memory_bytes() > without.memory_bytes()

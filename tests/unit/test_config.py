@@ -83,6 +83,8 @@ def test_example_values() -> None:
     ("chains.eth.confirmations.ETH", 0, "chains.eth.confirmations.ETH", ">= 1"),
     ("chains.eth.reorg_window", 10, "chains.eth.reorg_window", "deepest confirmation rule (64)"),
     ("chains.eth.traces", "maybe", "chains.eth.traces", "auto, on or off"),
+    ("chains.eth.blocks_per_request", 0, "chains.eth.blocks_per_request", ">= 1"),
+    ("chains.eth.batch_size", 5000, "chains.eth.batch_size", "<= 1000"),
     ("chains.ETH!", {}, "chains.ETH!", "chain id"),
     ("logging.level", "loud", "logging.level", "one of"),
 ])

@@ -41,6 +41,11 @@ _USED_BIT = 0x80
 # states -> 1 for a used slot, 0 otherwise, so bytearray.find(1) walks used slots in C
 _USED_MAP = bytes(1 if s & _USED_BIT else 0 for s in range(256))
 
+SMALL_SET_LIMIT = 65_536
+"""Below this many keys a ``set`` mirror (~100 bytes a key, ~6.5 MB at the limit) makes a
+block's lookups one C-level pass; a 1,000-address catch-up profiled 0.36 s of 4.5 s in the
+pure-Python probe loop."""
+
 _MIN_CAPACITY = 8
 _REBUILD_BLOCK = 4096  # slots copied out at a time while rehashing
 _MAX_LOAD_NUM = 7  # rebuild when (used + deleted) * 10 > capacity * 7
@@ -54,10 +59,17 @@ def _pow2_at_least(n: int) -> int:
 class AddressIndex:
     """A set of fixed-width byte keys with optional string labels."""
 
-    __slots__ = ("_deleted", "_key_size", "_keys", "_labels", "_limit", "_mask", "_states", "_used")
+    __slots__ = ("_deleted", "_key_size", "_keys", "_labels", "_limit", "_mask", "_small",
+                 "_small_limit", "_states", "_used")
 
-    def __init__(self, key_size: int, capacity: int = 1024) -> None:
-        """``capacity`` is the initial number of slots (rounded up to a power of two)."""
+    def __init__(self, key_size: int, capacity: int = 1024,
+                 small_set_limit: int = SMALL_SET_LIMIT) -> None:
+        """``capacity`` is the initial number of slots (rounded up to a power of two).
+
+        Up to ``small_set_limit`` keys, a plain ``set`` mirrors the table so that
+        :meth:`matches` runs at C speed; past it the set is dropped for good and the
+        compact table alone answers (see the module docstring for why).
+        """
         if type(key_size) is not int or key_size <= 0:
             raise ValueError(f"key_size must be a positive int, got {key_size!r}")
         if type(capacity) is not int or capacity < 0:
@@ -65,6 +77,8 @@ class AddressIndex:
         self._key_size = key_size
         self._labels: dict[bytes, str] = {}
         self._used = 0
+        self._small_limit = small_set_limit
+        self._small: set[bytes] | None = set() if small_set_limit > 0 else None
         self._deleted = 0
         self._alloc(_pow2_at_least(capacity))
 
@@ -134,6 +148,12 @@ class AddressIndex:
     def matches(self, keys: list[bytes]) -> list[int]:
         """Positions in ``keys`` of watched keys: one call per block instead of one per
         transaction, which is most of the cost of a lookup in CPython (block scanning)."""
+        small = self._small
+        if small is not None:
+            if {type(k) for k in keys} <= {bytes}:
+                return [pos for pos, key in enumerate(keys) if key in small]
+            # A bytes subclass could lie in __hash__/__eq__: such keys take the careful path.
+            return [pos for pos, key in enumerate(keys) if key in self]
         states = self._states
         table = self._keys
         mask = self._mask
@@ -188,6 +208,8 @@ class AddressIndex:
     def memory_bytes(self) -> int:
         """Bytes held by the key table, slot states and labels (not the interpreter)."""
         total = self._keys.__sizeof__() + self._states.__sizeof__()
+        if self._small is not None:
+            total += self._small.__sizeof__() + sum(k.__sizeof__() for k in self._small)
         if self._labels:
             total += self._labels.__sizeof__()
             for k, v in self._labels.items():
@@ -227,6 +249,12 @@ class AddressIndex:
         keys[i * size:(i + 1) * size] = key
         states[i] = tag
         self._used += 1
+        small = self._small
+        if small is not None:
+            if self._used > self._small_limit:
+                self._small = None
+            else:
+                small.add(key)
         if label is not None:
             self._labels[key] = label
         if self._used + self._deleted > self._limit:
@@ -255,6 +283,8 @@ class AddressIndex:
             states[i] = DELETED
             self._deleted += 1
         self._used -= 1
+        if self._small is not None:
+            self._small.discard(key)
         if self._labels:
             self._labels.pop(key, None)
         return True
