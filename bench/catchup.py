@@ -39,7 +39,7 @@ from bench.replay_server import ReplayServer
 from chains.evm.adapter import EvmAddressCodec, build_source
 from watcher.config import parse
 from watcher.core.addresses import AddressIndex
-from watcher.kafka.client import ManualConsumer, ensure_topics
+from watcher.kafka.client import ensure_topics
 from watcher.kafka.sink import KafkaTransactionalSink
 from watcher.runtime.follower import ChainFollower
 from watcher.runtime.gc_tuning import tune_for_throughput
@@ -124,21 +124,10 @@ async def watcher_catch_up(name: str, url: str, bootstrap: str, meta: dict[str, 
 
 
 async def _read_deposits(kcfg: Any, topic: str) -> tuple[set[str], int]:
-    consumer = ManualConsumer(kcfg, topic)
-    partitions = await consumer.start()
-    ends = await consumer.end_offsets()
-    await consumer.seek_to_beginning()
-    ids: set[str] = set()
-    events = 0
-    try:
-        while any([await consumer.position(p) < ends[p] for p in partitions]):
-            for rec in await consumer.fetch(timeout_ms=500):
-                if rec.value is not None:
-                    ids.add(orjson.loads(rec.value)["deposit_id"])
-                    events += 1
-    finally:
-        await consumer.stop()
-    return ids, events
+    from tests.support.kafka import read_all
+
+    records = [r for r in await read_all(kcfg, topic, timeout_s=60) if r.value is not None]
+    return {orjson.loads(r.value)["deposit_id"] for r in records if r.value}, len(records)
 
 
 def expected_ids(directory: Path) -> set[str]:

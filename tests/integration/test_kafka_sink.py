@@ -12,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.support.kafka import read_all
 from tests.support.services import KafkaService
 from watcher.config import KafkaConfig, Topics
 from watcher.errors import ConfigError, ErrorKind, SinkError
@@ -50,21 +51,6 @@ async def cfg(kafka: KafkaService) -> AsyncIterator[KafkaConfig]:
 @pytest.fixture
 def txn_id() -> str:
     return f"test-{uuid.uuid4().hex[:8]}"
-
-
-async def read_all(cfg: KafkaConfig, topic: str) -> list[Consumed]:
-    """Everything a read_committed consumer sees in ``topic`` now."""
-    consumer = ManualConsumer(cfg, topic, timeout_s=10)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets()
-        out: list[Consumed] = []
-        async with asyncio.timeout(10):
-            while [p for p, e in ends.items() if await consumer.position(p) < e]:
-                out.extend(await consumer.fetch(timeout_ms=200))
-        return out
-    finally:
-        await consumer.stop()
 
 
 async def end_offset(cfg: KafkaConfig, topic: str, *, committed: bool) -> int:

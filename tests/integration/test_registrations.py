@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,11 +20,13 @@ from aiokafka import AIOKafkaProducer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.chainsim import HexCodec
+from tests.support.kafka import read_all
 from tests.support.services import KafkaService
 from watcher.config import KafkaConfig, Topics
 from watcher.core.addresses import AddressIndex
-from watcher.errors import ErrorKind, InvalidAddress, SinkError
-from watcher.kafka.client import Consumed, ManualConsumer, ensure_topics
+from watcher.errors import ErrorKind, SinkError
+from watcher.kafka.client import Consumed, ensure_topics
 from watcher.kafka.registrations import (
     RegistrationFollower,
     RegistrationRejected,
@@ -35,21 +36,8 @@ from watcher.kafka.registrations import (
 from watcher.kafka.sink import DeadLetterWriter, dead_letter_value
 from watcher.metrics import REGISTRY
 from watcher.ports import AddressCodec
-from watcher.types import Address, AddressKey
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "watcher" / "schemas"
-_HEX = re.compile(r"0x[0-9a-fA-F]{40}")
-
-
-class HexCodec:
-    """Test codec: 0x + 40 hex digits in any case; canonical form lower-case."""
-
-    def parse(self, text: str) -> tuple[Address, AddressKey]:
-        if not _HEX.fullmatch(text):
-            raise InvalidAddress("expected 0x followed by 40 hex digits")
-        return Address(text.lower()), AddressKey(bytes.fromhex(text[2:]))
-
-
 CODECS: dict[str, AddressCodec] = {"eth": HexCodec()}
 A1, A2, A3, A4 = ("0x" + c * 40 for c in "1234")
 MIXED = "0x" + "aB" * 20
@@ -261,20 +249,6 @@ async def _produce(cfg: KafkaConfig, items: list[tuple[bytes, bytes | None]], *,
         await producer.stop()
 
 
-async def _read_all(cfg: KafkaConfig, topic: str) -> list[Consumed]:
-    consumer = ManualConsumer(cfg, topic, timeout_s=10)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets()
-        out: list[Consumed] = []
-        async with asyncio.timeout(10):
-            while [p for p, e in ends.items() if await consumer.position(p) < e]:
-                out.extend(await consumer.fetch(timeout_ms=200))
-        return out
-    finally:
-        await consumer.stop()
-
-
 async def _eventually(check: Any) -> None:
     async with asyncio.timeout(15):
         for _ in range(100_000):  # polling: the index has no event to wait on
@@ -327,7 +301,7 @@ async def test_follower_catches_up_then_follows_live(reg_cfg: KafkaConfig) -> No
         assert index.label(k(A3)) == "carol"
         assert follower.running
 
-        letters = await _read_all(cfg, cfg.topics.dead_letter)
+        letters = await read_all(cfg, cfg.topics.dead_letter)
         docs = [orjson.loads(r.value or b"") for r in letters]
         for doc in docs:
             DEAD_LETTER_SCHEMA.validate(doc)

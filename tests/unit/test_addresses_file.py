@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
+from tests.chainsim import HexCodec
 from watcher.addresses_file import load_addresses_file, parse_addresses
 from watcher.core.addresses import AddressIndex
-from watcher.errors import ConfigError, InvalidAddress
+from watcher.errors import ConfigError
 from watcher.ports import AddressCodec
-from watcher.types import Address, AddressKey
-
-_HEX = re.compile(r"0x[0-9a-fA-F]{40}")
-
-
-class HexCodec:
-    """Test codec: 0x + 40 hex digits in any case; canonical form lower-case."""
-
-    def parse(self, text: str) -> tuple[Address, AddressKey]:
-        if not _HEX.fullmatch(text):
-            raise InvalidAddress("expected 0x followed by 40 hex digits")
-        return Address(text.lower()), AddressKey(bytes.fromhex(text[2:]))
-
 
 CODECS: dict[str, AddressCodec] = {"eth": HexCodec(), "arb": HexCodec()}
 A1 = "0x" + "11" * 20
