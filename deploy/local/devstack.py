@@ -928,6 +928,12 @@ class AnvilInfo:
         return json_rpc(self.url, method, params, timeout=timeout)
 
 
+def _anvil_state_args(state_dir: Path) -> tuple[str, ...]:
+    home = Path(state_dir) / "anvil"
+    home.mkdir(parents=True, exist_ok=True)
+    return ("--state", str(home / "state.json"), "--state-interval", "2")
+
+
 def start_anvil(state_dir: Path, port: int = DEFAULT_PORTS["anvil"], *, name: str = "anvil",
                 chain_id: int = ANVIL_CHAIN_ID, block_time: float | None = None,
                 extra_args: Sequence[str] = (), timeout: float = 30.0,
@@ -1053,7 +1059,10 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, *, ports: dict[str, int] | None = No
     starters: dict[str, Callable[[], Any]] = {
         "kafka": lambda: start_kafka(state_dir, ports["kafka"], ports["kafka_controller"]),
         "btcd": lambda: start_btcd(state_dir, ports["btcd"], ports.get("btcd_p2p")),
-        "anvil": lambda: start_anvil(state_dir, ports["anvil"]),
+        # The chain must outlive a restart like Kafka's data does: the watcher's checkpoint
+        # in Kafka names anvil's blocks, and a fresh chain under it looks like a node that
+        # fell behind (or a reorg below the window). Dumped every 2 s, so kill -9 loses little.
+        "anvil": lambda: start_anvil(state_dir, ports["anvil"], extra_args=_anvil_state_args(state_dir)),
         "prometheus": lambda: start_prometheus(state_dir, ports["prometheus"],
                                                targets=[watcher_target]),
     }

@@ -121,7 +121,13 @@ async def test_node_behind_the_tip_is_not_a_reorg() -> None:
     behind = SimChain(blocks=dict(sim.blocks), canonical=list(sim.canonical[:2]))
     f.source = behind
     assert await f.step() is StepOutcome.LAGGING_NODE
+    assert await f.step() is StepOutcome.LAGGING_NODE
+    assert "behind" in (f.status.last_error or "")
     assert [e["type"] for e in sink.events()] == ["deposit.pending"]
+    f.source = sim          # the node catches up: following resumes where it was
+    sim.mine_empty(1)
+    await drain(f)
+    assert f.status.processed_height == sim.height and f.status.last_error is None
 
 
 async def test_failed_commit_reloads_state_and_loses_nothing() -> None:

@@ -22,6 +22,8 @@ def status(**kw: object) -> FollowerStatus:
     ("halted by a deep reorg", status(halted_reason="reorg beyond the window"), True, 110.0, False,
      "halted"),
     ("no success for too long", status(last_error="node down"), True, 200.0, False, "node down"),
+    ("never a success since start", status(last_ok_at=0.0, started_at=100.0, last_error="behind"), True,
+     200.0, False, "since start (100s)"),
 ])
 def test_readiness(name: str, st: FollowerStatus, regs: bool, now: float, ready: bool, reason: str) -> None:
     r = readiness({"eth": st}, {"eth": 60.0}, regs, now)

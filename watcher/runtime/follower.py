@@ -48,6 +48,7 @@ class StepOutcome(StrEnum):
 @dataclass
 class FollowerStatus:
     started: bool = False
+    started_at: float = 0.0
     halted_reason: str | None = None
     fenced: bool = False
     last_ok_at: float = 0.0
@@ -80,7 +81,7 @@ class ChainFollower:
         self.state: ChainState | None = None
         self._checkpoint_name = f"chain:{cfg.id}"
         self._prefetch: asyncio.Task[_Batch | None] | None = None
-        self._labels_seen = True
+        self._node_behind = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -90,6 +91,7 @@ class ChainFollower:
         await self.sink.start()
         await self.source.verify_identity()
         self.status.started = True
+        self.status.started_at = self.clock()
 
     async def run(self, stop: asyncio.Event) -> None:
         poll = self.cfg.poll_interval_ms / 1000
@@ -157,9 +159,17 @@ class ChainFollower:
 
         if tip is not None:
             if head.number < tip.number:
-                # Never a reorg: a node behind what we already verified is just behind.
-                bound.info("node is behind the processed tip; waiting", node_head=head.number)
+                # Never a reorg: a node behind what we already verified is just behind. Said
+                # once per episode, not at every poll; readiness and the lag metrics carry on.
+                if not self._node_behind:
+                    bound.warning("node is behind the processed tip; waiting for it",
+                                  node_head=head.number)
+                    self._node_behind = True
+                self.status.last_error = f"node head {head.number} is behind processed {tip.number}"
                 return StepOutcome.LAGGING_NODE
+            if self._node_behind:
+                bound.info("node caught up with the processed tip", node_head=head.number)
+                self._node_behind = False
             if head.hash == tip.hash:
                 state.window.set_finalized(self._finalized(head, tip))
                 self._mark_ok(caught_up=True)

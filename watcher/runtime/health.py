@@ -37,7 +37,9 @@ def readiness(statuses: Mapping[str, FollowerStatus], stale_after: Mapping[str, 
         elif not st.started:
             reasons.append(f"{chain}: not started")
         elif now - st.last_ok_at > stale_after[chain]:
-            reasons.append(f"{chain}: no successful cycle for {now - st.last_ok_at:.0f}s"
+            since = (f"for {now - st.last_ok_at:.0f}s" if st.last_ok_at else
+                     f"since start ({now - st.started_at:.0f}s)")
+            reasons.append(f"{chain}: no successful cycle {since}"
                            + (f" (last error: {st.last_error})" if st.last_error else ""))
     return Readiness(not reasons, tuple(reasons))
 
