@@ -214,3 +214,31 @@ async def test_unreadable_checkpoint_halts_without_crashing() -> None:
     assert "checkpoint unreadable" in (f.status.halted_reason or "")
     assert await f.step() is StepOutcome.HALTED
     assert sink.commits == 0
+
+
+async def test_finalized_tag_mode_halts_on_a_reorg_below_the_nodes_finalized_block() -> None:
+    sim, sink = SimChain(), MemorySink()
+    f = follower(sim, sink, finality={"mode": "finalized"})
+    await f.start()
+    sim.mine_empty(10)
+    sim.finalized_number = 6
+    await drain(f)
+    assert f.state is not None and f.state.window.finalized_number == 6
+    sim.fork_at(8)                      # above finality: an ordinary reorg
+    sim.mine_empty(4)
+    await drain(f)
+    assert f.status.halted_reason is None
+    sim.fork_at(5)                      # replaces finalized block 6
+    sim.mine_empty(10)
+    assert await drain(f) is StepOutcome.HALTED
+    assert "finalized" in (f.status.halted_reason or "")
+
+
+async def test_finalized_tag_never_runs_ahead_of_the_verified_tip() -> None:
+    sim, sink = SimChain(), MemorySink()
+    sim.mine_empty(30)
+    sim.finalized_number = 25          # the node is far ahead; we start at block 0
+    f = follower(sim, sink, finality={"mode": "finalized"}, batch_size=5)
+    await f.start()
+    assert await f.step() is StepOutcome.PROGRESS
+    assert f.state is not None and f.state.window.finalized_number == f.status.processed_height
