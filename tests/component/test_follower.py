@@ -242,3 +242,18 @@ async def test_finalized_tag_never_runs_ahead_of_the_verified_tip() -> None:
     await f.start()
     assert await f.step() is StepOutcome.PROGRESS
     assert f.state is not None and f.state.window.finalized_number == f.status.processed_height
+
+
+async def test_start_block_above_the_node_head_waits_for_it() -> None:
+    sim, sink = SimChain(), MemorySink()
+    sim.mine(transfer("0xearly", ALICE, 10**18))
+    f = follower(sim, sink, start_block=5)
+    await f.start()
+    assert await f.step() is StepOutcome.IDLE
+    assert sink.commits == 0
+    sim.mine_empty(3)
+    sim.mine(transfer("0xlate", ALICE, 10**18))   # height 5
+    await drain(f)
+    assert [e["deposit_id"] for e in sink.events()] == ["eth:0xlate:tx"]
+    assert f.state is not None and f.state.window.bottom is not None
+    assert f.state.window.bottom.number == 5

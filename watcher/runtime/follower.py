@@ -241,6 +241,8 @@ class ChainFollower:
 
         if tip is None:
             start = self.cfg.start_block if self.cfg.start_block is not None else head.number
+            if start > head.number:
+                return None  # the configured start is not mined yet: nothing below it counts
             count = max(1, min(self.cfg.batch_size, head.number - start + 1))
         else:
             start = tip.number + 1
