@@ -42,11 +42,41 @@ class ChainError(WatcherError):
         self.endpoint = endpoint
 
 
-class NodeAnswerInvalid(ChainError):
-    """A node answered something that fails our checks (wrong hash, broken link, bad shape)."""
+class AnswerCheck(StrEnum):
+    """Which check a node's answer failed: a bounded metric label, one per kind of lie."""
 
-    def __init__(self, message: str, endpoint: str = "") -> None:
+    SHAPE = "shape"
+    """Not JSON, a missing field, a value of the wrong type or format."""
+    BATCH = "batch"
+    """A batch answer with a missing, repeated or unknown id, or another number of items."""
+    BLOCK_HASH = "block_hash"
+    """A block (or header) fetched by hash is another block, or names another height."""
+    PARENT_LINK = "parent_link"
+    """A header's parent or height disagrees with what the node said before."""
+    NULL_BLOCK = "null_block"
+    """``null`` (or "not found") for a block the node itself named."""
+    LOGS = "logs"
+    """Logs missing where the block's bloom filter says they may be, or of another block."""
+    RECEIPTS = "receipts"
+    """A receipt of another transaction or block, or missing."""
+    TRACES = "traces"
+    """Not one trace per transaction, or a trace of another transaction."""
+    TXID = "txid"
+    """A transaction whose recomputed id or merkle root disagrees with the block."""
+    OTHER = "other"
+
+
+class NodeAnswerInvalid(ChainError):
+    """A node answered something that fails our checks (wrong hash, broken link, bad shape).
+
+    Retriable: another endpoint (or the same one later) may answer correctly, and the
+    endpoint pool counts it against the endpoint that answered (``check`` is the label).
+    """
+
+    def __init__(self, message: str, endpoint: str = "",
+                 check: AnswerCheck = AnswerCheck.SHAPE) -> None:
         super().__init__(ErrorKind.RETRIABLE, message, endpoint)
+        self.check = check
 
 
 class ChainIdentityMismatch(WatcherError):

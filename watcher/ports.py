@@ -26,6 +26,38 @@ class AddressCodec(Protocol):
         ...
 
 
+class NodeClient(Protocol):
+    """One endpoint of one chain, as its chain family asks it: the only part of endpoint
+    handling a family supplies.
+
+    The chain-agnostic :class:`watcher.runtime.pool.EndpointPool` owns every client of a
+    chain: it verifies identity, polls heads, keeps one explicit state per endpoint
+    (:mod:`watcher.core.endpoints`), picks which endpoint answers, retries and fails over.
+    A family's client adds its own request methods (blocks, logs, raw transactions) beside
+    these three; each raises only :class:`watcher.errors.ChainError` (classified at the
+    family's edge), :class:`watcher.errors.NodeAnswerInvalid` for an answer that fails a
+    check, or :class:`watcher.errors.ChainIdentityMismatch`.
+    """
+
+    @property
+    def name(self) -> str:
+        """The configured endpoint name: the only way it is ever named in logs and labels."""
+        ...
+
+    async def identify(self) -> None:
+        """Checks that this endpoint serves the configured chain (EVM chain id, UTXO genesis
+        hash or network). Raises :class:`ChainIdentityMismatch` when it serves another one,
+        a RETRIABLE :class:`ChainError` when it cannot be asked."""
+        ...
+
+    async def head(self) -> ChainHead:
+        """The endpoint's tip (and finalized height where the chain has one)."""
+        ...
+
+    async def close(self) -> None:
+        ...
+
+
 class ChainSource(Protocol):
     """Read access to one chain through one or more nodes.
 
