@@ -73,3 +73,12 @@ REGISTRATIONS = Counter("watcher_address_registrations_total",
                         "Registration records applied, by outcome", ["outcome"], registry=REGISTRY)
 DEAD_LETTERS = Counter("watcher_dead_letters_total", "Inputs sent to the dead-letter topic",
                        ["source"], registry=REGISTRY)
+
+# ---------------------------------------------------------------- mempool (UTXO unconfirmed deposits)
+MEMPOOL_TRANSITIONS = Counter(
+    "watcher_mempool_deposits_total",
+    "Unconfirmed deposits by transition: seen, replaced, double_spent, dropped, mined",
+    ["chain", "outcome"], registry=REGISTRY)
+MEMPOOL_TRACKED = Gauge("watcher_mempool_tracked_transactions",
+                        "Unconfirmed transactions paying watched addresses held in the state",
+                        ["chain"], registry=REGISTRY)
