@@ -250,6 +250,14 @@ def test_seen_mined_reorged_seen_again() -> None:
     assert unconfirmed_event_body(BTC, again.events[0], 0)["event_id"] != first
 
 
+def test_mined_without_spends_is_still_mined_never_dropped() -> None:
+    # A block whose inputs were not listed: its transfer to the watched address says mined.
+    st = _state()
+    st.observe_mempool(MempoolChange((A,), tip=ref(10).hash), 0.0, no_label)
+    applied = st.apply(Extend((ref(11),)), [BlockContents(ref(11), A.transfers)], no_label)
+    assert applied.mined == 1 and len(st.mempool) == 0 and applied.unconfirmed == ()
+
+
 def test_block_double_spend_through_chain_state() -> None:
     st = _state()
     st.observe_mempool(MempoolChange((A,), tip=ref(10).hash), 0.0, no_label)

@@ -106,8 +106,8 @@ class ChainState:
         mined = 0
         for c in contents:
             self.tracker.add_block(c, label_of)
-            if c.spends and len(self.mempool):
-                doubled, n = self.mempool.connect(c.spends)
+            if len(self.mempool):
+                doubled, n = self.mempool.connect(c.spends, (t.txid for t in c.transfers))
                 unconfirmed.extend(doubled)
                 mined += n
         tip = self.window.tip

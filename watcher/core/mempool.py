@@ -203,12 +203,18 @@ class MempoolTracker:
                 events.extend(self._revert(txid, RevertReason.DROPPED))
         return events
 
-    def connect(self, spends: Sequence[Spend]) -> tuple[list[UnconfirmedEvent], int]:
+    def connect(self, spends: Sequence[Spend], paying: Iterable[TxId] = ()
+                ) -> tuple[list[UnconfirmedEvent], int]:
         """Applies a block that joined the canonical chain: returns the double-spend
         reversals and how many seen deposits it mined (their transactions leave this
-        state; the block path announces them)."""
+        state; the block path announces them).
+
+        ``paying``: txids of the block's transfers to watched addresses. A tracked one
+        is mined even if ``spends`` missed it, so it can never be dropped (reverted)
+        while the block path announces it.
+        """
         events: list[UnconfirmedEvent] = []
-        mined: set[TxId] = set()
+        mined = {t for t in paying if t in self._txs}
         conflicted: dict[TxId, None] = {}
         for s in spends:
             owner = self._spent_by.get(s.outpoint)
