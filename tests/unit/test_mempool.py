@@ -301,16 +301,31 @@ def test_crash_and_restore_midway_gives_the_same_events_and_ids() -> None:
                 for p, t in zip(polls, times, strict=True)]
     for crash_after in range(len(polls)):
         st = _state()
+        committed = st.snapshot()
         got = []
         for i, (p, t) in enumerate(zip(polls, times, strict=True)):
             obs = st.observe_mempool(p, t, no_label)
             got.append(ids(obs.events))
+            if obs.snapshot is not None:
+                committed = obs.snapshot
             if i == crash_after:
-                st = ChainState.restore(obs.snapshot, BTC, 8, required, mempool_drop_after_s=DROP)
+                st = ChainState.restore(committed, BTC, 8, required, mempool_drop_after_s=DROP)
         assert got == expected
     # A seen (episode 0) and THREE's 3 outputs (1); B replaces A (2); THREE dropped; A comes
     # back spending f0 again and replaces B (3).
     assert [len(x) for x in expected] == [4, 2, 0, 3, 2]
+
+
+def test_a_poll_that_changes_nothing_has_nothing_to_checkpoint() -> None:
+    st = _state()
+    tip = ref(10).hash
+    assert st.observe_mempool(MempoolChange((B_UNWATCHED,), tip=tip), 0.0, no_label).snapshot is None
+    assert st.observe_mempool(MempoolChange((A,), tip=tip), 1.0, no_label).snapshot is not None
+    assert st.observe_mempool(MempoolChange((A,), tip=tip), 2.0, no_label).snapshot is None
+    # Only a timer starting is still a change to checkpoint: a restart must keep it.
+    gone = st.observe_mempool(MempoolChange(gone=(TxId("aa"),), tip=tip), 3.0, no_label)
+    assert gone.events == () and gone.snapshot is not None
+    assert ChainState.restore(gone.snapshot, BTC, 8, required).mempool.txs()[0].gone_since == 3.0
 
 
 # ---------------------------------------------------------------- snapshots

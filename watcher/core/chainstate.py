@@ -74,8 +74,9 @@ class Applied:
 @dataclass(frozen=True, slots=True)
 class Observed:
     events: tuple[UnconfirmedEvent, ...]
-    snapshot: bytes
-    """The state after the poll, to commit in the same transaction as ``events``."""
+    snapshot: bytes | None
+    """The state after the poll, to commit in the same transaction as ``events``; None
+    when the poll changed nothing (no event, no timer started or stopped)."""
 
 
 class ChainState:
@@ -126,9 +127,11 @@ class ChainState:
         tip = self.window.tip
         caught_up = tip is not None and change.tip == tip.hash
         in_blocks = {d.transfer.txid for d in self.tracker.deposits()}
+        before = self.mempool.mutations
         events = self.mempool.observe(change, now, label_of, caught_up=caught_up,
                                       in_blocks=in_blocks)
-        return Observed(tuple(events), self.snapshot())
+        changed = self.mempool.mutations != before
+        return Observed(tuple(events), self.snapshot() if changed else None)
 
     # ------------------------------------------------------------ persistence
 

@@ -142,6 +142,9 @@ class MempoolTracker:
         self._txs: dict[TxId, SeenTx] = {}
         self._spent_by: dict[Outpoint, TxId] = {}
         self.next_episode = 0
+        self.mutations = 0
+        """Counts every change of the state: equal before and after a poll means there is
+        nothing new to checkpoint."""
 
     def __len__(self) -> int:
         return len(self._txs)
@@ -178,6 +181,7 @@ class MempoolTracker:
                 # Back in the mempool (or reported twice): the same episode goes on.
                 if known.gone_since is not None:
                     self._txs[tx.txid] = replace(known, gone_since=None)
+                    self.mutations += 1
                 continue
             if tx.txid in in_blocks:
                 continue
@@ -195,6 +199,7 @@ class MempoolTracker:
             known = self._txs.get(txid)
             if known is not None and known.gone_since is None:
                 self._txs[txid] = replace(known, gone_since=now)
+                self.mutations += 1
 
         if caught_up:
             expired = [t.txid for t in self._txs.values()
@@ -269,10 +274,12 @@ class MempoolTracker:
         self._txs[tx.txid] = tx
         for op in tx.spends:
             self._spent_by[op] = tx.txid
+        self.mutations += 1
 
     def _remove(self, txid: TxId) -> SeenTx:
         tx = self._txs.pop(txid)
         for op in tx.spends:
             if self._spent_by.get(op) == txid:
                 del self._spent_by[op]
+        self.mutations += 1
         return tx

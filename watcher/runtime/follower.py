@@ -95,7 +95,6 @@ class ChainFollower:
         # A full mempool listing is due at start, after the state went back to the
         # checkpoint, and after a reorg put transactions back into the node's mempool.
         self._mempool_resync = True
-        self._committed: bytes | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -227,9 +226,7 @@ class ChainFollower:
         state.window.set_finalized(self._finalized(head, new_tip))
         # Start fetching the next range while this one commits.
         self._start_prefetch(new_tip, head)
-        snapshot = state.snapshot()
-        await self.sink.commit(records, self._checkpoint_name, snapshot)
-        self._committed = snapshot
+        await self.sink.commit(records, self._checkpoint_name, state.snapshot())
         self._count_unconfirmed(applied.unconfirmed, mined=applied.mined)
 
         for ev in applied.events:
@@ -272,9 +269,8 @@ class ChainFollower:
         observed = state.observe_mempool(change, now, self._label_of)
         records = [unconfirmed_record(self.topic, chain, ev, now) for ev in observed.events]
         # Nothing to publish and no timer started or stopped: no transaction at all.
-        if records or observed.snapshot != self._committed:
+        if observed.snapshot is not None:
             await self.sink.commit(records, self._checkpoint_name, observed.snapshot)
-            self._committed = observed.snapshot
         self._mempool_resync = False
         self._count_unconfirmed(observed.events)
         self.status.committed_events += len(records)
@@ -390,7 +386,6 @@ class ChainFollower:
         log.info("resumed from checkpoint", chain=cfg.id, height=tip.number if tip else None,
                  block_hash=tip.hash if tip else None, tracked=len(state.tracker),
                  unconfirmed=len(state.mempool))
-        self._committed = data
         if tip is not None:
             self.status.processed_height = tip.number
             metrics.PROCESSED_HEIGHT.labels(cfg.id).set(tip.number)
