@@ -113,7 +113,9 @@ class MempoolSource(Protocol):
         mempool as added, with ``present`` set to all their txids. The follower asks
         for it after a start, a failed commit (the state went back to the checkpoint)
         and a reorg (transactions of removed blocks return to the mempool). Errors are
-        raised as :class:`watcher.errors.ChainError`.
+        raised as :class:`watcher.errors.ChainError`; a call that raises leaves the
+        previous call as the baseline of the next one. Transactions that cannot be
+        parsed are left out (and counted) at the source's edge, never passed on.
         """
         ...
 

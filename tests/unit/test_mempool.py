@@ -144,6 +144,15 @@ CASES = [
           ("deposit.reverted", "btc:cc:vout:0", 0, "double_spent"),
           ("deposit.reverted", "btc:cc:vout:1", 0, "double_spent"),
           ("deposit.reverted", "btc:cc:vout:2", 0, "double_spent"))),
+    Case("the replacement paying a watched address is then mined: no more events",
+         (("poll", 0.0, (A,), (), True), ("poll", 5.0, (B_WATCHED,), (TxId("aa"),), True),
+          ("block", (Spend(op("f0"), TxId("bb")),)), ("poll", 5.0 + DROP, (), (), True)),
+         (("deposit.seen", "btc:aa:vout:0", 0, None),
+          ("deposit.reverted", "btc:aa:vout:0", 0, "replaced"),
+          ("deposit.seen", "btc:bb:vout:0", 1, None))),
+    Case("reported twice in one poll and again later: seen once",
+         (("poll", 0.0, (A, A), (), True), ("poll", 1.0, (A,), (), True)),
+         (("deposit.seen", "btc:aa:vout:0", 0, None),), left=1),
     Case("a transaction paying nobody watched leaves no state",
          (("poll", 0.0, (B_UNWATCHED,), (), True), ("block", (Spend(op("f0"), TxId("zz")),))),
          ()),
@@ -188,11 +197,12 @@ def test_malformed_unconfirmed_transactions_are_refused(tx: object, match: str) 
 
 def test_event_ids_are_keyed_by_episode() -> None:
     tr = MempoolTracker(BTC, required, DROP)
-    got = run(tr, CASES[9].steps)  # seen, dropped, seen again
+    (again,) = [c for c in CASES if c.name == "seen, dropped, seen again: a new episode"]
+    got = run(tr, again.steps)
     assert len(got) == 3
     evs: list[UnconfirmedEvent] = []
     tr2 = MempoolTracker(BTC, required, DROP)
-    for s in CASES[9].steps:
+    for s in again.steps:
         _, now, added, gone, _ = s
         assert isinstance(now, float) and isinstance(added, tuple) and isinstance(gone, tuple)
         evs.extend(tr2.observe(MempoolChange(added, gone), now, no_label, caught_up=True))
