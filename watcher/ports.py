@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from watcher.core.mempool import MempoolChange
-from watcher.types import Address, AddressKey, BlockContents, BlockHash, BlockRef, ChainHead
+from watcher.types import (
+    Address,
+    AddressKey,
+    BlockContents,
+    BlockHash,
+    BlockRef,
+    ChainHead,
+    Outpoint,
+)
 
 
 class WatchedAddressLookup(Protocol):
@@ -117,6 +125,13 @@ class MempoolSource(Protocol):
         previous call as the baseline of the next one. Transactions that cannot be
         parsed are left out (and counted) at the source's edge, never passed on.
         """
+        ...
+
+    def watch_outpoints(self, outpoints: frozenset[Outpoint]) -> None:
+        """From now on, every :class:`BlockContents` this source returns lists in
+        ``spends`` each input of its block that spends one of ``outpoints`` (the inputs
+        of the seen transactions); listing every input of the block is also correct.
+        The follower calls it before it asks for block contents."""
         ...
 
 

@@ -77,9 +77,10 @@ class Spend:
 class BlockContents:
     """A block's header and the transfers in it that pay watched addresses.
 
-    ``spends`` (UTXO families with mempool watching): every input of every
-    transaction in the block, so that the mempool core can tell a seen
-    transaction mined from one double-spent. Empty for account chains.
+    ``spends`` (UTXO families with mempool watching): the inputs of the block
+    that spend an outpoint of a seen transaction (at least; every input is also
+    right), so that the mempool core can tell a seen transaction mined from one
+    double-spent. Empty for account chains.
     """
 
     ref: BlockRef

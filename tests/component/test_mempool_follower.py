@@ -38,6 +38,7 @@ class UtxoSim(SimChain):
     pool: dict[TxId, UnconfirmedTx] = field(default_factory=dict)
     baseline: list[TxId] = field(default_factory=list)
     polls: list[bool] = field(default_factory=list)
+    watched_outpoints: frozenset[Outpoint] = frozenset()
 
     def send(self, tx: UnconfirmedTx) -> None:
         for txid in [t for t, other in self.pool.items() if set(other.spends) & set(tx.spends)]:
@@ -54,8 +55,14 @@ class UtxoSim(SimChain):
     async def contents(self, refs: Sequence[BlockRef],
                        watched: WatchedAddressLookup) -> list[BlockContents]:
         out = await super().contents(refs, watched)
-        return [BlockContents(c.ref, c.transfers, self.block_spends.get(c.ref.hash, ()))
+        # As a real source may: only the inputs spending what the follower said it tracks.
+        return [BlockContents(c.ref, c.transfers,
+                              tuple(s for s in self.block_spends.get(c.ref.hash, ())
+                                    if s.outpoint in self.watched_outpoints))
                 for c in out]
+
+    def watch_outpoints(self, outpoints: frozenset[Outpoint]) -> None:
+        self.watched_outpoints = outpoints
 
     async def mempool(self, watched: WatchedAddressLookup, *, full: bool) -> MempoolChange:
         self._touch()
@@ -234,3 +241,19 @@ async def test_run_loop_polls_the_mempool_when_caught_up() -> None:
     stop.set()
     await task
     assert short(sink) == [("deposit.seen", "eth:0xaa:vout:0", None, None)]
+
+
+async def test_prefetched_blocks_fetched_before_a_seen_tx_are_fetched_again() -> None:
+    sim, sink, clock = UtxoSim(), MemorySink(), Clock()
+    f = await started(sim, sink, clock)
+    sim.mine_empty(6)
+    sim.mine_txs(utx("0xee", [(STRANGER, 1)], "coin1"))   # block 7 spends coin1
+    sim.mine_empty(3)
+    assert await f.step() is StepOutcome.PROGRESS          # blocks 1-5; 6-10 prefetched
+    sim.send(A)                                            # A spends coin1 too
+    await f.mempool_step()
+    for _ in range(10):
+        if await f.step() is not StepOutcome.PROGRESS:
+            break
+    assert short(sink) == [("deposit.seen", "eth:0xaa:vout:0", None, None),
+                           ("deposit.reverted", "eth:0xaa:vout:0", "double_spent", None)]

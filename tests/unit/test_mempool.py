@@ -174,6 +174,13 @@ def test_transitions(case: Case) -> None:
     assert len(tr) == case.left
 
 
+def test_outpoints_are_those_of_tracked_transactions_only() -> None:
+    tr = MempoolTracker(BTC, required, DROP)
+    tr.observe(MempoolChange((A, THREE, B_UNWATCHED)), 0.0, no_label, caught_up=True)
+    # B_UNWATCHED replaced A (same input f0) and pays nobody watched: nothing of either is kept.
+    assert tr.outpoints() == {op("f1"), op("f2", 3)}
+
+
 def test_seen_carries_required_confirmations_label_and_rbf() -> None:
     tr = MempoolTracker(BTC, required, DROP)
     evs = tr.observe(MempoolChange((THREE, B_WATCHED)), 0.0, lambda t: f"cust-{t.amount}",

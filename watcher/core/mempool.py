@@ -152,6 +152,11 @@ class MempoolTracker:
     def txs(self) -> list[SeenTx]:
         return list(self._txs.values())
 
+    def outpoints(self) -> frozenset[Outpoint]:
+        """Every outpoint a tracked transaction spends: the inputs a connected block's
+        ``spends`` must list at least (to tell mined from double-spent)."""
+        return frozenset(self._spent_by)
+
     def restore(self, txs: Iterable[SeenTx], next_episode: int) -> None:
         self._txs.clear()
         self._spent_by.clear()

@@ -32,7 +32,15 @@ from watcher.core.window import BeyondWindow, BrokenBranch, Extend, NeedParent, 
 from watcher.errors import ChainError, ErrorKind, SinkError
 from watcher.events import deposit_record, unconfirmed_record
 from watcher.ports import AddressCodec, ChainSource, MempoolSource, OutRecord, TransactionalSink
-from watcher.types import AddressKey, BlockContents, BlockRef, ChainHead, DepositEventType, Transfer
+from watcher.types import (
+    AddressKey,
+    BlockContents,
+    BlockRef,
+    ChainHead,
+    DepositEventType,
+    Outpoint,
+    Transfer,
+)
 
 log = structlog.get_logger("watcher.follower")
 
@@ -70,6 +78,8 @@ class FollowerStatus:
 class _Batch:
     added: tuple[BlockRef, ...]
     contents: tuple[BlockContents, ...]
+    outpoints: frozenset[Outpoint] = frozenset()
+    """The mempool outpoints whose spenders these contents list."""
 
 
 class ChainFollower:
@@ -293,8 +303,10 @@ class ChainFollower:
                           ) -> tuple[Extend | Rewind, tuple[BlockContents, ...]] | BeyondWindow | None:
         tip = state.tip
         prefetched = await self._take_prefetch()
+        outpoints = self._watch_outpoints(state)
+        # Contents fetched before a seen transaction was tracked could miss its double-spend.
         if prefetched is not None and tip is not None and prefetched.added and \
-                prefetched.added[0].parent_hash == tip.hash:
+                prefetched.added[0].parent_hash == tip.hash and outpoints <= prefetched.outpoints:
             return Extend(prefetched.added), prefetched.contents
 
         if tip is None:
@@ -338,16 +350,26 @@ class ChainFollower:
         remaining = head.number - tip.number
         if remaining <= 0 or self._prefetch is not None:
             return
+        outpoints = self._watch_outpoints(self.state) if self.state else frozenset()
         self._prefetch = asyncio.create_task(
-            self._fetch_range(tip, min(self.cfg.batch_size, remaining)))
+            self._fetch_range(tip, min(self.cfg.batch_size, remaining), outpoints))
 
-    async def _fetch_range(self, tip: BlockRef, count: int) -> _Batch | None:
+    def _watch_outpoints(self, state: ChainState) -> frozenset[Outpoint]:
+        """Tells the mempool source which outpoints' spenders block contents must list."""
+        if self.mempool is None:
+            return frozenset()
+        outpoints = state.mempool.outpoints()
+        self.mempool.watch_outpoints(outpoints)
+        return outpoints
+
+    async def _fetch_range(self, tip: BlockRef, count: int,
+                           outpoints: frozenset[Outpoint]) -> _Batch | None:
         try:
             refs = linked_prefix(await self.source.headers(tip.number + 1, count))
             if not refs or refs[0].parent_hash != tip.hash:
                 return None
             contents = await self.source.contents(refs, self.addresses)
-            return _Batch(tuple(refs), tuple(contents))
+            return _Batch(tuple(refs), tuple(contents), outpoints)
         except asyncio.CancelledError:
             raise
         except Exception:
