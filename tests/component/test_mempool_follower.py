@@ -257,3 +257,20 @@ async def test_prefetched_blocks_fetched_before_a_seen_tx_are_fetched_again() ->
             break
     assert short(sink) == [("deposit.seen", "eth:0xaa:vout:0", None, None),
                            ("deposit.reverted", "eth:0xaa:vout:0", "double_spent", None)]
+
+
+async def test_run_loop_polls_the_mempool_at_its_own_interval() -> None:
+    sim, sink, clock = UtxoSim(), MemorySink(), Clock()
+    f = ChainFollower(chain_config(), sim, sink, Watched(ALICE), HexCodec(), "payments.deposits",
+                      clock=clock, mempool=sim, mempool_interval_s=3600)
+    await f.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(f.run(stop))
+    calls = sim.calls
+    for _ in range(500):
+        if sim.calls > calls + 20:           # many block-path polls (poll interval 10 ms)
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    assert sim.calls > calls + 20 and sim.polls == [True]

@@ -87,7 +87,8 @@ class ChainFollower:
                  addresses: LabelledAddresses, codec: AddressCodec, deposits_topic: str,
                  clock: Callable[[], float] = time.time, *,
                  mempool: MempoolSource | None = None,
-                 mempool_drop_after_s: float = DEFAULT_MEMPOOL_DROP_AFTER_S) -> None:
+                 mempool_drop_after_s: float = DEFAULT_MEMPOOL_DROP_AFTER_S,
+                 mempool_interval_s: float = 0.0) -> None:
         self.cfg = cfg
         self.source = source
         self.sink = sink
@@ -102,6 +103,8 @@ class ChainFollower:
         self._node_behind = False
         self.mempool = mempool
         self.mempool_drop_after_s = mempool_drop_after_s
+        self.mempool_interval_s = mempool_interval_s
+        self._mempool_polled_at: float | None = None
         # A full mempool listing is due at start, after the state went back to the
         # checkpoint, and after a reorg put transactions back into the node's mempool.
         self._mempool_resync = True
@@ -124,7 +127,7 @@ class ChainFollower:
                 return
             if outcome is StepOutcome.PROGRESS:
                 continue
-            if outcome is StepOutcome.CAUGHT_UP and self.mempool is not None:
+            if outcome is StepOutcome.CAUGHT_UP and self._mempool_due():
                 await self.mempool_step()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), poll)
@@ -267,8 +270,15 @@ class ChainFollower:
         self._mark_ok(caught_up=not behind)
         return StepOutcome.PROGRESS if behind else StepOutcome.CAUGHT_UP
 
+    def _mempool_due(self) -> bool:
+        if self.mempool is None:
+            return False
+        last = self._mempool_polled_at
+        return last is None or time.monotonic() - last >= self.mempool_interval_s
+
     async def _mempool_step(self) -> StepOutcome:
         assert self.mempool is not None
+        self._mempool_polled_at = time.monotonic()
         chain = self.cfg.id
         if self.state is None:
             self.state = await self._load_state()
