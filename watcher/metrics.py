@@ -73,3 +73,10 @@ REGISTRATIONS = Counter("watcher_address_registrations_total",
                         "Registration records applied, by outcome", ["outcome"], registry=REGISTRY)
 DEAD_LETTERS = Counter("watcher_dead_letters_total", "Inputs sent to the dead-letter topic",
                        ["source"], registry=REGISTRY)
+
+# ---------------------------------------------------------------- leadership (#8)
+LEADER = Gauge("watcher_leader", "1 while this replica leads its chain (signs, broadcasts, follows)",
+               ["chain"], registry=REGISTRY)
+LEADERSHIP_CHANGES = Counter("watcher_leadership_changes_total",
+                             "Leadership acquired or lost by this replica", ["chain", "change"],
+                             registry=REGISTRY)
