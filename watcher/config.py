@@ -126,6 +126,7 @@ class Topics:
     address_registrations: str = "payments.address-registrations"
     dead_letter: str = "payments.dead-letter"
     checkpoints: str = "watcher.checkpoints"
+    leadership: str = "watcher.leadership"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,15 @@ class KafkaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LeadershipConfig:
+    enabled: bool = False
+    """Off: every replica follows its chains (run one replica). On: replicas of a chain elect
+    one leader through Kafka and the others stand by (run two for a fast takeover)."""
+    session_timeout_ms: int = 10_000
+    """How long a dead leader keeps the role before a standby takes over."""
+
+
+@dataclass(frozen=True, slots=True)
 class WatcherConfig:
     kafka: KafkaConfig
     chains: Mapping[ChainId, ChainConfig]
@@ -151,6 +161,7 @@ class WatcherConfig:
     addresses_file: Path | None
     log_level: str
     log_json: bool
+    leadership: LeadershipConfig = field(default_factory=LeadershipConfig)
 
 
 # ---------------------------------------------------------------- loading
@@ -198,7 +209,7 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None
 
 def parse(raw: Mapping[str, Any], base_dir: Path = Path()) -> WatcherConfig:
     r = _Reader(raw, "")
-    r.only({"kafka", "chains", "metrics", "addresses_file", "logging"})
+    r.only({"kafka", "chains", "metrics", "addresses_file", "logging", "leadership"})
     kafka = _parse_kafka(r.section("kafka"))
     chains_raw = r.section("chains")
     if not chains_raw.raw:
@@ -224,6 +235,16 @@ def parse(raw: Mapping[str, Any], base_dir: Path = Path()) -> WatcherConfig:
         addresses_file=(base_dir / addresses_file) if addresses_file else None,
         log_level=level,
         log_json=logging_.flag("json", True),
+        leadership=_parse_leadership(r.section("leadership", required=False)),
+    )
+
+
+def _parse_leadership(r: _Reader) -> LeadershipConfig:
+    r.only({"enabled", "session_timeout_ms"})
+    return LeadershipConfig(
+        enabled=r.flag("enabled", False),
+        # The broker bounds it (group.min/max.session.timeout.ms: 6 s to 30 min by default).
+        session_timeout_ms=r.integer("session_timeout_ms", 10_000, lo=6_000, hi=300_000),
     )
 
 

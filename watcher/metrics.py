@@ -82,3 +82,10 @@ MEMPOOL_TRANSITIONS = Counter(
 MEMPOOL_TRACKED = Gauge("watcher_mempool_tracked_transactions",
                         "Unconfirmed transactions paying watched addresses held in the state",
                         ["chain"], registry=REGISTRY)
+
+# ---------------------------------------------------------------- leadership (#8)
+LEADER = Gauge("watcher_leader", "1 while this replica leads its chain (signs, broadcasts, follows)",
+               ["chain"], registry=REGISTRY)
+LEADERSHIP_CHANGES = Counter("watcher_leadership_changes_total",
+                             "Leadership acquired or lost by this replica", ["chain", "change"],
+                             registry=REGISTRY)

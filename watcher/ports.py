@@ -135,6 +135,31 @@ class MempoolSource(Protocol):
         ...
 
 
+class Leadership(Protocol):
+    """Which replica of a chain may act: exactly one leads, the others stand by.
+
+    Leading is a belief that can be out of date for up to the election's timeout (a
+    paused process); whatever a leader writes must therefore also be fenced (the chain's
+    transactional id), so a stale leader can never commit.
+    """
+
+    async def start(self) -> None: ...
+
+    def is_leader(self) -> bool: ...
+
+    async def wait_leading(self) -> None:
+        """Returns once this replica leads; raises if the election itself failed for good."""
+        ...
+
+    async def wait_lost(self) -> None:
+        """Returns once this replica no longer leads."""
+        ...
+
+    async def stop(self) -> None:
+        """Leaves the election at once, handing the role over."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class OutRecord:
     topic: str

@@ -87,6 +87,9 @@ def test_example_values() -> None:
     ("chains.eth.batch_size", 5000, "chains.eth.batch_size", "<= 1000"),
     ("chains.ETH!", {}, "chains.ETH!", "chain id"),
     ("logging.level", "loud", "logging.level", "one of"),
+    ("leadership.session_timeout_ms", 100, "leadership.session_timeout_ms", ">= 6000"),
+    ("leadership.enabled", "yes", "leadership.enabled", "true or false"),
+    ("leadership.lease", 1, "leadership.lease", "unknown key"),
 ])
 def test_errors_name_key_and_reason(path: str, value: Any, key: str, reason: str) -> None:
     raw = with_(path, value) if not path.startswith("chains.ETH") else {**base(), "chains": {"ETH!": {}}}

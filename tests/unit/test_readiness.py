@@ -24,6 +24,10 @@ def status(**kw: object) -> FollowerStatus:
     ("no success for too long", status(last_error="node down"), True, 200.0, False, "node down"),
     ("never a success since start", status(last_ok_at=0.0, started_at=100.0, last_error="behind"), True,
      200.0, False, "since start (100s)"),
+    ("a standby is ready: standing by is its job", status(role="standby", started=False,
+                                                         last_ok_at=0.0), True, 500.0, True, ""),
+    ("a leader is judged like any follower", status(role="leader", last_error="node down"), True,
+     200.0, False, "node down"),
 ])
 def test_readiness(name: str, st: FollowerStatus, regs: bool, now: float, ready: bool, reason: str) -> None:
     r = readiness({"eth": st}, {"eth": 60.0}, regs, now)

@@ -137,6 +137,8 @@ def topic_specs(topics: Topics) -> list[TopicSpec]:
                   "kafka.topics.address_registrations"),
         TopicSpec(topics.checkpoints, 1, CHECKPOINT_TOPIC_CONFIGS, "compact",
                   "kafka.topics.checkpoints"),
+        # Never written to: its one partition is what the leader election hands out.
+        TopicSpec(topics.leadership, 1, {}, None, "kafka.topics.leadership"),
     ]
 
 

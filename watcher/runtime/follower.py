@@ -71,6 +71,8 @@ class FollowerStatus:
     last_error: str | None = None
     caught_up: bool = False
     committed_events: int = 0
+    role: str = "single"
+    """``single`` (no leadership configured), ``leader`` or ``standby``."""
     listeners: list[Callable[[], None]] = field(default_factory=list)
 
 

@@ -32,6 +32,8 @@ def readiness(statuses: Mapping[str, FollowerStatus], stale_after: Mapping[str, 
     if not registrations_caught_up:
         reasons.append("address registrations not yet read to the end")
     for chain, st in statuses.items():
+        if st.role == "standby":
+            continue  # standing by is this replica's job; the leader answers for the chain
         if st.halted_reason:
             reasons.append(f"{chain}: halted: {st.halted_reason}")
         elif not st.started:
@@ -77,5 +79,6 @@ class HealthServer:
 
     async def _readyz(self, _: web.Request) -> web.Response:
         r = readiness(self._statuses, self._stale_after, self._registrations(), self._clock())
-        return web.json_response({"ready": r.ready, "reasons": list(r.reasons)},
+        roles = {chain: st.role for chain, st in self._statuses.items()}
+        return web.json_response({"ready": r.ready, "reasons": list(r.reasons), "roles": roles},
                                  status=200 if r.ready else 503)
