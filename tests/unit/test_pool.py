@@ -172,10 +172,19 @@ async def test_none_alive_identifies_inside_ask_and_gives_up_bounded() -> None:
     a.down = True
     with pytest.raises(ChainError) as info:
         await pool.ask(FakeClient.value, what="block 0xab")
-    assert info.value.kind is R and "block 0xab" in str(info.value)
+    assert info.value.kind is R and info.value.endpoint == "a"  # the last error, not a vaguer one
+    assert "HTTP 502" in str(info.value)
     assert a.asked == 1 and a.identified == 3  # one call, then two identify-and-give-up rounds
     a.down = False
     assert await pool.ask(FakeClient.value, what="v") == "a"  # recovered inside ask
+
+
+async def test_nothing_ever_asked_gives_a_generic_retriable_error() -> None:
+    pool = make("p-never", FakeClient("a", down=True), attempts=2)
+    with pytest.raises(ChainError) as info:
+        await pool.ask(FakeClient.value, what="block 0xab")
+    assert info.value.kind is R and "block 0xab: no endpoint alive (a unreachable)" in str(
+        info.value)
 
 
 async def test_final_error_is_raised_at_once_and_keeps_the_endpoint() -> None:

@@ -219,18 +219,28 @@ class EndpointPool(Generic[C]):
 
         A RETRIABLE failure (a rejected answer included) sets that endpoint aside and is
         retried on the next alive endpoint under the retry policy; when none is alive the
-        due ones are identified again first. ``what`` names the request in errors.
+        due ones are identified again first. When the policy gives up, the last endpoint's
+        error is raised (a generic RETRIABLE one if none could be asked). ``what`` names the
+        request in errors.
         """
+        failures: list[ChainError] = []
+
         async def attempt() -> T:
             serving = self.serving()
             if not serving:
                 await self.verify_due()
                 serving = self.serving()
             if not serving:
+                if failures:
+                    raise failures[-1]  # what the last endpoint asked said, not a vaguer error
                 raise ChainError(ErrorKind.RETRIABLE,
                                  f"chain {self.chain}: {what}: no endpoint alive "
                                  f"({self._summary()})")
-            return await self._attempt(serving[0], op, what)
+            try:
+                return await self._attempt(serving[0], op, what)
+            except ChainError as exc:
+                failures.append(exc)
+                raise
 
         def on_retry(exc: ChainError) -> None:
             RPC_RETRIES.labels(self.chain, exc.endpoint or "none", exc.kind.value).inc()
