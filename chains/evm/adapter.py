@@ -171,8 +171,9 @@ class EvmChainSource:
             what="header by hash")
 
     async def canonical_hashes(self, heights: Sequence[int]) -> dict[str, dict[int, BlockHash]]:
-        """For each alive endpoint that answered, the hash it has at each of ``heights`` in its
-        canonical chain (heights it has no block at are left out). For confirm quorums."""
+        """For each identified endpoint (alive or lagging) that answered, the hash it has at
+        each of ``heights`` in its canonical chain (heights it has no block at are left out).
+        For confirmation quorums: a lagging endpoint may still vouch for an older block."""
         await self._ensure_started()
         wanted = sorted(set(heights))
         if not wanted:
@@ -187,7 +188,7 @@ class EvmChainSource:
             return out
 
         answers = await self._pool.ask_each(lambda c: c.batch_decoded(calls, decode),
-                                            what="canonical hashes")
+                                            self._pool.identified(), what="canonical hashes")
         return {n: a for n, a in answers.items() if not isinstance(a, ChainError)}
 
     # ------------------------------------------------------------ contents
