@@ -151,3 +151,30 @@ async def test_the_oracle_fails_when_the_bloom_check_is_off(monkeypatch: pytest.
     sink, sim, _ = await run_history(5, rate=0.3, faults=("empty_logs",), phases=15)
     with pytest.raises(AssertionError, match="missing"):
         check_stream(sink, sim, start=0)
+
+
+async def test_unreachable_at_start_then_back_on_another_chain_never_stops_the_follower() -> None:
+    # The crash of issue #6: "a" is down at start and comes back serving another chain.
+    sim = EvmSim()
+    sim.mine([])
+    a = FaultyNode(sim, random.Random(1), 0.0)
+    b = FaultyNode(sim, random.Random(2), 0.0)
+    a.outage = 3          # then serves chain id 1 for a while
+    b.outage = 1 << 30    # down for good
+    clock = Clock()
+    f, sink, source = build(two_endpoint_config(), {"a": a, "b": b}, clock)
+    try:
+        await f.start()   # nothing alive: logged, not raised
+        assert f.status.started and f.status.last_error
+        seen: set[str] = set()
+        outcome = StepOutcome.IDLE
+        for _ in range(100):
+            outcome = await f.step()  # never raises
+            seen |= {f"{n}:{v.state.value}" for n, v in f.status.endpoints.items()}
+            clock.now += 2.0
+        states = {n: v.state.value for n, v in source.endpoint_states().items()}
+        assert "a:wrong_chain" in seen and "a:unreachable" in seen
+        assert outcome is StepOutcome.CAUGHT_UP  # a re-identified after its cool-down
+        assert states == {"a": "alive", "b": "unreachable"}
+    finally:
+        await source.close()
