@@ -162,7 +162,7 @@ async def test_unreachable_at_start_then_back_on_another_chain_never_stops_the_f
     a.outage = 3          # then serves chain id 1 for a while
     b.outage = 1 << 30    # down for good
     clock = Clock()
-    f, sink, source = build(two_endpoint_config(), {"a": a, "b": b}, clock)
+    f, _sink, source = build(two_endpoint_config(), {"a": a, "b": b}, clock)
     try:
         await f.start()   # nothing alive: logged, not raised
         assert f.status.started and f.status.last_error
