@@ -189,6 +189,9 @@ class FaultyNode:
         self.wrong_chain = 0
         self.injected: dict[str, int] = {}
         self.requests = 0
+        self.methods: dict[str, int] = {}
+        self.without: set[str] = set()
+        """Methods this node does not offer (answered "method not found")."""
 
     def _inject(self, name: str) -> None:
         self.injected[name] = self.injected.get(name, 0) + 1
@@ -237,8 +240,11 @@ class FaultyNode:
 
     def _answer(self, sim: EvmSim, call: dict[str, Any], fault: str | None) -> dict[str, Any]:
         method, params = call["method"], call["params"]
+        self.methods[method] = self.methods.get(method, 0) + 1
         out: dict[str, Any] = {"jsonrpc": "2.0", "id": call["id"]}
         try:
+            if method in self.without:
+                raise KeyError(method)
             result = sim.result(method, params)
         except KeyError:
             out["error"] = {"code": -32601, "message": "Method not found"}
