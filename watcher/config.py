@@ -113,6 +113,9 @@ class ChainConfig:
     rpc_timeout_ms: int
     rpc_max_attempts: int
     lag_tolerance_blocks: int
+    confirm_quorum: int = 1
+    """Endpoints that must report a deposit's block hash at its height in their canonical
+    chain before ``deposit.confirmed`` (1: the followed endpoint alone, no extra request)."""
 
     def rule_for(self, asset: str) -> ConfirmationRule:
         return self.confirmations.get(asset, self.default_confirmations)
@@ -284,7 +287,7 @@ def _parse_chain(cid: ChainId, r: _Reader) -> ChainConfig:
     r.only({"family", "chain_id", "network", "endpoints", "poll_interval_ms", "start_block",
             "reorg_window", "finality", "native_asset", "tokens", "confirmations", "traces",
             "batch_size", "blocks_per_request", "max_concurrency", "rpc_timeout_ms", "rpc_max_attempts",
-            "lag_tolerance_blocks"})
+            "lag_tolerance_blocks", "confirm_quorum"})
     family_text = r.text("family")
     try:
         family = Family(family_text)
@@ -314,6 +317,11 @@ def _parse_chain(cid: ChainId, r: _Reader) -> ChainConfig:
         endpoints.append(Endpoint(name=name, url=url))
     if len({e.name for e in endpoints}) != len(endpoints):
         raise ConfigError(r.key("endpoints"), "endpoint names must be unique")
+    confirm_quorum = r.integer("confirm_quorum", 1, lo=1)
+    if confirm_quorum > len(endpoints):
+        raise ConfigError(r.key("confirm_quorum"),
+                          f"{confirm_quorum} is more than the {len(endpoints)} endpoint(s) "
+                          "that could agree")
 
     start = r.raw.get("start_block", "latest")
     if start == "latest":
@@ -400,6 +408,7 @@ def _parse_chain(cid: ChainId, r: _Reader) -> ChainConfig:
         rpc_timeout_ms=r.integer("rpc_timeout_ms", 10_000, lo=100, hi=300_000),
         rpc_max_attempts=r.integer("rpc_max_attempts", 5, lo=1, hi=100),
         lag_tolerance_blocks=r.integer("lag_tolerance_blocks", 0, lo=0, hi=10_000),
+        confirm_quorum=confirm_quorum,
     )
 
 
