@@ -150,7 +150,8 @@ class FaultProxy:
             if fault == "empty_logs" and method == "eth_getLogs" and result:
                 reply["result"] = []
                 changed = True
-            elif (fault == "null_receipt" and method == "eth_getTransactionReceipt" and result) or (fault == "null_block" and method == "eth_getBlockByHash" and result):
+            elif (fault, method) in {("null_receipt", "eth_getTransactionReceipt"),
+                                     ("null_block", "eth_getBlockByHash")} and result:
                 reply["result"] = None
                 changed = True
             elif fault == "wrong_block" and method == "eth_getBlockByHash" and result:
