@@ -103,11 +103,15 @@ class FaultProxy:
             return web.Response(status=status, body=raw, content_type="application/json")
         self._remember(req, answer)
         if self.rng.random() < self.fault_rate:
-            fault = self.rng.choice(self.faults)
-            spoiled = await self._spoil(fault, req, answer)
-            if spoiled is not None:
-                self.injected[fault] += 1
-                return spoiled
+            # A fault that fits this request, so that every kind is told about as often
+            # (an answer-level fault drawn for a request it cannot spoil would be wasted).
+            faults = [f for f in self.faults if self._fits(f, req, answer)]
+            if faults:
+                fault = self.rng.choice(faults)
+                spoiled = await self._spoil(fault, req, answer)
+                if spoiled is not None:
+                    self.injected[fault] += 1
+                    return spoiled
         return web.json_response(answer)
 
     # ------------------------------------------------------------------ faults
@@ -122,6 +126,25 @@ class FaultProxy:
                 self._heads.append(result)
             if method in ("eth_getBlockByHash", "eth_getBlockByNumber"):
                 self._blocks.append(result)
+
+    def _fits(self, fault: str, req: Any, answer: Any) -> bool:
+        if fault in ("http_502", "not_json", "timeout"):
+            return True
+        if fault in ("short_batch", "repeated_id", "shuffled_batch"):
+            return isinstance(answer, list) and len(answer) > 1
+        wanted = {"empty_logs": "eth_getLogs", "null_receipt": "eth_getTransactionReceipt",
+                  "null_block": "eth_getBlockByHash", "wrong_block": "eth_getBlockByHash",
+                  "stale_head": "eth_getBlockByNumber"}[fault]
+        for call, reply in _pairs(req, answer):
+            if call.get("method") != wanted or not isinstance(reply, dict) \
+                    or not reply.get("result"):
+                continue
+            params = call.get("params") or []
+            if fault == "stale_head" and (not params or params[0] != "latest"
+                                          or len(self._heads) <= 2):
+                continue
+            return True
+        return False
 
     async def _spoil(self, fault: str, req: Any, answer: Any) -> web.StreamResponse | None:
         if fault == "http_502":
