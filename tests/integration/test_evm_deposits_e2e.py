@@ -607,4 +607,5 @@ async def test_ready_and_processed_height(env_factory: Callable[..., Awaitable[E
                 assert status == 200, f"{path} answered {status}: {body}"
             _, body = await http_get(f"{env.metrics}/readyz")
             assert json.loads(body) == {"ready": True, "reasons": [],
-                                        "endpoints": {"eth": {"anvil": "alive"}}}
+                                        "endpoints": {"eth": {"anvil": "alive"}},
+                                        "roles": {"eth": "single"}}
