@@ -44,7 +44,7 @@ def make_cfg(bootstrap: str, **overrides: Any) -> KafkaConfig:
 @pytest.fixture
 async def cfg(kafka: KafkaService) -> AsyncIterator[KafkaConfig]:
     c = make_cfg(kafka.bootstrap_servers)
-    assert len(await ensure_topics(c)) == 5
+    assert len(await ensure_topics(c)) == 6  # the five of the contract plus leadership
     yield c
 
 
@@ -287,7 +287,7 @@ async def test_large_checkpoint_round_trips(cfg: KafkaConfig, txn_id: str) -> No
 @pytest.mark.integration
 async def test_ensure_topics_is_idempotent_and_checks_compaction(kafka: KafkaService) -> None:
     cfg = make_cfg(kafka.bootstrap_servers)
-    assert len(await ensure_topics(cfg)) == 5
+    assert len(await ensure_topics(cfg)) == 6
     assert await ensure_topics(cfg) == []
 
     wrong = make_cfg(kafka.bootstrap_servers)
