@@ -151,6 +151,9 @@ class WatcherConfig:
     addresses_file: Path | None
     log_level: str
     log_json: bool
+    shutdown_grace_s: int = 30
+    """Seconds from SIGTERM to exit: the in-flight step may finish (its Kafka transaction
+    committed) until shortly before; then it is cancelled and its transaction aborted."""
 
 
 # ---------------------------------------------------------------- loading
@@ -198,7 +201,7 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None
 
 def parse(raw: Mapping[str, Any], base_dir: Path = Path()) -> WatcherConfig:
     r = _Reader(raw, "")
-    r.only({"kafka", "chains", "metrics", "addresses_file", "logging"})
+    r.only({"kafka", "chains", "metrics", "addresses_file", "logging", "shutdown_grace_s"})
     kafka = _parse_kafka(r.section("kafka"))
     chains_raw = r.section("chains")
     if not chains_raw.raw:
@@ -224,6 +227,7 @@ def parse(raw: Mapping[str, Any], base_dir: Path = Path()) -> WatcherConfig:
         addresses_file=(base_dir / addresses_file) if addresses_file else None,
         log_level=level,
         log_json=logging_.flag("json", True),
+        shutdown_grace_s=r.integer("shutdown_grace_s", 30, lo=2, hi=3600),
     )
 
 

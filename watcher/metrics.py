@@ -73,3 +73,10 @@ REGISTRATIONS = Counter("watcher_address_registrations_total",
                         "Registration records applied, by outcome", ["outcome"], registry=REGISTRY)
 DEAD_LETTERS = Counter("watcher_dead_letters_total", "Inputs sent to the dead-letter topic",
                        ["source"], registry=REGISTRY)
+
+# ---------------------------------------------------------------- operator commands (cli)
+
+OPERATOR_RESUMES = Counter("watcher_operator_resumes_total",
+                           "Halted chains resumed by an operator (`watcher halt resume`), counted "
+                           "by the instance that loads the resumed checkpoint",
+                           ["chain"], registry=REGISTRY)

@@ -8,7 +8,7 @@ where the last committed events left off.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,14 +81,19 @@ class ChainState:
 
     # ------------------------------------------------------------ persistence
 
-    def snapshot(self) -> bytes:
-        return orjson.dumps({
+    def snapshot(self, resume: Mapping[str, Any] | None = None) -> bytes:
+        """The checkpoint value; ``resume`` records an operator's decision (`watcher halt
+        resume`) for the instance that loads it: see :func:`operator_resume`."""
+        doc: dict[str, Any] = {
             "version": SNAPSHOT_VERSION,
             "chain": self.chain,
             "finalized": self.window.finalized_number,
             "window": [_ref_out(r) for r in self.window.blocks()],
             "deposits": [_deposit_out(d) for d in self.tracker.deposits()],
-        })
+        }
+        if resume is not None:
+            doc["operator_resume"] = dict(resume)
+        return orjson.dumps(doc)
 
     @classmethod
     def restore(cls, data: bytes, chain: ChainId, window_size: int,
@@ -109,6 +114,18 @@ class ChainState:
         except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
             raise SnapshotError(f"checkpoint of {chain} is unreadable: {exc!r}") from exc
         return state
+
+
+def operator_resume(data: bytes) -> dict[str, Any] | None:
+    """The operator's resume record of a checkpoint (``from_block``, ``reason``, ``at``), or
+    None. Only the checkpoint written by the resume carries it; the follower's next commit
+    writes a snapshot without it."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    record = raw.get("operator_resume") if isinstance(raw, dict) else None
+    return dict(record) if isinstance(record, dict) else None
 
 
 def _ref_out(r: BlockRef) -> list[Any]:

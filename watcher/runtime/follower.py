@@ -21,7 +21,7 @@ import structlog
 
 from watcher import metrics
 from watcher.config import ChainConfig, FinalityMode
-from watcher.core.chainstate import ChainState, SnapshotError
+from watcher.core.chainstate import ChainState, SnapshotError, operator_resume
 from watcher.core.window import BeyondWindow, BrokenBranch, Extend, NeedParent, Rewind, linked_prefix
 from watcher.errors import ChainError, ErrorKind, SinkError
 from watcher.events import deposit_record
@@ -57,6 +57,8 @@ class FollowerStatus:
     last_error: str | None = None
     caught_up: bool = False
     committed_events: int = 0
+    pending_deposits: int | None = None
+    """Tracked deposits not yet confirmed (in the window, below their required confirmations)."""
     listeners: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -223,6 +225,7 @@ class ChainFollower:
         if new_tip.timestamp:
             metrics.LAG_SECONDS.labels(chain).set(max(0.0, now - new_tip.timestamp))
         metrics.TRACKED_DEPOSITS.labels(chain).set(len(state.tracker))
+        self.status.pending_deposits = state.tracker.unconfirmed()
         self.status.committed_events += len(records)
         self.status.processed_height = new_tip.number
         behind = head.number > new_tip.number
@@ -322,6 +325,13 @@ class ChainFollower:
         except SnapshotError as exc:
             self._halt(f"checkpoint unreadable: {exc}")
             raise
+        resume = operator_resume(data)
+        if resume is not None:
+            # Written by `watcher halt resume`; the next commit's snapshot drops it, so it is
+            # counted once by the instance that picks it up.
+            metrics.OPERATOR_RESUMES.labels(cfg.id).inc()
+            log.warning("operator resumed the chain", chain=cfg.id, **resume)
+        self.status.pending_deposits = state.tracker.unconfirmed()
         tip = state.tip
         log.info("resumed from checkpoint", chain=cfg.id, height=tip.number if tip else None,
                  block_hash=tip.hash if tip else None, tracked=len(state.tracker))

@@ -2,6 +2,8 @@
 
 * ``/healthz``: the process is alive and its loops are not wedged (every started
   chain completed a cycle recently, successful or not).
+* ``/status``: per chain heights, lag, pending deposits and endpoints, as JSON
+  (:mod:`watcher.runtime.status`; read by ``watcher status``).
 * ``/readyz``: it is doing its job: registrations read to the end, every chain
   started, none halted or fenced, and each had a successful cycle recently.
   A reorg beyond the window makes it fail, which is what pages someone.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -47,19 +50,23 @@ def readiness(statuses: Mapping[str, FollowerStatus], stale_after: Mapping[str, 
 class HealthServer:
     def __init__(self, host: str, port: int, statuses: Mapping[str, FollowerStatus],
                  stale_after: Mapping[str, float], registrations_caught_up: Callable[[], bool],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 status: Callable[[], Mapping[str, Any]] | None = None) -> None:
         self.host, self.port = host, port
         self._statuses = statuses
         self._stale_after = stale_after
         self._registrations = registrations_caught_up
         self._clock = clock
         self._runner: web.AppRunner | None = None
+        self._status = status
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if self._status is not None:
+            app.router.add_get("/status", self._status_route)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
@@ -79,3 +86,8 @@ class HealthServer:
         r = readiness(self._statuses, self._stale_after, self._registrations(), self._clock())
         return web.json_response({"ready": r.ready, "reasons": list(r.reasons)},
                                  status=200 if r.ready else 503)
+
+    async def _status_route(self, _: web.Request) -> web.Response:
+        """``/status``: the document of :mod:`watcher.runtime.status` (``watcher status``)."""
+        assert self._status is not None
+        return web.json_response(dict(self._status()))
