@@ -37,3 +37,25 @@ def test_environment_override_error_names_the_key(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("WATCHER__CHAINS__ETH__POLL_INTERVAL_MS", "soon")
     assert main(["check-config", "-c", str(ROOT / "config" / "local.yaml")]) == 2
     assert "chains.eth.poll_interval_ms" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "code", "message"), [
+    (["status", "--url", "http://127.0.0.1:9"], 3, "watcher status: cannot reach the watcher"),
+    (["audit", "-c", "config/local.yaml", "--chain", "eth", "--from", "9", "--to", "3"], 2,
+     "watcher audit: --to 3: must be >= --from 9"),
+    (["rescan", "-c", "config/local.yaml", "--chain", "nope", "--from", "1", "--to", "3"], 2,
+     "watcher rescan: --chain nope: not configured"),
+    (["halt", "resume", "-c", "config/local.yaml", "--chain", "eth", "--from-block", "0",
+      "--reason", "x"], 2, "watcher halt resume: --from-block 0: must be >= 1"),
+    (["halt", "resume", "-c", "config/local.yaml", "--chain", "eth", "--from-block", "5",
+      "--reason", " "], 2, "watcher halt resume: --reason: say why"),
+    (["audit", "-c", "missing.yaml", "--chain", "eth", "--from", "1", "--to", "3"], 2,
+     "watcher audit: config <file>: cannot read missing.yaml"),
+])
+def test_operator_commands_fail_with_one_line_and_the_documented_code(
+        argv: list[str], code: int, message: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "watcher.cli", *argv], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=ROOT)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr.startswith(message), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

@@ -31,9 +31,10 @@ from typing import Any
 
 import structlog
 
+from watcher.config import ChainConfig
+from watcher.core.resume import ResumePlan
 from watcher.ops.common import (
     EXIT_OK,
-    ChainAccess,
     Refused,
     Unavailable,
     UsageError,
@@ -45,6 +46,7 @@ from watcher.ops.common import (
     open_chain,
     run_command,
 )
+from watcher.ports import ChainSource, TransactionalSink
 from watcher.types import BlockHash, BlockRef, ChainId
 
 log = structlog.get_logger("watcher.ops.halt")
@@ -85,16 +87,51 @@ async def _daemon_view(url: str, chain: str) -> dict[str, Any] | str:
     return st if isinstance(st, dict) else f"the daemon at {url} does not follow {chain}"
 
 
-async def _node_hashes(access: ChainAccess, lo: int, hi: int) -> dict[int, BlockHash]:
+async def _node_hashes(source: ChainSource, batch: int, lo: int, hi: int) -> dict[int, BlockHash]:
     """The node's canonical hash per height ``lo..hi`` (capped at its head)."""
-    head = await access.source.head()
+    head = await source.head()
     hi = min(hi, head.number)
     out: dict[int, BlockHash] = {}
     if lo > hi:
         return out
-    async for refs in canonical_headers(access.source, lo, hi, max(1, access.cfg.batch_size)):
+    async for refs in canonical_headers(source, lo, hi, max(1, batch)):
         out.update((r.number, r.hash) for r in refs)
     return out
+
+
+async def resume_chain(source: ChainSource, sink: TransactionalSink, ccfg: ChainConfig,
+                       from_block: int, reason: str, deposits_topic: str,
+                       now: float) -> tuple[ResumePlan, dict[str, Any]]:
+    """Builds the resume plan from the sink's checkpoint and the node, and commits it (the
+    reverts and the new checkpoint in one transaction). ``sink`` is started by the caller."""
+    from watcher.core.chainstate import ChainState
+    from watcher.core.resume import plan_resume
+    from watcher.events import deposit_record
+
+    chain = ccfg.id
+
+    def required_for(asset: str, amount: int) -> int:
+        return ccfg.rule_for(asset).required_for(amount)
+
+    name = f"chain:{chain}"
+    data = await sink.load_checkpoint(name)
+    old = ChainState.restore(data, chain, ccfg.reorg_window, required_for) if data is not None else None
+    seed: list[BlockRef] = []
+    async for refs in canonical_headers(source, max(0, from_block - ccfg.reorg_window),
+                                        from_block - 1, max(1, ccfg.batch_size)):
+        seed.extend(refs)
+    heights = {d.block.number for d in old.tracker.deposits()} if old is not None else set()
+    canonical = (await _node_hashes(source, ccfg.batch_size, min(heights), max(heights))
+                 if heights else {})
+    plan = plan_resume(chain, old, seed, canonical, from_block, ccfg.reorg_window, required_for)
+    previous = old.tip if old is not None else None
+    record: dict[str, Any] = {"from_block": from_block, "reason": reason, "at": now,
+                              "previous_tip": previous.number if previous else None,
+                              "previous_tip_hash": previous.hash if previous else None,
+                              "reverted": len(plan.reverted)}
+    await sink.commit([deposit_record(deposits_topic, chain, ev, now) for ev in plan.reverted],
+                      name, plan.state.snapshot(resume=record))
+    return plan, record
 
 
 async def inspect(args: argparse.Namespace) -> int:
@@ -126,7 +163,7 @@ async def inspect(args: argparse.Namespace) -> int:
         print(f"checkpoint: window {bottom.number}..{tip.number} (tip {tip.hash}), finalized "
               f"{state.window.finalized_number}, {len(state.tracker)} tracked deposits "
               f"({pending} unconfirmed)")
-        hashes = await _node_hashes(access, bottom.number, tip.number + 1)
+        hashes = await _node_hashes(access.source, ccfg.batch_size, bottom.number, tip.number)
         canonical = [b for b in blocks if hashes.get(b.number) == b.hash]
         head = await access.source.head()
         print(f"node: head {head.number} {head.hash}")
@@ -153,9 +190,6 @@ async def inspect(args: argparse.Namespace) -> int:
 
 
 async def resume(args: argparse.Namespace) -> int:
-    from watcher.core.chainstate import ChainState
-    from watcher.core.resume import plan_resume
-    from watcher.events import deposit_record
     from watcher.kafka.client import ensure_topics
     from watcher.kafka.sink import KafkaTransactionalSink
 
@@ -179,27 +213,8 @@ async def resume(args: argparse.Namespace) -> int:
         sink = KafkaTransactionalSink(cfg.kafka, f"{cfg.kafka.transactional_id_prefix}-{chain}", chain)
         await sink.start()  # fences a running instance of this chain
         try:
-            name = f"chain:{chain}"
-            data = await sink.load_checkpoint(name)
-            old = (ChainState.restore(data, chain, ccfg.reorg_window, access.required_for)
-                   if data is not None else None)
-            lo = max(0, args.from_block - ccfg.reorg_window)
-            seed: list[BlockRef] = []
-            async for refs in canonical_headers(access.source, lo, args.from_block - 1,
-                                                max(1, ccfg.batch_size)):
-                seed.extend(refs)
-            heights = {d.block.number for d in old.tracker.deposits()} if old is not None else set()
-            canonical = (await _node_hashes(access, min(heights), max(heights))) if heights else {}
-            plan = plan_resume(chain, old, seed, canonical, args.from_block, ccfg.reorg_window,
-                               access.required_for)
-            now = time.time()
-            previous = old.tip if old is not None else None
-            record = {"from_block": args.from_block, "reason": args.reason, "at": now,
-                      "previous_tip": previous.number if previous else None,
-                      "previous_tip_hash": previous.hash if previous else None,
-                      "reverted": len(plan.reverted)}
-            await sink.commit([deposit_record(cfg.kafka.topics.deposits, chain, ev, now)
-                               for ev in plan.reverted], name, plan.state.snapshot(resume=record))
+            plan, record = await resume_chain(access.source, sink, ccfg, args.from_block,
+                                              args.reason, cfg.kafka.topics.deposits, time.time())
         finally:
             await sink.stop()
     log.warning("operator resumed the chain", chain=chain, from_block=args.from_block,
@@ -208,4 +223,9 @@ async def resume(args: argparse.Namespace) -> int:
     print(f"resumed {chain} at block {args.from_block}: {len(plan.reverted)} deposits reverted, "
           f"{len(plan.kept)} kept, {len(plan.rederived)} to be announced again; a running "
           "instance is fenced: restart it", file=sys.stderr)
+    previous_tip = record["previous_tip"]
+    if isinstance(previous_tip, int) and args.from_block > previous_tip + 1:
+        print(f"warning: blocks {previous_tip + 1}..{args.from_block - 1} were never processed; "
+              f"`watcher rescan --from {previous_tip + 1} --to {args.from_block - 1}` publishes "
+              "their deposits", file=sys.stderr)
     return EXIT_OK
