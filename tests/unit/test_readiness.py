@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from watcher.runtime.follower import FollowerStatus
-from watcher.runtime.health import readiness
+from watcher.runtime.health import liveness, readiness
 
 
 def status(**kw: object) -> FollowerStatus:
@@ -29,3 +29,17 @@ def test_readiness(name: str, st: FollowerStatus, regs: bool, now: float, ready:
     r = readiness({"eth": st}, {"eth": 60.0}, regs, now)
     assert r.ready is ready
     assert reason in " ".join(r.reasons)
+
+
+@pytest.mark.parametrize(("name", "st", "now", "alive"), [
+    ("turning", status(last_cycle_at=100.0), 150.0, True),
+    ("halted but turning", status(last_cycle_at=100.0, halted_reason="deep reorg"), 150.0, True),
+    ("not started yet", status(started=False), 1000.0, True),
+    ("wedged in a step", status(last_cycle_at=100.0), 161.0, False),
+])
+def test_liveness(name: str, st: FollowerStatus, now: float, alive: bool) -> None:
+    r = liveness({"eth": st}, {"eth": 60.0}, now)
+    assert r.ready is alive
+    assert bool(r.reasons) is not alive
+    if not alive:
+        assert r.reasons == ("eth: the follower loop has not turned for 61s",)

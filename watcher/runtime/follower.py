@@ -52,6 +52,8 @@ class FollowerStatus:
     halted_reason: str | None = None
     fenced: bool = False
     last_ok_at: float = 0.0
+    last_cycle_at: float = 0.0
+    """When the loop last began a step, successful or not: a wedged loop stops updating it."""
     processed_height: int | None = None
     head_height: int | None = None
     last_error: str | None = None
@@ -114,6 +116,7 @@ class ChainFollower:
 
     async def step(self) -> StepOutcome:
         chain = self.cfg.id
+        self.status.last_cycle_at = self.clock()  # the loop turns (liveness), whatever follows
         if self.status.halted_reason is not None:
             return StepOutcome.HALTED
         try:

@@ -47,6 +47,16 @@ def readiness(statuses: Mapping[str, FollowerStatus], stale_after: Mapping[str, 
     return Readiness(not reasons, tuple(reasons))
 
 
+def liveness(statuses: Mapping[str, FollowerStatus], stale_after: Mapping[str, float],
+             now: float) -> Readiness:
+    """Alive unless a started chain's loop has not begun a step for ``stale_after``: failing
+    nodes, halts and lag do not count (that is readiness), a wedged loop does."""
+    reasons = [f"{chain}: the follower loop has not turned for {now - st.last_cycle_at:.0f}s"
+               for chain, st in statuses.items()
+               if st.started and st.last_cycle_at and now - st.last_cycle_at > stale_after[chain]]
+    return Readiness(not reasons, tuple(reasons))
+
+
 class HealthServer:
     def __init__(self, host: str, port: int, statuses: Mapping[str, FollowerStatus],
                  stale_after: Mapping[str, float], registrations_caught_up: Callable[[], bool],
@@ -80,7 +90,9 @@ class HealthServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        r = liveness(self._statuses, self._stale_after, self._clock())
+        return web.json_response({"status": "ok" if r.ready else "wedged", "reasons": list(r.reasons)},
+                                 status=200 if r.ready else 503)
 
     async def _readyz(self, _: web.Request) -> web.Response:
         r = readiness(self._statuses, self._stale_after, self._registrations(), self._clock())
