@@ -54,7 +54,8 @@ class App:
         grace = float(self.cfg.shutdown_grace_s)
         if self.stop_requested_at is None:
             return grace
-        return max(0.5, grace - 0.5 - (time.monotonic() - self.stop_requested_at))
+        # One second is kept for the interpreter's own exit (cancelling what is left).
+        return max(0.5, grace - 1.0 - (time.monotonic() - self.stop_requested_at))
 
     async def run(self, stop: asyncio.Event) -> int:
         from watcher.addresses_file import load_addresses_file

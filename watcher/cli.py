@@ -9,6 +9,7 @@ import sys
 from watcher import config as config_mod
 from watcher.errors import ConfigError, WatcherError
 from watcher.logs import configure
+from watcher.ops.common import quiet_libraries
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "ops_main", None) is not None:
         configure("warning", json=False)
+        quiet_libraries()
         return int(args.ops_main(args))
 
     try:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -29,7 +31,7 @@ from web3.contract import AsyncContract
 
 from tests.integration.test_crash_recovery import REQUIRED, Daemon, Sending, check, python
 from tests.support.kafka import read_all
-from tests.support.services import AnvilFactory, KafkaService, ServiceManager
+from tests.support.services import AnvilFactory, KafkaService, ServiceManager, devstack
 from tests.support.solidity import (
     Chain,
     http_get,
@@ -204,6 +206,53 @@ async def test_sigterm_during_catch_up_drains_and_loses_nothing(history: History
     problems = check(events, canonical, height, h.sending, receipts)
     assert not problems, "\n".join(problems[:40]) + f"\n{summary(events)}"
     assert sum(e["type"] == "deposit.confirmed" for e in events) == len(h.sending.deposits)
+
+
+async def test_sigterm_while_kafka_hangs_mid_commit_exits_0_within_the_grace_period(
+        kafka: KafkaService, anvil_factory: AnvilFactory, services: ServiceManager,
+        tmp_path: Path) -> None:
+    """The in-flight step cannot finish (Kafka stopped with SIGSTOP mid catch-up): it is
+    cancelled at the end of the drain, the process still exits 0 within the grace period,
+    and after Kafka is back the next start loses and duplicates nothing."""
+    h = await build_history(kafka, anvil_factory, services, tmp_path, batch_size=2)
+    watched = [new_address(f"{h.cfg.kafka.client_id}-{i}") for i in range(2)]
+    await produce(kafka.bootstrap_servers, h.cfg.kafka.topics.address_registrations,
+                  [registration("eth", a) for a in watched])
+    await deposits(h, h.token, watched, 60)
+    await h.chain.mine(5)
+    height = await h.chain.height()
+    kafka_pid = devstack().read_proc(services.state_dir, "kafka").pid
+    d = h.daemon
+    try:
+        d.start()
+        st = await wait_status(d, "catch-up under way",
+                               lambda st: (st.get("processed_height") or 0) >= h.start + 20)
+        assert st["processed_height"] < height - 20
+        os.kill(kafka_pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(0.5)  # the next commit is now waiting on a broker that is not there
+            stopped_at = time.monotonic()
+            code = d.terminate(timeout_s=GRACE_S + 5)
+            elapsed = time.monotonic() - stopped_at
+        finally:
+            os.kill(kafka_pid, signal.SIGCONT)
+        assert code == 0, d.tail()
+        assert elapsed < GRACE_S, f"SIGTERM to exit took {elapsed:.1f}s"
+        log = d.log.read_text()
+        assert "followers still busy at the end of the drain; cancelling them" in log
+        print(f"SIGTERM with Kafka stopped: exit 0 in {elapsed:.2f}s")
+        d.start()
+        await wait_status(d, "catching up after Kafka is back",
+                          lambda st: st.get("processed_height") == height, timeout_s=90)
+        assert d.terminate() == 0
+    finally:
+        d.close()
+    events = [orjson.loads(r.value) for r in await read_all(h.cfg.kafka, h.cfg.kafka.topics.deposits)
+              if r.value is not None]
+    canonical = {n: await h.chain.block_hash_at(n) for n in range(height + 1)}
+    receipts = {s.txid: await h.chain.receipt(s.txid) for s, *_ in h.sending.deposits}
+    problems = check(events, canonical, height, h.sending, receipts)
+    assert not problems, "\n".join(problems[:40]) + f"\n{summary(events)}"
 
 
 async def copy_topic(h: History, name: str, drop: set[str], add: list[dict[str, Any]]) -> str:

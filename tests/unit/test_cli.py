@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,14 @@ def test_operator_commands_fail_with_one_line_and_the_documented_code(
     assert proc.returncode == code, proc.stderr
     assert proc.stderr.startswith(message), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_kafka_down_is_exit_3_at_once_without_library_chatter() -> None:
+    env = {**os.environ, "WATCHER__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9"}
+    proc = subprocess.run([sys.executable, "-m", "watcher.cli", "audit", "-c", "config/local.yaml",
+                           "--chain", "eth", "--from", "1", "--to", "2"], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=ROOT, env=env)
+    assert proc.returncode == 3
+    assert proc.stderr.startswith("watcher audit: [retriable] cannot start consumer of "
+                                  "payments.address-registrations")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

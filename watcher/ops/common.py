@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -77,6 +78,13 @@ def run_command(name: str, body: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return fail(name, str(exc), EXIT_FINDINGS)
     except Exception as exc:  # the last line of defence: a line, not a traceback
         return fail(name, f"unexpected {type(exc).__name__}: {exc}", EXIT_FINDINGS)
+
+
+def quiet_libraries() -> None:
+    """A command's outcome is its one line: Kafka clients' reconnect chatter and the
+    registration follower's retries would bury it (the daemon keeps them in its log)."""
+    for name in ("aiokafka", "watcher.kafka", "chains"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def fail(name: str, message: str, code: int) -> int:
@@ -173,11 +181,17 @@ async def open_chain(cfg: WatcherConfig, chain: str, *, addresses: bool = True,
     from watcher.app import build_family
     from watcher.kafka.registrations import RegistrationFollower
 
+    from watcher.kafka.client import ManualConsumer
+
     ccfg = chain_config(cfg, chain)
     source, codec, width = build_family(ccfg)
     index = AddressIndex(width)
     try:
         if addresses:
+            # The registration follower retries for ever; fail at once when Kafka is not there.
+            probe = ManualConsumer(cfg.kafka, cfg.kafka.topics.address_registrations, timeout_s=15)
+            await probe.start()
+            await probe.stop()
             if cfg.addresses_file is not None:
                 load_addresses_file(cfg.addresses_file, {chain: codec}, {chain: index})
             follower = RegistrationFollower(cfg.kafka, {chain: codec}, {chain: index},
