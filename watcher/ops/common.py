@@ -179,9 +179,8 @@ async def open_chain(cfg: WatcherConfig, chain: str, *, addresses: bool = True,
     read to its end."""
     from watcher.addresses_file import load_addresses_file
     from watcher.app import build_family
-    from watcher.kafka.registrations import RegistrationFollower
-
     from watcher.kafka.client import ManualConsumer
+    from watcher.kafka.registrations import RegistrationFollower
 
     ccfg = chain_config(cfg, chain)
     source, codec, width = build_family(ccfg)
