@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -44,18 +45,26 @@ class App:
     """Monotonic time of the SIGTERM (or SIGINT): the grace period counts from it."""
 
     @property
-    def drain_s(self) -> float:
-        """How long in-flight steps may take to finish after the stop: the grace period less
-        what closing the producers and nodes needs (a third of it, at most 10 s)."""
+    def usable_s(self) -> float:
+        """The grace period less what the interpreter needs to exit after cancelling what is
+        left (a fifth of it, at most 2 s): the backstop cancels everything then."""
         grace = float(self.cfg.shutdown_grace_s)
-        return max(0.5, grace - min(10.0, grace / 3))
+        return grace - min(2.0, grace / 5)
+
+    @property
+    def drain_s(self) -> float:
+        """How long in-flight steps may take to finish after the stop: the usable time less
+        what closing the producers and nodes needs (a third of it, at most 10 s)."""
+        return self.usable_s - min(10.0, self.usable_s / 3)
 
     def close_budget_s(self) -> float:
-        grace = float(self.cfg.shutdown_grace_s)
         if self.stop_requested_at is None:
-            return grace
-        # One second is kept for the interpreter's own exit (cancelling what is left).
-        return max(0.5, grace - 1.0 - (time.monotonic() - self.stop_requested_at))
+            return self.usable_s
+        return max(0.1, self.usable_s - 0.25 - (time.monotonic() - self.stop_requested_at))
+
+    async def _start_followers(self) -> None:
+        for f in self.followers.values():
+            await f.start()
 
     async def run(self, stop: asyncio.Event) -> int:
         from watcher.addresses_file import load_addresses_file
@@ -108,9 +117,20 @@ class App:
             log.info("address registrations loaded",
                      **{f"watched_{cid}": len(ix) for cid, ix in self.indexes.items()})
             tune_for_throughput()
-            for name, f in self.followers.items():
-                await f.start()
-                tasks.append(asyncio.create_task(f.run(stop), name=f"follow-{name}"))
+            # Starting fences and verifies nodes, which can take long with Kafka or a node
+            # away: a stop meanwhile must not wait for it.
+            starting = asyncio.create_task(self._start_followers())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+                return 0
+            starting.result()
+            tasks.extend(asyncio.create_task(f.run(stop), name=f"follow-{name}")
+                         for name, f in self.followers.items())
             await follow_until_stopped(tasks, stop, self.drain_s)
             return 0 if stop.is_set() else 3
         finally:
@@ -179,16 +199,36 @@ async def serve(cfg: WatcherConfig) -> int:
     app = App(cfg)
     loop = asyncio.get_running_loop()
 
+    main = asyncio.create_task(app.run(stop))
+
+    def past_grace() -> None:
+        # The backstop for phases that do not watch `stop` (creating topics, starting the
+        # dead-letter producer with Kafka away): Kafka's transactions keep the stream whole.
+        if not main.done():
+            log.error("still stopping at the end of the grace period; cancelling",
+                      grace_s=cfg.shutdown_grace_s)
+            main.cancel()
+            # Past the grace period the orchestrator kills the process anyway; exiting first,
+            # with 0, says the stop was asked for. Nothing is lost by skipping clean-up: every
+            # output and checkpoint is in a Kafka transaction, open ones get aborted.
+            loop.call_later(max(0.05, cfg.shutdown_grace_s - app.usable_s - 0.2), os._exit, 0)
+
     def request_stop(sig: signal.Signals) -> None:
         if app.stop_requested_at is None:
             app.stop_requested_at = time.monotonic()
             log.info("stopping: draining in-flight steps", signal=sig.name,
                      grace_s=cfg.shutdown_grace_s)
+            loop.call_later(app.usable_s, past_grace)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_stop, sig)
-    return await app.run(stop)
+    try:
+        return await main
+    except asyncio.CancelledError:
+        if app.stop_requested_at is None:
+            raise
+        return 0
 
 
 def status_route(statuses: Mapping[str, FollowerStatus],

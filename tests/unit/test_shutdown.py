@@ -69,8 +69,10 @@ def config_with(tmp_path: Path, **top: object) -> Path:
 def test_grace_period_is_configured_and_bounded(tmp_path: Path) -> None:
     cfg = load(config_with(tmp_path, shutdown_grace_s=12), environ={})
     assert cfg.shutdown_grace_s == 12
-    # 12 s: a third (4 s) is kept for closing producers and nodes, 8 s to finish the step.
-    assert App(cfg).drain_s == 8.0
+    # 12 s: 2 s kept for the interpreter's exit, a third of the 10 s left for closing
+    # producers and nodes, the rest to finish the step in flight.
+    assert App(cfg).usable_s == 10.0
+    assert App(cfg).drain_s == pytest.approx(20 / 3)
     assert load(config_with(tmp_path), environ={}).shutdown_grace_s == 30
     with pytest.raises(ConfigError, match="shutdown_grace_s"):
         load(config_with(tmp_path, shutdown_grace_s=0), environ={})
