@@ -62,10 +62,6 @@ class App:
             return self.usable_s
         return max(0.1, self.usable_s - 0.25 - (time.monotonic() - self.stop_requested_at))
 
-    async def _start_followers(self) -> None:
-        for f in self.followers.values():
-            await f.start()
-
     async def run(self, stop: asyncio.Event) -> int:
         from watcher.addresses_file import load_addresses_file
         from watcher.kafka.client import ensure_topics
@@ -117,20 +113,10 @@ class App:
             log.info("address registrations loaded",
                      **{f"watched_{cid}": len(ix) for cid, ix in self.indexes.items()})
             tune_for_throughput()
-            # Starting fences and verifies nodes, which can take long with Kafka or a node
-            # away: a stop meanwhile must not wait for it.
-            starting = asyncio.create_task(self._start_followers())
-            stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if not starting.done():
-                starting.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await starting
-                return 0
-            starting.result()
-            tasks.extend(asyncio.create_task(f.run(stop), name=f"follow-{name}")
-                         for name, f in self.followers.items())
+            # A start that hangs (Kafka or a node away) is cut by serve()'s backstop.
+            for name, f in self.followers.items():
+                await f.start()
+                tasks.append(asyncio.create_task(f.run(stop), name=f"follow-{name}"))
             await follow_until_stopped(tasks, stop, self.drain_s)
             return 0 if stop.is_set() else 3
         finally:
@@ -203,7 +189,8 @@ async def serve(cfg: WatcherConfig) -> int:
 
     def past_grace() -> None:
         # The backstop for phases that do not watch `stop` (creating topics, starting the
-        # dead-letter producer with Kafka away): Kafka's transactions keep the stream whole.
+        # producers, fencing, verifying nodes with Kafka or a node away): Kafka's
+        # transactions keep the stream whole whatever is cut.
         if not main.done():
             log.error("still stopping at the end of the grace period; cancelling",
                       grace_s=cfg.shutdown_grace_s)

@@ -39,7 +39,8 @@ class ResumePlan:
 def plan_resume(chain: ChainId, old: ChainState | None, seed: Sequence[BlockRef],
                 canonical: Mapping[int, BlockHash], from_block: int, window_size: int,
                 required_for: RequiredConfirmations) -> ResumePlan:
-    """The state to restart at ``from_block``.
+    """The state to restart at ``from_block``: ``old`` itself (it is taken over, so any state
+    beside the window and the block deposits carries over unchanged), or a fresh state.
 
     ``seed``: the node's linked canonical headers ending at ``from_block - 1`` (at most
     ``window_size`` of them are kept). ``canonical``: the node's block hash by height for
@@ -51,12 +52,13 @@ def plan_resume(chain: ChainId, old: ChainState | None, seed: Sequence[BlockRef]
     if not seed or seed[-1].number != from_block - 1:
         raise ValueError(f"the seed must end at block {from_block - 1}")
     check_links(seed)
-    state = ChainState(chain, window_size, required_for)
-    state.window = ChainWindow(window_size, seed[-window_size:])
+    state = old if old is not None else ChainState(chain, window_size, required_for)
+    if state.chain != chain:
+        raise ValueError(f"the state belongs to chain {state.chain}, not {chain}")
     kept: list[TrackedDeposit] = []
     rederived: list[TrackedDeposit] = []
     reverted: list[DepositEvent] = []
-    for d in old.tracker.deposits() if old is not None else ():
+    for d in state.tracker.deposits():
         is_canonical = canonical.get(d.block.number) == d.block.hash
         if is_canonical and d.block.number < from_block:
             kept.append(d)
@@ -64,5 +66,6 @@ def plan_resume(chain: ChainId, old: ChainState | None, seed: Sequence[BlockRef]
             rederived.append(d)
         elif d.announced is not None:
             reverted.append(DepositEvent(DepositEventType.REVERTED, d, 0, d.announced))
+    state.window = ChainWindow(window_size, seed[-window_size:])
     state.tracker.restore(kept)
     return ResumePlan(state, tuple(reverted), tuple(kept), tuple(rederived))

@@ -69,6 +69,7 @@ def main(args: argparse.Namespace) -> int:
 async def audit_command(args: argparse.Namespace) -> int:
     from watcher.core.chainstate import ChainState
     from watcher.core.rederive import audit, rederive
+    from watcher.kafka.client import CHECKPOINT_PARTITION
     from watcher.kafka.sink import read_last
 
     cfg = load(args.config)
@@ -79,7 +80,7 @@ async def audit_command(args: argparse.Namespace) -> int:
     async with open_chain(cfg, chain) as access:
         observed, skipped = await read_deposits(cfg.kafka, topic, chain, args.start, args.end)
         # After the topic: the checkpoint is at least as far as what was read.
-        record = await read_last(cfg.kafka, cfg.kafka.topics.checkpoints, 0,
+        record = await read_last(cfg.kafka, cfg.kafka.topics.checkpoints, CHECKPOINT_PARTITION,
                                  f"chain:{chain}".encode())
         head = await access.source.head()
         reference = head.number

@@ -123,8 +123,8 @@ async def resume_chain(source: ChainSource, sink: TransactionalSink, ccfg: Chain
     heights = {d.block.number for d in old.tracker.deposits()} if old is not None else set()
     canonical = (await _node_hashes(source, ccfg.batch_size, min(heights), max(heights))
                  if heights else {})
+    previous = old.tip if old is not None else None  # before the plan takes `old` over
     plan = plan_resume(chain, old, seed, canonical, from_block, ccfg.reorg_window, required_for)
-    previous = old.tip if old is not None else None
     record: dict[str, Any] = {"from_block": from_block, "reason": reason, "at": now,
                               "previous_tip": previous.number if previous else None,
                               "previous_tip_hash": previous.hash if previous else None,
@@ -136,6 +136,7 @@ async def resume_chain(source: ChainSource, sink: TransactionalSink, ccfg: Chain
 
 async def inspect(args: argparse.Namespace) -> int:
     from watcher.core.chainstate import ChainState
+    from watcher.kafka.client import CHECKPOINT_PARTITION
     from watcher.kafka.sink import read_last
 
     cfg = load(args.config)
@@ -148,7 +149,8 @@ async def inspect(args: argparse.Namespace) -> int:
                                                  if daemon.get("halted_reason") else ""))
     else:
         print(f"daemon: not consulted ({daemon})")
-    record = await read_last(cfg.kafka, cfg.kafka.topics.checkpoints, 0, f"chain:{chain}".encode())
+    record = await read_last(cfg.kafka, cfg.kafka.topics.checkpoints, CHECKPOINT_PARTITION,
+                             f"chain:{chain}".encode())
     if record is None or record.value is None:
         print(f"checkpoint: none for {chain} (the daemon starts at start_block {ccfg.start_block})")
         return EXIT_OK
