@@ -52,6 +52,10 @@ def test_environment_override_error_names_the_key(tmp_path: Path, monkeypatch: p
       "--reason", " "], 2, "watcher halt resume: --reason: say why"),
     (["audit", "-c", "missing.yaml", "--chain", "eth", "--from", "1", "--to", "3"], 2,
      "watcher audit: config <file>: cannot read missing.yaml"),
+    (["audit", "-c", "config/local.yaml", "--from", "1"], 2,
+     "watcher audit: the following arguments are required: --chain, --to (see --help)"),
+    (["rescan", "-c", "config/local.yaml", "--chain", "eth", "--from", "x", "--to", "3"], 2,
+     "watcher rescan: argument --from: invalid int value: 'x'"),
 ])
 def test_operator_commands_fail_with_one_line_and_the_documented_code(
         argv: list[str], code: int, message: str) -> None:

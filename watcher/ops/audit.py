@@ -44,6 +44,7 @@ from watcher.ops.common import (
     chain_config,
     check_range,
     load,
+    one_line_errors,
     open_chain,
     run_command,
     scan,
@@ -52,7 +53,8 @@ from watcher.types import ChainId
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("audit", help="compare a range's deposits on the chain with the deposits topic")
+    p = one_line_errors(sub.add_parser(
+        "audit", help="compare a range's deposits on the chain with the deposits topic"))
     p.add_argument("--config", "-c", required=True)
     p.add_argument("--chain", required=True)
     p.add_argument("--from", dest="start", type=int, required=True, metavar="N")

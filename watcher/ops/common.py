@@ -15,6 +15,7 @@ Each error is one line on stderr starting with ``watcher <command>:``, never a t
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -22,7 +23,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import aiohttp
 import orjson
@@ -78,6 +79,16 @@ def run_command(name: str, body: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return fail(name, str(exc), EXIT_FINDINGS)
     except Exception as exc:  # the last line of defence: a line, not a traceback
         return fail(name, f"unexpected {type(exc).__name__}: {exc}", EXIT_FINDINGS)
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Usage errors as one line (``watcher audit: the following arguments are required:
+    --chain``) and exit 2, instead of argparse's usage block."""
+    def error(message: str) -> NoReturn:
+        parser.exit(EXIT_USAGE, f"{parser.prog}: {message} (see --help)\n")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
 
 
 def quiet_libraries() -> None:

@@ -43,6 +43,7 @@ from watcher.ops.common import (
     default_url,
     fetch_status,
     load,
+    one_line_errors,
     open_chain,
     run_command,
 )
@@ -53,10 +54,13 @@ log = structlog.get_logger("watcher.ops.halt")
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("halt", help="inspect a halted chain, or resume it from a block")
+    p = one_line_errors(sub.add_parser(
+        "halt", help="inspect a halted chain, or resume it from a block"))
     hs = p.add_subparsers(dest="halt_command", required=True)
-    i = hs.add_parser("inspect", help="why a chain is halted: checkpoint, node and daemon")
-    r = hs.add_parser("resume", help="restart a halted chain at a block (fences a running instance)")
+    i = one_line_errors(hs.add_parser(
+        "inspect", help="why a chain is halted: checkpoint, node and daemon"))
+    r = one_line_errors(hs.add_parser(
+        "resume", help="restart a halted chain at a block (fences a running instance)"))
     for q in (i, r):
         q.add_argument("--config", "-c", required=True)
         q.add_argument("--chain", required=True)

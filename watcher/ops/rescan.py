@@ -45,6 +45,7 @@ from watcher.ops.common import (
     chain_config,
     check_range,
     load,
+    one_line_errors,
     open_chain,
     run_command,
     scan,
@@ -53,7 +54,8 @@ from watcher.types import ChainId
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("rescan", help="re-derive the deposit events of a block range and publish them")
+    p = one_line_errors(sub.add_parser(
+        "rescan", help="re-derive the deposit events of a block range and publish them"))
     p.add_argument("--config", "-c", required=True)
     p.add_argument("--chain", required=True)
     p.add_argument("--from", dest="start", type=int, required=True, metavar="N")

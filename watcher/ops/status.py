@@ -13,11 +13,12 @@ from typing import Any
 
 import orjson
 
-from watcher.ops.common import EXIT_OK, default_url, fetch_status, load, run_command
+from watcher.ops.common import EXIT_OK, default_url, fetch_status, load, one_line_errors, run_command
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("status", help="per chain heads, lag and pending deposits of a running daemon")
+    p = one_line_errors(sub.add_parser(
+        "status", help="per chain heads, lag and pending deposits of a running daemon"))
     p.add_argument("--url", help="the daemon's metrics/health address (default: from --config, "
                                  "else http://127.0.0.1:9308)")
     p.add_argument("--config", "-c", help="configuration whose metrics host and port to ask")
