@@ -271,7 +271,10 @@ async def test_audit_finds_a_deleted_and_an_added_deposit_and_rescan_rederives(
     height = await catch_up(h)
     args = ["-c", str(h.config), "--chain", "eth", "--from", str(h.start), "--to", str(height)]
 
+    began = time.monotonic()
     clean = await cli("audit", *args)
+    print(f"audit of {height - h.start + 1} blocks, {len(h.sending.deposits)} deposits: "
+          f"{time.monotonic() - began:.1f}s (process start included)")
     assert clean.code == 0, clean.out + clean.err
     assert clean.out == "" and "0 findings (clean)" in clean.err
     assert f"{len(h.sending.deposits)} deposits on the chain" in clean.err
@@ -303,7 +306,9 @@ async def test_audit_finds_a_deleted_and_an_added_deposit_and_rescan_rederives(
 
     # Published into an empty topic, the rescan alone passes the audit.
     empty = await copy_topic(h, "rescanned", {e["event_id"] for e in events}, [])
+    began = time.monotonic()
     published = await cli("rescan", *args, "--topic", empty)
+    print(f"rescan (published) of {height - h.start + 1} blocks: {time.monotonic() - began:.1f}s")
     assert published.code == 0, published.err
     assert (await cli("audit", *args, "--topic", empty)).code == 0
     # A range above the processed height is a usage error, named.
