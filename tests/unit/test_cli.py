@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from watcher.cli import main
 
@@ -75,3 +76,20 @@ def test_kafka_down_is_exit_3_at_once_without_library_chatter() -> None:
     assert proc.stderr.startswith("watcher audit: [retriable] cannot start consumer of "
                                   "payments.address-registrations")
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_addresses_file_of_several_chains_is_read_for_the_one_asked(tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "config" / "local.yaml").read_text())
+    raw["chains"]["polygon"] = {**raw["chains"]["eth"], "chain_id": 137}
+    raw["addresses_file"] = str(tmp_path / "addresses.yaml")
+    (tmp_path / "addresses.yaml").write_text(
+        "eth: ['0xa0Ee7A142d267C1f36714E4a8F75612F20a79720']\n"
+        "polygon: ['0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f']\n")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "WATCHER__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9"}
+    proc = subprocess.run([sys.executable, "-m", "watcher.cli", "audit", "-c", str(tmp_path / "c.yaml"),
+                           "--chain", "eth", "--from", "1", "--to", "2"], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=ROOT, env=env)
+    # Past the file (no "unknown chain"), stopped by Kafka being away.
+    assert proc.returncode == 3, proc.stderr
+    assert "cannot start consumer" in proc.stderr

@@ -182,13 +182,21 @@ class _NoDeadLetters:
         return None
 
 
+async def _codec_of(ccfg: ChainConfig) -> AddressCodec:
+    from watcher.app import build_family
+
+    source, codec, _ = build_family(ccfg)
+    await source.close()  # never started: only the family's codec is wanted
+    return codec
+
+
 @contextlib.asynccontextmanager
 async def open_chain(cfg: WatcherConfig, chain: str, *, addresses: bool = True,
                      timeout_s: float = 60.0) -> AsyncIterator[ChainAccess]:
     """The chain's source (identity verified) and, with ``addresses``, the watched
     addresses as the daemon has them: the addresses file, then the registrations topic
     read to its end."""
-    from watcher.addresses_file import load_addresses_file
+    from watcher.addresses_file import read_addresses_file
     from watcher.app import build_family
     from watcher.kafka.client import ManualConsumer
     from watcher.kafka.registrations import RegistrationFollower
@@ -198,12 +206,18 @@ async def open_chain(cfg: WatcherConfig, chain: str, *, addresses: bool = True,
     index = AddressIndex(width)
     try:
         if addresses:
+            if cfg.addresses_file is not None:
+                # The file lists every configured chain; each section is checked, this
+                # chain's is loaded.
+                codecs: dict[str, AddressCodec] = {
+                    str(cid): (codec if cid == chain else await _codec_of(c))
+                    for cid, c in cfg.chains.items()}
+                for entry in read_addresses_file(cfg.addresses_file, codecs).get(chain, []):
+                    index.add(entry.key, entry.label)
             # The registration follower retries for ever; fail at once when Kafka is not there.
             probe = ManualConsumer(cfg.kafka, cfg.kafka.topics.address_registrations, timeout_s=15)
             await probe.start()
             await probe.stop()
-            if cfg.addresses_file is not None:
-                load_addresses_file(cfg.addresses_file, {chain: codec}, {chain: index})
             follower = RegistrationFollower(cfg.kafka, {chain: codec}, {chain: index},
                                             _NoDeadLetters())
             await follower.start()
