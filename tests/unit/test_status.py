@@ -54,7 +54,7 @@ def test_status_document() -> None:
     d = doc()
     eth = d["chains"]["eth"]
     assert (eth["state"], eth["lag_blocks"], eth["pending_deposits"]) == ("catching_up", 20, 3)
-    assert eth["endpoints"][1] == {"name": "b", "state": "followed", "head": 120}
+    assert eth["endpoints"][1] == {"name": "b", "state": "followed", "head": 120, "problem": None}
     poly = d["chains"]["polygon"]
     assert (poly["state"], poly["halted_reason"], poly["lag_blocks"]) == (
         "halted", "reorg beyond the window: x", None)
@@ -92,3 +92,22 @@ async def test_unreachable_daemon_is_one_clear_error() -> None:
 
     with pytest.raises(Unavailable, match=r"cannot reach the watcher at http://127\.0\.0\.1:"):
         await fetch_status(f"http://127.0.0.1:{free_port()}", timeout_s=2)
+
+
+def test_endpoint_pool_states_recorded_by_the_follower_come_first() -> None:
+    from enum import Enum
+    from types import SimpleNamespace
+
+    class State(Enum):
+        ALIVE = "alive"
+        MISBEHAVING = "misbehaving"
+
+    st = FollowerStatus(started=True)
+    st.endpoints = {  # type: ignore[attr-defined]
+        "a": SimpleNamespace(state=State.ALIVE, head=9, problem=None),
+        "b": SimpleNamespace(state=State.MISBEHAVING, head=None, problem="block_hash: wrong block")}
+    d = status_document({"eth": st}, {"eth": lambda: [EndpointView("x", "followed")]}, 0.0)
+    assert d["chains"]["eth"]["endpoints"] == [
+        {"name": "a", "state": "alive", "head": 9, "problem": None},
+        {"name": "b", "state": "misbehaving", "head": None, "problem": "block_hash: wrong block"}]
+    assert "(block_hash: wrong block)" in render(d)

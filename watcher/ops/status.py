@@ -57,7 +57,8 @@ def render(doc: Mapping[str, Any]) -> str:
             lines.append(f"  last error: {st['last_error']}")
         for ep in st.get("endpoints") or ():
             lines.append(f"  endpoint {_n(ep.get('name')):<20} {_n(ep.get('state')):<10} "
-                         f"head {_n(ep.get('head'))}")
+                         f"head {_n(ep.get('head'))}"
+                         + (f"  ({ep['problem']})" if ep.get("problem") else ""))
         if not st.get("endpoints"):
             lines.append("  endpoints: not reported by this chain's adapter")
     return "\n".join(lines)

@@ -2,11 +2,11 @@
 
 The health server asks :func:`status_document` for it at each request. The
 follower's :class:`FollowerStatus` gives processed height, head, lag and the
-pending (tracked, unconfirmed) deposits; the endpoints come from whatever the
-chain source exposes through :class:`EndpointReporter`. Today's EVM adapter
-only knows which endpoint is followed and which are healthy
-(:func:`pool_endpoints` reads that); the endpoint pool reports full states by
-implementing :class:`EndpointReporter` itself. Nothing here names a URL: an
+pending (tracked, unconfirmed) deposits. Endpoints: the endpoint pool's full
+states where the follower records them (``FollowerStatus.endpoints``, read by
+:func:`from_follower_status`); else whatever the chain source exposes through
+:class:`EndpointReporter`; else, for today's EVM adapter, which endpoint is
+followed and which are healthy (:func:`pool_endpoints`). Nothing here names a URL: an
 endpoint is its configured name.
 """
 
@@ -27,6 +27,7 @@ class EndpointView:
     state: str
     """``followed``, ``healthy``, ``unhealthy`` for the EVM adapter; the pool's own state names."""
     head: int | None = None
+    problem: str | None = None
 
 
 @runtime_checkable
@@ -65,6 +66,24 @@ def endpoints_of(source: object, head_of: Callable[[str], int | None]) -> list[E
     return []
 
 
+def from_follower_status(status: FollowerStatus) -> list[EndpointView]:
+    """The endpoint pool's states as the follower last recorded them, if it records any.
+
+    The pool (``watcher.core.endpoints``) has the follower keep ``status.endpoints``:
+    endpoint name -> a view with ``state`` (an enum), ``head`` and ``problem``. Read by
+    shape, so this module needs nothing of the pool but those three attributes.
+    """
+    recorded: Any = getattr(status, "endpoints", None)
+    if not isinstance(recorded, Mapping):
+        return []
+    out = []
+    for name, view in recorded.items():
+        state = getattr(view, "state", None)
+        out.append(EndpointView(str(name), str(getattr(state, "value", state)),
+                                getattr(view, "head", None), getattr(view, "problem", None)))
+    return out
+
+
 def chain_status(status: FollowerStatus, endpoints: Sequence[EndpointView]) -> dict[str, Any]:
     lag = None
     if status.head_height is not None and status.processed_height is not None:
@@ -82,7 +101,8 @@ def chain_status(status: FollowerStatus, endpoints: Sequence[EndpointView]) -> d
         "committed_events": status.committed_events,
         "last_ok_at": status.last_ok_at or None,
         "last_error": status.last_error,
-        "endpoints": [{"name": e.name, "state": e.state, "head": e.head} for e in endpoints],
+        "endpoints": [{"name": e.name, "state": e.state, "head": e.head, "problem": e.problem}
+                      for e in endpoints],
         # Withdrawals are not followed yet; the field is reserved for that slice.
         "pending_withdrawals": None,
     }
@@ -93,6 +113,9 @@ def status_document(statuses: Mapping[str, FollowerStatus],
                     now: float) -> dict[str, Any]:
     chains = {}
     for chain, st in statuses.items():
-        views = endpoints.get(chain)
-        chains[chain] = chain_status(st, views() if views is not None else ())
+        # The pool's full states where the follower records them, else what the source says.
+        views = from_follower_status(st)
+        if not views and (report := endpoints.get(chain)) is not None:
+            views = list(report())
+        chains[chain] = chain_status(st, views)
     return {"schema_version": STATUS_SCHEMA_VERSION, "at": now, "chains": chains}
