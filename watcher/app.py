@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
 from watcher.config import ChainConfig, Family, WatcherConfig
 from watcher.core.addresses import AddressIndex
 from watcher.errors import ChainError, ConfigError, SinkError
+from watcher.metrics import REGISTRY
 from watcher.ports import AddressCodec, ChainSource
 from watcher.runtime.follower import ChainFollower, FollowerStatus
 from watcher.runtime.gc_tuning import tune_for_throughput
 from watcher.runtime.health import HealthServer
+from watcher.runtime.status import endpoints_of, status_document
 from watcher.types import ChainId
 
 log = structlog.get_logger("watcher.app")
@@ -37,6 +42,26 @@ class App:
     cfg: WatcherConfig
     followers: dict[str, ChainFollower] = field(default_factory=dict)
     indexes: dict[str, AddressIndex] = field(default_factory=dict)
+    stop_requested_at: float | None = None
+    """Monotonic time of the SIGTERM (or SIGINT): the grace period counts from it."""
+
+    @property
+    def usable_s(self) -> float:
+        """The grace period less what the interpreter needs to exit after cancelling what is
+        left (a fifth of it, at most 2 s): the backstop cancels everything then."""
+        grace = float(self.cfg.shutdown_grace_s)
+        return grace - min(2.0, grace / 5)
+
+    @property
+    def drain_s(self) -> float:
+        """How long in-flight steps may take to finish after the stop: the usable time less
+        what closing the producers and nodes needs (a third of it, at most 10 s)."""
+        return self.usable_s - min(10.0, self.usable_s / 3)
+
+    def close_budget_s(self) -> float:
+        if self.stop_requested_at is None:
+            return self.usable_s
+        return max(0.1, self.usable_s - 0.25 - (time.monotonic() - self.stop_requested_at))
 
     async def run(self, stop: asyncio.Event) -> int:
         from watcher.addresses_file import load_addresses_file
@@ -77,7 +102,8 @@ class App:
             stale_after[cid] = max(60.0, 20 * ccfg.poll_interval_ms / 1000)
 
         health = HealthServer(cfg.metrics_host, cfg.metrics_port, statuses, stale_after,
-                              registrations.caught_up.is_set)
+                              registrations.caught_up.is_set,
+                              status=status_route(statuses, sources))
         await health.start()
         log.info("metrics and health listening", host=cfg.metrics_host, port=cfg.metrics_port)
         tasks: list[asyncio.Task[None]] = []
@@ -95,6 +121,7 @@ class App:
             log.info("address registrations loaded",
                      **{f"watched_{cid}": len(ix) for cid, ix in self.indexes.items()})
             tune_for_throughput()
+            # A start that hangs (Kafka or a node away) is cut by serve()'s backstop.
             for name in list(self.followers):
                 if cfg.leadership.enabled:
                     tasks.append(asyncio.create_task(
@@ -103,30 +130,34 @@ class App:
                     f = self.followers[name]
                     await f.start()
                     tasks.append(asyncio.create_task(f.run(stop), name=f"follow-{name}"))
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for t in done:
-                if t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
+            await follow_until_stopped(tasks, stop, self.drain_s)
             return 0 if stop.is_set() else 3
         finally:
             stop.set()
             for t in tasks:
                 t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-            for name, f in self.followers.items():
-                await f.close()
-                with contextlib.suppress(Exception):
-                    await f.sink.stop()
-                with contextlib.suppress(Exception):
-                    await sources[name].close()
-            with contextlib.suppress(Exception):
-                await registrations.stop()
-            with contextlib.suppress(Exception):
-                await dead_letters.stop()
-            await health.stop()
-
+            try:
+                # Whatever is left of the grace period; past it the process exits anyway and
+                # the broker aborts an open transaction (the next start fences it at once).
+                async with asyncio.timeout(self.close_budget_s()):
+                    for t in tasks:
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await t
+                    for name, f in self.followers.items():
+                        await f.close()
+                        with contextlib.suppress(Exception):
+                            await f.sink.stop()
+                        with contextlib.suppress(Exception):
+                            await sources[name].close()
+                    with contextlib.suppress(Exception):
+                        await registrations.stop()
+                    with contextlib.suppress(Exception):
+                        await dead_letters.stop()
+                    await health.stop()
+            except TimeoutError:
+                log.error(  # noqa: TRY400 - the timeout is the message, not a traceback
+                    "shutdown exceeded the grace period; exiting with work left to the "
+                    "broker's transaction timeout", grace_s=cfg.shutdown_grace_s)
 
     async def _lead_chain(self, cid: str, new_follower: Callable[[str], ChainFollower],
                           stop: asyncio.Event) -> None:
@@ -199,9 +230,89 @@ class App:
         await f.run(stop)
 
 
+async def follow_until_stopped(tasks: list[asyncio.Task[None]], stop: asyncio.Event,
+                               drain_s: float) -> None:
+    """Returns when every follower ended or, after ``stop``, when they drained.
+
+    A follower sees ``stop`` between steps: its step in flight finishes, commit included.
+    One that has not finished ``drain_s`` after the stop is cancelled: its transaction is
+    aborted (by the sink's stop) or, when the commit request was already sent, completes
+    on the broker; never half of it. A follower that raised re-raises here.
+    """
+    if not tasks:
+        return
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        pending: set[asyncio.Task[Any]] = set(tasks)
+        while pending and not stop.is_set():
+            done, pending = await asyncio.wait(pending | {stopping},
+                                               return_when=asyncio.FIRST_COMPLETED)
+            done.discard(stopping)
+            pending.discard(stopping)
+            for t in done:
+                error = None if t.cancelled() else t.exception()
+                if error is not None:
+                    raise error
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=drain_s)
+            if late:
+                log.warning("followers still busy at the end of the drain; cancelling them",
+                            chains=sorted(t.get_name() for t in late), drain_s=drain_s)
+                for t in late:
+                    t.cancel()
+    finally:
+        stopping.cancel()
+
+
 async def serve(cfg: WatcherConfig) -> int:
     stop = asyncio.Event()
+    app = App(cfg)
     loop = asyncio.get_running_loop()
+
+    main = asyncio.create_task(app.run(stop))
+
+    def past_grace() -> None:
+        # The backstop for phases that do not watch `stop` (creating topics, starting the
+        # producers, fencing, verifying nodes with Kafka or a node away): Kafka's
+        # transactions keep the stream whole whatever is cut.
+        if not main.done():
+            log.error("still stopping at the end of the grace period; cancelling",
+                      grace_s=cfg.shutdown_grace_s)
+            main.cancel()
+            # Past the grace period the orchestrator kills the process anyway; exiting first,
+            # with 0, says the stop was asked for. Nothing is lost by skipping clean-up: every
+            # output and checkpoint is in a Kafka transaction, open ones get aborted.
+            loop.call_later(max(0.05, cfg.shutdown_grace_s - app.usable_s - 0.2), os._exit, 0)
+
+    def request_stop(sig: signal.Signals) -> None:
+        if app.stop_requested_at is None:
+            app.stop_requested_at = time.monotonic()
+            log.info("stopping: draining in-flight steps", signal=sig.name,
+                     grace_s=cfg.shutdown_grace_s)
+            loop.call_later(app.usable_s, past_grace)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return await App(cfg).run(stop)
+        loop.add_signal_handler(sig, request_stop, sig)
+    try:
+        return await main
+    except asyncio.CancelledError:
+        if app.stop_requested_at is None:
+            raise
+        return 0
+
+
+def status_route(statuses: Mapping[str, FollowerStatus],
+                 sources: Mapping[str, ChainSource]) -> Callable[[], dict[str, Any]]:
+    """The ``/status`` document's producer: follower statuses and each source's endpoints."""
+    def head_of(chain: str) -> Callable[[str], int | None]:
+        def head(endpoint: str) -> int | None:
+            # Every family's adapter sets this gauge; reading it needs no adapter internals.
+            value = REGISTRY.get_sample_value("watcher_endpoint_head_height",
+                                              {"chain": chain, "endpoint": endpoint})
+            return int(value) if value is not None else None
+        return head
+
+    endpoints = {cid: functools.partial(endpoints_of, src, head_of(cid))
+                 for cid, src in sources.items()}
+    return lambda: status_document(statuses, endpoints, time.time())

@@ -9,6 +9,7 @@ import sys
 from watcher import config as config_mod
 from watcher.errors import ConfigError, WatcherError
 from watcher.logs import configure
+from watcher.ops.common import quiet_libraries
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", "-c", required=True)
     check = sub.add_parser("check-config", help="validate a configuration and print a summary")
     check.add_argument("--config", "-c", required=True)
+    from watcher.ops import register
+
+    register(sub)  # status, rescan, audit, halt: exit codes in watcher.ops.common
     args = parser.parse_args(argv)
+    if getattr(args, "ops_main", None) is not None:
+        configure("warning", json=False)
+        quiet_libraries()
+        return int(args.ops_main(args))
 
     try:
         cfg = config_mod.load(args.config)

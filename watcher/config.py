@@ -165,6 +165,9 @@ class WatcherConfig:
     log_level: str
     log_json: bool
     leadership: LeadershipConfig = field(default_factory=LeadershipConfig)
+    shutdown_grace_s: int = 30
+    """Seconds from SIGTERM to exit: the in-flight step may finish (its Kafka transaction
+    committed) until shortly before; then it is cancelled and its transaction aborted."""
 
 
 # ---------------------------------------------------------------- loading
@@ -212,7 +215,8 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None
 
 def parse(raw: Mapping[str, Any], base_dir: Path = Path()) -> WatcherConfig:
     r = _Reader(raw, "")
-    r.only({"kafka", "chains", "metrics", "addresses_file", "logging", "leadership"})
+    r.only({"kafka", "chains", "metrics", "addresses_file", "logging", "leadership",
+            "shutdown_grace_s"})
     kafka = _parse_kafka(r.section("kafka"))
     chains_raw = r.section("chains")
     if not chains_raw.raw:
@@ -238,6 +242,7 @@ def parse(raw: Mapping[str, Any], base_dir: Path = Path()) -> WatcherConfig:
         addresses_file=(base_dir / addresses_file) if addresses_file else None,
         log_level=level,
         log_json=logging_.flag("json", True),
+        shutdown_grace_s=r.integer("shutdown_grace_s", 30, lo=2, hi=3600),
         leadership=_parse_leadership(r.section("leadership", required=False)),
     )
 

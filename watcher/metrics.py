@@ -106,3 +106,10 @@ QUORUM_DISAGREEMENTS = Counter("watcher_confirm_quorum_disagreements_total",
 QUORUM_HELD = Gauge("watcher_confirm_quorum_held_deposits",
                     "Deposits deep enough to confirm but held back for lack of quorum",
                     ["chain"], registry=REGISTRY)
+
+# ---------------------------------------------------------------- operator commands (cli)
+
+OPERATOR_RESUMES = Counter("watcher_operator_resumes_total",
+                           "Halted chains resumed by an operator (`watcher halt resume`), counted "
+                           "by the instance that loads the resumed checkpoint",
+                           ["chain"], registry=REGISTRY)

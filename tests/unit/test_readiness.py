@@ -6,7 +6,7 @@ import pytest
 
 from watcher.core.endpoints import EndpointState, EndpointView
 from watcher.runtime.follower import FollowerStatus
-from watcher.runtime.health import endpoint_states, readiness
+from watcher.runtime.health import endpoint_states, liveness, readiness
 
 
 def ep(state: EndpointState, problem: str | None = None) -> EndpointView:
@@ -51,3 +51,16 @@ def test_readiness(name: str, st: FollowerStatus, regs: bool, now: float, ready:
 def test_readyz_body_names_each_endpoint_state() -> None:
     st = status(endpoints={"a": ep(EndpointState.MISBEHAVING), "b": ep(EndpointState.ALIVE)})
     assert endpoint_states({"eth": st}) == {"eth": {"a": "misbehaving", "b": "alive"}}
+
+@pytest.mark.parametrize(("name", "st", "now", "alive"), [
+    ("turning", status(last_cycle_at=100.0), 150.0, True),
+    ("halted but turning", status(last_cycle_at=100.0, halted_reason="deep reorg"), 150.0, True),
+    ("not started yet", status(started=False), 1000.0, True),
+    ("wedged in a step", status(last_cycle_at=100.0), 161.0, False),
+])
+def test_liveness(name: str, st: FollowerStatus, now: float, alive: bool) -> None:
+    r = liveness({"eth": st}, {"eth": 60.0}, now)
+    assert r.ready is alive
+    assert bool(r.reasons) is not alive
+    if not alive:
+        assert r.reasons == ("eth: the follower loop has not turned for 61s",)

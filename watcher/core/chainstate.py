@@ -14,7 +14,7 @@ EVM snapshots are byte-for-byte what they were.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,7 +158,9 @@ class ChainState:
 
     # ------------------------------------------------------------ persistence
 
-    def snapshot(self) -> bytes:
+    def snapshot(self, resume: Mapping[str, Any] | None = None) -> bytes:
+        """The checkpoint value; ``resume`` records an operator's decision (`watcher halt
+        resume`) for the instance that loads it: see :func:`operator_resume`."""
         out: dict[str, Any] = {
             "version": SNAPSHOT_VERSION,
             "chain": self.chain,
@@ -169,6 +171,8 @@ class ChainState:
         if len(self.mempool) or self.mempool.next_episode:
             out["mempool"] = {"next_episode": self.mempool.next_episode,
                               "txs": [_seen_tx_out(t) for t in self.mempool.txs()]}
+        if resume is not None:
+            out["operator_resume"] = dict(resume)
         return orjson.dumps(out)
 
     @classmethod
@@ -196,6 +200,18 @@ class ChainState:
         except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
             raise SnapshotError(f"checkpoint of {chain} is unreadable: {exc!r}") from exc
         return state
+
+
+def operator_resume(data: bytes) -> dict[str, Any] | None:
+    """The operator's resume record of a checkpoint (``from_block``, ``reason``, ``at``), or
+    None. Only the checkpoint written by the resume carries it; the follower's next commit
+    writes a snapshot without it."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    record = raw.get("operator_resume") if isinstance(raw, dict) else None
+    return dict(record) if isinstance(record, dict) else None
 
 
 def _ref_out(r: BlockRef) -> list[Any]:

@@ -64,6 +64,10 @@ class DepositTracker:
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_block.values())
 
+    def unconfirmed(self) -> int:
+        return sum(d.announced is not DepositEventType.CONFIRMED
+                   for ds in self._by_block.values() for d in ds)
+
     def deposits(self) -> list[TrackedDeposit]:
         return [d for ds in self._by_block.values() for d in ds]
 

@@ -26,7 +26,12 @@ import structlog
 
 from watcher import metrics
 from watcher.config import ChainConfig, FinalityMode
-from watcher.core.chainstate import DEFAULT_MEMPOOL_DROP_AFTER_S, ChainState, SnapshotError
+from watcher.core.chainstate import (
+    DEFAULT_MEMPOOL_DROP_AFTER_S,
+    ChainState,
+    SnapshotError,
+    operator_resume,
+)
 from watcher.core.deposits import DepositEvent, quorum_agreed
 from watcher.core.endpoints import EndpointView
 from watcher.core.mempool import UnconfirmedEvent
@@ -69,6 +74,8 @@ class FollowerStatus:
     halted_reason: str | None = None
     fenced: bool = False
     last_ok_at: float = 0.0
+    last_cycle_at: float = 0.0
+    """When the loop last began a step, successful or not: a wedged loop stops updating it."""
     processed_height: int | None = None
     head_height: int | None = None
     last_error: str | None = None
@@ -80,6 +87,8 @@ class FollowerStatus:
     """Each endpoint's state as of the last cycle."""
     quorum_problem: str | None = None
     """Why deposits deep enough are held back from confirmation, while they are."""
+    pending_deposits: int | None = None
+    """Tracked deposits not yet confirmed (in the window, below their required confirmations)."""
     listeners: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -164,6 +173,7 @@ class ChainFollower:
 
     async def _guarded(self, body: Callable[[], Awaitable[StepOutcome]]) -> StepOutcome:
         chain = self.cfg.id
+        self.status.last_cycle_at = self.clock()  # the loop turns (liveness), whatever follows
         if self.status.halted_reason is not None:
             return StepOutcome.HALTED
         try:
@@ -284,6 +294,7 @@ class ChainFollower:
         if new_tip.timestamp:
             metrics.LAG_SECONDS.labels(chain).set(max(0.0, now - new_tip.timestamp))
         metrics.TRACKED_DEPOSITS.labels(chain).set(len(state.tracker))
+        self.status.pending_deposits = state.tracker.unconfirmed()
         self.status.committed_events += len(records)
         self.status.processed_height = new_tip.number
         behind = head.number > new_tip.number
@@ -484,6 +495,13 @@ class ChainFollower:
         except SnapshotError as exc:
             self._halt(f"checkpoint unreadable: {exc}")
             raise
+        resume = operator_resume(data)
+        if resume is not None:
+            # Written by `watcher halt resume`; the next commit's snapshot drops it, so it is
+            # counted once by the instance that picks it up.
+            metrics.OPERATOR_RESUMES.labels(cfg.id).inc()
+            log.warning("operator resumed the chain", chain=cfg.id, **resume)
+        self.status.pending_deposits = state.tracker.unconfirmed()
         tip = state.tip
         log.info("resumed from checkpoint", chain=cfg.id, height=tip.number if tip else None,
                  block_hash=tip.hash if tip else None, tracked=len(state.tracker),

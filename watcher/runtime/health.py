@@ -2,6 +2,8 @@
 
 * ``/healthz``: the process is alive and its loops are not wedged (every started
   chain completed a cycle recently, successful or not).
+* ``/status``: per chain heights, lag, pending deposits and endpoints, as JSON
+  (:mod:`watcher.runtime.status`; read by ``watcher status``).
 * ``/readyz``: it is doing its job: registrations read to the end, every chain
   started, none halted or fenced, each had a successful cycle recently, has an
   alive endpoint, and no deposit is held back for lack of a confirmation quorum.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -61,23 +64,36 @@ def endpoint_states(statuses: Mapping[str, FollowerStatus]) -> dict[str, dict[st
     return {chain: {name: v.state.value for name, v in st.endpoints.items()}
             for chain, st in statuses.items()}
 
+def liveness(statuses: Mapping[str, FollowerStatus], stale_after: Mapping[str, float],
+             now: float) -> Readiness:
+    """Alive unless a started chain's loop has not begun a step for ``stale_after``: failing
+    nodes, halts and lag do not count (that is readiness), a wedged loop does."""
+    reasons = [f"{chain}: the follower loop has not turned for {now - st.last_cycle_at:.0f}s"
+               for chain, st in statuses.items()
+               if st.started and st.last_cycle_at and now - st.last_cycle_at > stale_after[chain]]
+    return Readiness(not reasons, tuple(reasons))
+
 
 class HealthServer:
     def __init__(self, host: str, port: int, statuses: Mapping[str, FollowerStatus],
                  stale_after: Mapping[str, float], registrations_caught_up: Callable[[], bool],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 status: Callable[[], Mapping[str, Any]] | None = None) -> None:
         self.host, self.port = host, port
         self._statuses = statuses
         self._stale_after = stale_after
         self._registrations = registrations_caught_up
         self._clock = clock
         self._runner: web.AppRunner | None = None
+        self._status = status
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if self._status is not None:
+            app.router.add_get("/status", self._status_route)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
@@ -91,7 +107,9 @@ class HealthServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        r = liveness(self._statuses, self._stale_after, self._clock())
+        return web.json_response({"status": "ok" if r.ready else "wedged", "reasons": list(r.reasons)},
+                                 status=200 if r.ready else 503)
 
     async def _readyz(self, _: web.Request) -> web.Response:
         r = readiness(self._statuses, self._stale_after, self._registrations(), self._clock())
@@ -99,3 +117,8 @@ class HealthServer:
         return web.json_response({"ready": r.ready, "reasons": list(r.reasons), "roles": roles,
                                   "endpoints": endpoint_states(self._statuses)},
                                  status=200 if r.ready else 503)
+
+    async def _status_route(self, _: web.Request) -> web.Response:
+        """``/status``: the document of :mod:`watcher.runtime.status` (``watcher status``)."""
+        assert self._status is not None
+        return web.json_response(dict(self._status()))

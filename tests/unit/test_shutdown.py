@@ -1,0 +1,78 @@
+"""The drain after SIGTERM: finished steps return at once, a stuck one is cancelled at the
+end of the drain, a follower's failure is raised; the config bounds the grace period."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from watcher.app import App, follow_until_stopped
+from watcher.config import load
+from watcher.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_followers_that_finish_their_step_end_the_wait() -> None:
+    stop = asyncio.Event()
+
+    async def follower() -> None:
+        await stop.wait()
+
+    tasks = [asyncio.create_task(follower()) for _ in range(2)]
+    asyncio.get_running_loop().call_later(0.05, stop.set)
+    started = time.monotonic()
+    await follow_until_stopped(tasks, stop, drain_s=10)
+    assert time.monotonic() - started < 2
+    assert all(t.done() and not t.cancelled() for t in tasks)
+
+
+async def test_a_step_stuck_past_the_drain_is_cancelled() -> None:
+    stop = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def stuck() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    task = asyncio.create_task(stuck())
+    stop.set()
+    started = time.monotonic()
+    await follow_until_stopped([task], stop, drain_s=0.2)
+    await asyncio.wait_for(cancelled.wait(), 2)
+    assert 0.15 < time.monotonic() - started < 2
+
+
+async def test_a_failing_follower_is_raised() -> None:
+    async def broken() -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await follow_until_stopped([asyncio.create_task(broken())], asyncio.Event(), drain_s=1)
+
+
+def config_with(tmp_path: Path, **top: object) -> Path:
+    raw = yaml.safe_load((ROOT / "config" / "local.yaml").read_text())
+    raw.update(top)
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def test_grace_period_is_configured_and_bounded(tmp_path: Path) -> None:
+    cfg = load(config_with(tmp_path, shutdown_grace_s=12), environ={})
+    assert cfg.shutdown_grace_s == 12
+    # 12 s: 2 s kept for the interpreter's exit, a third of the 10 s left for closing
+    # producers and nodes, the rest to finish the step in flight.
+    assert App(cfg).usable_s == 10.0
+    assert App(cfg).drain_s == pytest.approx(20 / 3)
+    assert load(config_with(tmp_path), environ={}).shutdown_grace_s == 30
+    with pytest.raises(ConfigError, match="shutdown_grace_s"):
+        load(config_with(tmp_path, shutdown_grace_s=0), environ={})
