@@ -13,10 +13,15 @@ from watcher.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_check_config_accepts_the_shipped_example(capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_accepts_the_shipped_example(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BTC_RPC_USER", "watcher-example")
+    monkeypatch.setenv("BTC_RPC_PASSWORD", "example-password")
     assert main(["check-config", "-c", str(ROOT / "config" / "example.yaml")]) == 0
     out = capsys.readouterr().out
     assert "eth: family=evm" in out and "configuration ok" in out
+    assert "btc: family=bitcoin" in out
+    assert "example-password" not in out
     assert "geth-0" not in out  # endpoint URLs (which may hold API keys) are never printed
 
 
