@@ -18,24 +18,30 @@ error carries a :class:`Reason` (what the node meant) beside its
           OUT_OF_RANGE         RETRIABLE       -8 "Block height out of      -1 "Block number out
                                                range"                       of range"
           WARMUP               RETRIABLE       -28 "Loading block index..." -
-          ALREADY_IN_CHAIN     ALREADY_KNOWN   -27 "Transaction outputs     "transaction already
-                                               already in utxo set"         exists"
-          ALREADY_IN_MEMPOOL   ALREADY_KNOWN   -26 "txn-already-in-mempool" "already have transaction"
-          FEE_TOO_LOW          UNDERPRICED     -26 "insufficient fee" (RBF),"insufficient priority",
-                                               "min relay fee not met",     "fee ... under the
-                                               "mempool min fee not met"    required amount"
-          CONFLICT             FINAL           -26 "txn-mempool-conflict"   "already spent by
-                                                                            transaction ... in the
-                                                                            memory pool"
-          INPUTS_SPENT         FINAL           -25 "bad-txns-inputs-        "orphan transaction",
-                                               missingorspent"              "spent"/"missing" inputs
+          ALREADY_IN_CHAIN     ALREADY_KNOWN   -27 "Transaction outputs     -27 "transaction already
+                                               already in utxo set"         exists in blockchain"
+          ALREADY_IN_MEMPOOL   ALREADY_KNOWN   -26 "txn-already-in-mempool" -26 "already have
+                                                                            transaction in mempool"
+          FEE_TOO_LOW          UNDERPRICED     -26 "insufficient fee" (RBF),-26 "insufficient
+                                               "min relay fee not met",     priority", RBF "replacement
+                                               "mempool min fee not met"    ... insufficient absolute
+                                                                            fee" / "fee rate"
+          CONFLICT             FINAL           -26 "txn-mempool-conflict"   -26 "output already spent
+                                                                            in mempool"
+          INPUTS_SPENT         FINAL           -25 "bad-txns-inputs-        -25 "orphan transaction
+                                               missingorspent"              ... references outputs of
+                                                                            unknown or fully-spent
+                                                                            transaction"
           REJECTED             FINAL           -26 and -25 otherwise        -25, -22
-          METHOD_NOT_FOUND     FINAL           -32601 (HTTP 404)            -32601
+          METHOD_NOT_FOUND     FINAL           -32601 (HTTP 404)            -32601, -1 "Command
+                                                                            unimplemented"
           BAD_REQUEST          FINAL           -32700 -32600 -32602 -3 -8   same, -22 "must be
                                                -22                          hexadecimal"
           OTHER                by code         anything else: -32603 and unknown server codes
                                                RETRIABLE, application codes FINAL
 
+The btcd texts were read from btcd v0.26 itself (``tests/integration/test_btc_rpc.py``
+provokes each one); Core's are in ``tests/fixtures/bitcoin/core-v27.json``.
 Messages are matched before codes because the two nodes share codes for
 different things (btcd's -1 is "out of range", Core's -1 any exception).
 Transport failures and HTTP statuses without a JSON error body are
@@ -120,11 +126,13 @@ _MESSAGE_RULES: tuple[tuple[str, Reason], ...] = (
     ("txn-already-known", Reason.ALREADY_IN_MEMPOOL),
     ("already have transaction", Reason.ALREADY_IN_MEMPOOL),
     ("insufficient fee", Reason.FEE_TOO_LOW),
+    ("insufficient absolute fee", Reason.FEE_TOO_LOW),
     ("min relay fee not met", Reason.FEE_TOO_LOW),
     ("mempool min fee not met", Reason.FEE_TOO_LOW),
     ("insufficient priority", Reason.FEE_TOO_LOW),
     ("under the required amount", Reason.FEE_TOO_LOW),
     ("txn-mempool-conflict", Reason.CONFLICT),
+    ("already spent in mempool", Reason.CONFLICT),
     ("in the memory pool", Reason.CONFLICT),
     ("bad-txns-inputs-missingorspent", Reason.INPUTS_SPENT),
     ("missing inputs", Reason.INPUTS_SPENT),
@@ -134,6 +142,7 @@ _MESSAGE_RULES: tuple[tuple[str, Reason], ...] = (
     ("no such mempool transaction", Reason.NOT_FOUND),
     ("no information available about transaction", Reason.NOT_FOUND),
     ("method not found", Reason.METHOD_NOT_FOUND),
+    ("command unimplemented", Reason.METHOD_NOT_FOUND),  # btcd's getnetworkinfo
     ("must be hexadecimal", Reason.BAD_REQUEST),
 )
 

@@ -4,7 +4,7 @@ Every difference between the two nodes lives in this module and in
 :mod:`chains.bitcoin.errors`, nowhere else:
 
 * which node it is (:class:`Dialect`): learnt in :meth:`identify` from
-  ``getnetworkinfo`` (Core) versus ``Method not found`` there (btcd);
+  ``getnetworkinfo`` (Core) versus btcd's ``-1 Command unimplemented`` there;
 * fee estimation: Core's ``estimatesmartfee`` (``{"feerate": BTC/kvB}`` or
   ``{"errors": [...]}``), btcd's ``estimatefee`` (a bare BTC/kB number, ``-1``
   or ``0`` when it has no data), both returned in integer sat/kvB;
@@ -35,12 +35,13 @@ an exception or used as a label: only the endpoint's configured name.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -114,23 +115,13 @@ def _hex_bytes(value: object, what: str, name: str) -> bytes:
         raise NodeAnswerInvalid(f"{what} is not a hex string", name) from None
 
 
-def btc_to_sats(value: object) -> int:
-    """An exact satoshi count from a JSON number in BTC (at most 8 decimals).
-
-    orjson hands numbers over as floats; ``repr`` of a float is the shortest text that
-    reads back the same, i.e. the node's own digits for any 8-decimal amount, so going
-    through :class:`Decimal` of that text never rounds.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError("not a number")  # noqa: TRY004 (one error type for every bad amount)
-    try:
-        amount = Decimal(repr(value) if isinstance(value, float) else str(value))
-    except InvalidOperation:
-        raise ValueError("not a number") from None
-    sats = amount * _SATS_PER_BTC
-    if sats != sats.to_integral_value():
-        raise ValueError("more than 8 decimals")
-    return int(sats)
+def _rate(value: object) -> int:
+    """A fee rate in BTC per 1000 (virtual) bytes as integer sat/kvB, rounded up: btcd's
+    estimator answers more than 8 decimals, and a rate (unlike an amount) may round."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("not a number")  # noqa: TRY004 (one error type for every bad rate)
+    sats = Decimal(repr(value)) * _SATS_PER_BTC
+    return int(sats.to_integral_value(rounding=ROUND_CEILING))
 
 
 class BitcoinRpcClient:
@@ -143,8 +134,10 @@ class BitcoinRpcClient:
         self._url = endpoint.url
         self._network = network
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._auth = (aiohttp.BasicAuth(endpoint.username, endpoint.password or "")
-                      if endpoint.username is not None else None)
+        self._headers = {"Content-Type": "application/json"}
+        if endpoint.username is not None:
+            token = base64.b64encode(f"{endpoint.username}:{endpoint.password or ''}".encode())
+            self._headers["Authorization"] = "Basic " + token.decode("ascii")
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
@@ -166,9 +159,7 @@ class BitcoinRpcClient:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300,
                                              keepalive_timeout=60)
-            self._session = aiohttp.ClientSession(
-                connector=connector, auth=self._auth,
-                headers={"Content-Type": "application/json"})
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
         return self._session
 
     def _observe(self, label: str, seconds: float) -> None:
@@ -287,7 +278,7 @@ class BitcoinRpcClient:
             info = await self.call("getnetworkinfo")
         except BitcoinRpcError as exc:
             if exc.reason is Reason.METHOD_NOT_FOUND:
-                return Dialect.BTCD  # btcd has getinfo instead
+                return Dialect.BTCD  # btcd: "Command unimplemented" (it has getinfo instead)
             raise
         if isinstance(info, dict) and "btcd" in str(info.get("subversion", "")).lower():
             return Dialect.BTCD
@@ -435,9 +426,9 @@ class BitcoinRpcClient:
                     raise NodeAnswerInvalid("estimatesmartfee is not an object", self._name)
                 if "feerate" not in obj:
                     return None  # {"errors": ["Insufficient data or no feerate found"], ...}
-                rate = btc_to_sats(obj["feerate"])
+                rate = _rate(obj["feerate"])
             else:
-                rate = btc_to_sats(await self.call("estimatefee", [target_blocks]))
+                rate = _rate(await self.call("estimatefee", [target_blocks]))
         except ValueError:
             raise NodeAnswerInvalid("fee estimate is not an amount in BTC", self._name) from None
         return rate if rate > 0 else None  # btcd: -1 or 0 without data
