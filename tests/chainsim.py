@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from watcher.core.endpoints import EndpointState, EndpointView
 from watcher.errors import ChainError, ErrorKind, InvalidAddress
 from watcher.ports import WatchedAddressLookup
 from watcher.types import (
@@ -129,6 +130,14 @@ class SimChain:
             assert stored == ref
             out.append(BlockContents(ref, tuple(t for t in transfers if key_of(t.to_address) in watched)))
         return out
+
+    def endpoint_states(self) -> Mapping[str, EndpointView]:
+        state = EndpointState.UNREACHABLE if self.down else EndpointState.ALIVE
+        return {"sim": EndpointView(state, since=0.0, checked_at=0.0, head=self.height)}
+
+    async def canonical_hashes(self, heights: Sequence[int]) -> dict[str, dict[int, BlockHash]]:
+        self._touch()
+        return {"sim": {n: self.canonical[n] for n in heights if 0 <= n <= self.height}}
 
     async def close(self) -> None:
         return None

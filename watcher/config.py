@@ -128,6 +128,9 @@ class ChainConfig:
     """Outputs below this many base units are ignored (and counted); UTXO chains only."""
     mempool: MempoolConfig = MempoolConfig(enabled=False, poll_interval_ms=1000,
                                            drop_after_s=86_400)
+    confirm_quorum: int = 1
+    """Endpoints that must report a deposit's block hash at its height in their canonical
+    chain before ``deposit.confirmed`` (1: the followed endpoint alone, no extra request)."""
 
     def rule_for(self, asset: str) -> ConfirmationRule:
         return self.confirmations.get(asset, self.default_confirmations)
@@ -284,7 +287,7 @@ def _parse_chain(cid: ChainId, r: _Reader, base_dir: Path, environ: Mapping[str,
     r.only({"family", "chain_id", "network", "endpoints", "poll_interval_ms", "start_block",
             "reorg_window", "finality", "native_asset", "tokens", "confirmations", "traces",
             "batch_size", "blocks_per_request", "max_concurrency", "rpc_timeout_ms", "rpc_max_attempts",
-            "lag_tolerance_blocks", "dust_threshold", "mempool"})
+            "lag_tolerance_blocks", "dust_threshold", "mempool", "confirm_quorum"})
     family_text = r.text("family")
     try:
         family = Family(family_text)
@@ -337,6 +340,11 @@ def _parse_chain(cid: ChainId, r: _Reader, base_dir: Path, environ: Mapping[str,
         endpoints.append(Endpoint(name=name, url=url, username=username, password=password))
     if len({e.name for e in endpoints}) != len(endpoints):
         raise ConfigError(r.key("endpoints"), "endpoint names must be unique")
+    confirm_quorum = r.integer("confirm_quorum", 1, lo=1)
+    if confirm_quorum > len(endpoints):
+        raise ConfigError(r.key("confirm_quorum"),
+                          f"{confirm_quorum} is more than the {len(endpoints)} endpoint(s) "
+                          "that could agree")
 
     start = r.raw.get("start_block", "latest")
     if start == "latest":
@@ -435,6 +443,7 @@ def _parse_chain(cid: ChainId, r: _Reader, base_dir: Path, environ: Mapping[str,
         lag_tolerance_blocks=r.integer("lag_tolerance_blocks", 0, lo=0, hi=10_000),
         dust_threshold=dust_threshold,
         mempool=mempool,
+        confirm_quorum=confirm_quorum,
     )
 
 

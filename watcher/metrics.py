@@ -29,8 +29,9 @@ RPC_LATENCY = Histogram("watcher_rpc_latency_seconds", "Node RPC round trip (a b
                         ["chain", "endpoint", "method"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 RPC_ERRORS = Counter("watcher_rpc_errors_total", "Node RPC failures by classified kind",
                      ["chain", "endpoint", "kind"], registry=REGISTRY)
-RPC_RETRIES = Counter("watcher_rpc_retries_total", "Node RPC calls retried (on any endpoint)",
-                      ["chain"], registry=REGISTRY)
+RPC_RETRIES = Counter("watcher_rpc_retries_total",
+                      "Node calls retried, by the endpoint that failed and the error kind",
+                      ["chain", "endpoint", "kind"], registry=REGISTRY)
 ENDPOINT_IN_SYNC = Gauge("watcher_endpoint_in_sync", "1 when the endpoint is healthy and not lagging",
                          ["chain", "endpoint"], registry=REGISTRY)
 
@@ -73,3 +74,19 @@ REGISTRATIONS = Counter("watcher_address_registrations_total",
                         "Registration records applied, by outcome", ["outcome"], registry=REGISTRY)
 DEAD_LETTERS = Counter("watcher_dead_letters_total", "Inputs sent to the dead-letter topic",
                        ["source"], registry=REGISTRY)
+
+# ---- endpoint pool, verified answers, cross-checked confirmations (issue #6, pool)
+
+ENDPOINT_STATE = Gauge("watcher_endpoint_state",
+                       "1 for the state each endpoint is in (unverified, alive, unreachable, "
+                       "lagging, wrong_chain, misbehaving), 0 for the others",
+                       ["chain", "endpoint", "state"], registry=REGISTRY)
+ANSWERS_REJECTED = Counter("watcher_node_answers_rejected_total",
+                           "Node answers that failed a check, by the check they failed",
+                           ["chain", "endpoint", "check"], registry=REGISTRY)
+QUORUM_DISAGREEMENTS = Counter("watcher_confirm_quorum_disagreements_total",
+                               "Deposit heights where fewer than confirm_quorum endpoints reported "
+                               "the followed block hash", ["chain"], registry=REGISTRY)
+QUORUM_HELD = Gauge("watcher_confirm_quorum_held_deposits",
+                    "Deposits deep enough to confirm but held back for lack of quorum",
+                    ["chain"], registry=REGISTRY)

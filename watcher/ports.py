@@ -7,10 +7,11 @@ runtime sees nothing else of a node or a broker.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from watcher.core.endpoints import EndpointView
 from watcher.types import Address, AddressKey, BlockContents, BlockHash, BlockRef, ChainHead
 
 
@@ -67,11 +68,21 @@ class ChainSource(Protocol):
     """
 
     async def verify_identity(self) -> None:
-        """Raises :class:`watcher.errors.ChainIdentityMismatch` if a node serves another chain."""
+        """Identifies every endpoint; one on another chain is set aside (an endpoint state,
+        never an exception). Raises a RETRIABLE :class:`ChainError` when none is alive."""
         ...
 
     async def head(self) -> ChainHead:
         """The tip of the best in-sync node; a lagging node is never the answer."""
+        ...
+
+    def endpoint_states(self) -> Mapping[str, EndpointView]:
+        """Each endpoint's state (for readiness and metrics)."""
+        ...
+
+    async def canonical_hashes(self, heights: Sequence[int]) -> Mapping[str, Mapping[int, BlockHash]]:
+        """For each alive endpoint that answered: its canonical block hash at each height it
+        has (used to cross-check confirmations against ``confirm_quorum`` endpoints)."""
         ...
 
     async def headers(self, start: int, count: int) -> list[BlockRef]:

@@ -1,10 +1,12 @@
 """The EVM chain family behind :class:`watcher.ports.ChainSource` and ``AddressCodec``.
 
-An endpoint serves nothing before its chain id has been checked (and, with
-traces on, its tracer). Heads are polled from every endpoint each round and
-the choice of the node to follow is left to :mod:`watcher.core.endpoints`.
-Block contents are always fetched by hash, in batches, and checked by
-:mod:`chains.evm.parse`.
+Endpoint handling (identity, head rounds, states, failover, retries) is the
+chain-agnostic :class:`watcher.runtime.pool.EndpointPool`; this module supplies
+its clients (:class:`chains.evm.rpc.EvmRpcClient`) and what to ask them. An
+endpoint serves nothing before its chain id has been checked (and, with traces
+on, its tracer). Block contents are always fetched by hash, in batches, and
+checked by :mod:`chains.evm.parse` and :mod:`chains.evm.verify`: a defective
+answer is asked again of another endpoint, never taken as "no deposits".
 """
 
 from __future__ import annotations
@@ -13,32 +15,24 @@ import asyncio
 import logging
 import math
 import re
-import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from chains.evm import parse
+from chains.evm import parse, verify
 from chains.evm.errors import RpcError
-from chains.evm.rpc import Call, RpcPool, raise_errors
-from watcher.config import ChainConfig, FinalityMode, TraceMode
-from watcher.core.endpoints import choose_endpoint
-from watcher.errors import (
-    ChainError,
-    ChainIdentityMismatch,
-    ErrorKind,
-    InvalidAddress,
-    NodeAnswerInvalid,
-)
-from watcher.metrics import ENDPOINT_HEAD, ENDPOINT_IN_SYNC, NODE_HEAD
+from chains.evm.rpc import TRACE_CONFIG, Call, EvmRpcClient, Transport, raise_errors
+from watcher.config import ChainConfig, TraceMode
+from watcher.core.endpoints import EndpointPolicy, EndpointView
+from watcher.errors import AnswerCheck, ChainError, ErrorKind, InvalidAddress, NodeAnswerInvalid
+from watcher.metrics import NODE_HEAD
 from watcher.ports import WatchedAddressLookup
+from watcher.runtime.pool import EndpointPool
+from watcher.runtime.retry import RetryPolicy
 from watcher.types import Address, AddressKey, BlockContents, BlockHash, BlockRef, ChainHead, TxId
 
 log = logging.getLogger(__name__)
 
-REVERIFY_INTERVAL_S = 30.0
-"""How often an endpoint that could not be verified is tried again."""
-
-TRACE_CONFIG = {"tracer": "callTracer"}
+__all__ = ["TRACE_CONFIG", "EvmAddressCodec", "EvmChainSource", "build_pool", "build_source"]
 
 _ADDRESS_TEXT_RE = re.compile(r"0x[0-9a-fA-F]{40}\Z")
 
@@ -56,26 +50,41 @@ class EvmAddressCodec:
         return Address(checksummed), AddressKey(bytes.fromhex(digits))
 
 
-class EvmChainSource:
-    """Read access to one EVM chain through its configured endpoints."""
+def build_pool(cfg: ChainConfig, *, transports: Mapping[str, Transport] | None = None,
+               retry: RetryPolicy | None = None, policy: EndpointPolicy | None = None,
+               clock: Callable[[], float] | None = None) -> EndpointPool[EvmRpcClient]:
+    """The endpoint pool of an EVM chain; ``transports`` replaces HTTP per endpoint (tests)."""
+    if cfg.chain_id is None:
+        raise ValueError(f"chain {cfg.id}: an EVM chain needs chain_id")
+    clients = [EvmRpcClient(str(cfg.id), e, chain_id=cfg.chain_id,
+                            timeout_s=cfg.rpc_timeout_ms / 1000, finality_mode=cfg.finality_mode,
+                            transport=(transports or {}).get(e.name),
+                            connections=max(4, 2 * cfg.max_concurrency))
+               for e in cfg.endpoints]
+    kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
+    return EndpointPool(
+        str(cfg.id), clients,
+        policy=policy or EndpointPolicy(lag_tolerance_blocks=cfg.lag_tolerance_blocks),
+        retry=retry or RetryPolicy.from_config(cfg), **kwargs)
 
-    def __init__(self, cfg: ChainConfig, pool: RpcPool | None = None) -> None:
-        if cfg.chain_id is None:
-            raise ValueError(f"chain {cfg.id}: an EVM chain needs chain_id")
+
+class EvmChainSource:
+    """Read access to one EVM chain through its endpoint pool."""
+
+    def __init__(self, cfg: ChainConfig, pool: EndpointPool[EvmRpcClient] | None = None) -> None:
         self._cfg = cfg
         self._chain = str(cfg.id)
-        self._pool = pool if pool is not None else RpcPool.from_config(cfg)
+        self._pool = pool if pool is not None else build_pool(cfg)
         self._assets = parse.Assets.from_config(cfg)
         self._log_filter_addresses = self._assets.token_contracts
-        self._verified: set[str] = set()
-        self._tried_at: dict[str, float] = {}
-        self._head_failing: set[str] = set()
+        self._log_filter = verify.LogFilter.of(self._log_filter_addresses, parse.TRANSFER_TOPIC)
         self._traces: bool | None = None if cfg.traces is not TraceMode.OFF else False
+        if cfg.traces is TraceMode.ON:
+            self._require_traces()
         self._started = False
-        self._pool.set_usable(())
 
     @property
-    def pool(self) -> RpcPool:
+    def pool(self) -> EndpointPool[EvmRpcClient]:
         return self._pool
 
     @property
@@ -83,91 +92,32 @@ class EvmChainSource:
         """Whether internal transfers are traced; None until decided at start."""
         return self._traces
 
+    def endpoint_states(self) -> Mapping[str, EndpointView]:
+        return self._pool.states()
+
+    def _require_traces(self) -> None:
+        for name in self._pool.names:
+            self._pool.client(name).require_traces = True
+
     # ------------------------------------------------------------ identity
 
     async def verify_identity(self) -> None:
-        """Checks ``eth_chainId`` of every endpoint and, with traces on or auto, its tracer.
-
-        A node on another chain raises :class:`ChainIdentityMismatch` naming it. A node
-        that cannot be reached stays unused until it is verified on a later head round;
-        if none can be reached a RETRIABLE :class:`ChainError` is raised.
-        """
-        self._started = True
-        await self._verify([n for n in self._pool.names if n not in self._verified])
-        if not self._verified:
-            raise ChainError(ErrorKind.RETRIABLE, f"chain {self._chain}: no endpoint verified")
-
-    async def _verify_pending(self) -> None:
-        """Verifies endpoints that could not be reached before (all at once if none is)."""
-        now = time.monotonic()
-        due = [n for n in self._pool.names if n not in self._verified and (
-            not self._verified or now - self._tried_at.get(n, 0.0) >= REVERIFY_INTERVAL_S)]
-        if due:
-            await self._verify(due)
-
-    async def _verify(self, names: Sequence[str]) -> None:
-        results = await asyncio.gather(*(self._verify_endpoint(n) for n in names),
-                                       return_exceptions=True)
-        probes: dict[str, bool] = {}
-        for name, result in zip(names, results, strict=True):
-            if isinstance(result, _Unreachable):
-                log.warning("chain %s: endpoint %s unreachable, not used until verified",
-                            self._chain, name)
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                probes[name] = result
-        if self._traces is None and probes:
+        """Identifies every endpoint (chain id and, with traces on, the tracer) in one head
+        round. An endpoint on another chain is set aside (state ``wrong_chain``), never
+        followed; a RETRIABLE :class:`ChainError` is raised when none is alive."""
+        await self._pool.refresh()
+        if self._traces is None:
             # AUTO, decided once: on when every endpoint reached at start can trace.
-            self._traces = all(probes.values())
+            probes = await self._pool.ask_each(lambda c: c.can_trace(), what="trace probe")
+            answered = {n: r for n, r in probes.items() if isinstance(r, bool)}
+            if not answered:
+                raise ChainError(ErrorKind.RETRIABLE,
+                                 f"chain {self._chain}: no endpoint answered the trace probe")
+            self._traces = all(answered.values())
             log.info("chain %s: traces %s", self._chain, "on" if self._traces else "off")
-        for name, can_trace in probes.items():
-            if self._traces and not can_trace:
-                log.warning("chain %s: endpoint %s unused: it cannot trace", self._chain, name)
-                continue
-            self._verified.add(name)
-        self._pool.set_usable(self._verified)
-
-    async def _verify_endpoint(self, name: str) -> bool:
-        """True when verified and tracing works (or is off); raises on a mismatch."""
-        self._tried_at[name] = time.monotonic()
-        try:
-            chain_id = await self._pool.call("eth_chainId", [], endpoint=name)
-        except ChainError as exc:
-            if exc.kind is ErrorKind.RETRIABLE:
-                raise _Unreachable(name) from None
-            raise ChainIdentityMismatch(
-                f"chain {self._chain}: endpoint {name} cannot report its chain id") from None
-        try:
-            got = parse.quantity(chain_id, "eth_chainId")
-        except NodeAnswerInvalid:
-            raise ChainIdentityMismatch(
-                f"chain {self._chain}: endpoint {name} answered no chain id") from None
-        if got != self._cfg.chain_id:
-            raise ChainIdentityMismatch(
-                f"chain {self._chain}: endpoint {name} serves chain id {got}, "
-                f"configured {self._cfg.chain_id}")
-        if self._traces is False:
-            return True
-        return await self._probe_traces(name)
-
-    async def _probe_traces(self, name: str) -> bool:
-        try:
-            latest = await self._pool.call("eth_getBlockByNumber", ["latest", False],
-                                           endpoint=name)
-            ref = parse.parse_header(latest)
-            await self._pool.call("debug_traceBlockByHash", [ref.hash, TRACE_CONFIG],
-                                  endpoint=name)
-        except ChainError as exc:
-            if exc.kind is ErrorKind.RETRIABLE:
-                raise _Unreachable(name) from None
-            if self._cfg.traces is TraceMode.ON:
-                raise ChainError(
-                    ErrorKind.FINAL,
-                    f"chain {self._chain}: traces: on, but endpoint {name} cannot "
-                    "debug_traceBlockByHash with callTracer", name) from None
-            return False
-        return True
+            if self._traces:
+                self._require_traces()
+        self._started = True
 
     async def _ensure_started(self) -> None:
         if not self._started:
@@ -176,56 +126,10 @@ class EvmChainSource:
     # ------------------------------------------------------------ heads
 
     async def head(self) -> ChainHead:
+        """The head of the followed endpoint after one round (never one lagging the best)."""
         await self._ensure_started()
-        pending = self._verify_pending()
-        names = [n for n in self._pool.names if n in self._verified]
-        results = await asyncio.gather(pending, *(self._endpoint_head(n) for n in names))
-        heads: dict[str, ChainHead | None] = dict(zip(names, results[1:], strict=True))
-        choice = choose_endpoint({n: (h.number if h else None) for n, h in heads.items()},
-                                 self._pool.followed, self._pool.names,
-                                 self._cfg.lag_tolerance_blocks)
-        for name in self._pool.names:
-            h = heads.get(name)
-            if h is not None:
-                ENDPOINT_HEAD.labels(self._chain, name).set(h.number)
-            ENDPOINT_IN_SYNC.labels(self._chain, name).set(1 if name in choice.in_sync else 0)
-        if choice.followed is None:
-            raise ChainError(ErrorKind.RETRIABLE, f"chain {self._chain}: no endpoint answered")
-        self._pool.route(choice.followed, choice.in_sync)
-        followed = heads[choice.followed]
-        assert followed is not None
-        NODE_HEAD.labels(self._chain).set(followed.number)
-        return followed
-
-    async def _endpoint_head(self, name: str) -> ChainHead | None:
-        calls: list[Call] = [("eth_getBlockByNumber", ["latest", False])]
-        if self._cfg.finality_mode is FinalityMode.FINALIZED:
-            calls.append(("eth_getBlockByNumber", ["finalized", False]))
-
-        def decode(replies: list[Any]) -> ChainHead:
-            latest = replies[0]
-            if isinstance(latest, RpcError):
-                raise latest
-            ref = parse.parse_header(latest)
-            finalized: int | None = None
-            if len(replies) > 1 and replies[1] is not None and not isinstance(replies[1],
-                                                                              RpcError):
-                # A node without the tag (or failing on it) gives no finalized height.
-                finalized = parse.parse_header(replies[1]).number
-                if finalized > ref.number:
-                    raise NodeAnswerInvalid(f"finalized {finalized} above latest {ref.number}")
-            return ChainHead(number=ref.number, hash=ref.hash, finalized_number=finalized)
-
-        try:
-            head = await self._pool.batch_decoded(calls, decode, endpoint=name, attempts=1)
-        except ChainError as exc:
-            if name not in self._head_failing:
-                log.warning("chain %s: head of %s failed: %s", self._chain, name, exc)
-                self._head_failing.add(name)
-            return None
-        if name in self._head_failing:
-            log.info("chain %s: head of %s answers again", self._chain, name)
-            self._head_failing.discard(name)
+        head = await self._pool.refresh()
+        NODE_HEAD.labels(self._chain).set(head.number)
         return head
 
     # ------------------------------------------------------------ headers
@@ -237,15 +141,24 @@ class EvmChainSource:
         calls: list[Call] = [("eth_getBlockByNumber", [hex(n), False])
                              for n in range(start, start + count)]
 
-        def decode(replies: list[Any]) -> list[BlockRef]:
-            refs: list[BlockRef] = []
-            for n, obj in enumerate(raise_errors(replies), start):
-                if obj is None:
-                    break  # beyond the node's tip
-                refs.append(parse.parse_header(obj, expect_number=n))
-            return refs
+        async def op(c: EvmRpcClient) -> list[BlockRef]:
+            known = c.known_head
 
-        return await self._pool.batch_decoded(calls, decode)
+            def decode(replies: list[Any]) -> list[BlockRef]:
+                refs: list[BlockRef] = []
+                for n, obj in enumerate(raise_errors(replies), start):
+                    if obj is None:
+                        if known is not None and n <= known:
+                            raise NodeAnswerInvalid(
+                                f"null for block {n} at or below its own head {known}",
+                                check=AnswerCheck.NULL_BLOCK)
+                        break  # beyond the node's tip
+                    refs.append(parse.parse_header(obj, expect_number=n))
+                return refs
+
+            return await c.batch_decoded(calls, decode)
+
+        return await self._pool.ask(op, what=f"headers {start}+{count}")
 
     async def header_by_hash(self, block_hash: BlockHash) -> BlockRef | None:
         await self._ensure_started()
@@ -253,7 +166,29 @@ class EvmChainSource:
         def decode(obj: Any) -> BlockRef | None:
             return None if obj is None else parse.parse_header(obj, expect_hash=block_hash)
 
-        return await self._pool.call_decoded("eth_getBlockByHash", [block_hash, False], decode)
+        return await self._pool.ask(
+            lambda c: c.call_decoded("eth_getBlockByHash", [block_hash, False], decode),
+            what="header by hash")
+
+    async def canonical_hashes(self, heights: Sequence[int]) -> dict[str, dict[int, BlockHash]]:
+        """For each alive endpoint that answered, the hash it has at each of ``heights`` in its
+        canonical chain (heights it has no block at are left out). For confirm quorums."""
+        await self._ensure_started()
+        wanted = sorted(set(heights))
+        if not wanted:
+            return {}
+        calls: list[Call] = [("eth_getBlockByNumber", [hex(n), False]) for n in wanted]
+
+        def decode(replies: list[Any]) -> dict[int, BlockHash]:
+            out: dict[int, BlockHash] = {}
+            for n, obj in zip(wanted, raise_errors(replies), strict=True):
+                if obj is not None:
+                    out[n] = parse.parse_header(obj, expect_number=n).hash
+            return out
+
+        answers = await self._pool.ask_each(lambda c: c.batch_decoded(calls, decode),
+                                            what="canonical hashes")
+        return {n: a for n, a in answers.items() if not isinstance(a, ChainError)}
 
     # ------------------------------------------------------------ contents
 
@@ -277,7 +212,7 @@ class EvmChainSource:
     async def _contents_chunk(self, refs: Sequence[BlockRef],
                               watched: WatchedAddressLookup) -> list[BlockContents]:
         try:
-            scanned = await self._scan(refs, watched)
+            scanned, doubtful = await self._scan(refs, watched)
         except RpcError as exc:
             if not exc.too_large or len(refs) == 1:
                 raise
@@ -285,12 +220,18 @@ class EvmChainSource:
             log.info("chain %s: batch of %d blocks too large, splitting", self._chain, len(refs))
             return [*await self._contents_chunk(refs[:half], watched),
                     *await self._contents_chunk(refs[half:], watched)]
+        for block in doubtful:
+            # The bloom says matching logs may be there and the logs answer had none: only
+            # the block's receipts, checked against its bloom, can say "none" for sure.
+            logs = await self._logs_from_receipts(block)
+            parse.scan_logs(logs, block, watched, self._assets)
         succeeded = await self._succeeded(scanned)
         return [BlockContents(ref=s.ref, transfers=s.transfers(succeeded)) for s in scanned]
 
-    async def _scan(self, refs: Sequence[BlockRef],
-                    watched: WatchedAddressLookup) -> list[parse.ScannedBlock]:
-        """One batch: each block by hash with its transactions, its token logs, its traces."""
+    async def _scan(self, refs: Sequence[BlockRef], watched: WatchedAddressLookup
+                    ) -> tuple[list[parse.ScannedBlock], list[parse.ScannedBlock]]:
+        """One batch: each block by hash with its transactions, its token logs, its traces.
+        Also the blocks whose empty logs answer the bloom does not let us believe."""
         with_logs = bool(self._log_filter_addresses)
         with_traces = bool(self._traces)
         calls: list[Call] = []
@@ -304,49 +245,73 @@ class EvmChainSource:
                 calls.append(("debug_traceBlockByHash", [ref.hash, TRACE_CONFIG]))
         per_block = 1 + with_logs + with_traces
         assets = self._assets
+        log_filter = self._log_filter
 
-        def decode(replies: list[Any]) -> list[parse.ScannedBlock]:
+        def decode(replies: list[Any]
+                   ) -> tuple[list[parse.ScannedBlock], list[parse.ScannedBlock]]:
             raise_errors(replies)
             out: list[parse.ScannedBlock] = []
+            doubtful: list[parse.ScannedBlock] = []
             for i, ref in enumerate(refs):
                 at = i * per_block
                 block = replies[at]
                 if block is None:
-                    raise ChainError(ErrorKind.RETRIABLE, f"unknown block {ref.hash}")
+                    raise NodeAnswerInvalid(f"null for block {ref.hash} of the followed chain",
+                                            check=AnswerCheck.NULL_BLOCK)
                 scanned = parse.scan_block(block, ref, watched, assets)
                 if with_logs:
                     at += 1
-                    parse.scan_logs(replies[at], scanned, watched, assets)
+                    logs = replies[at]
+                    parse.scan_logs(logs, scanned, watched, assets)
+                    bloom = verify.parse_bloom(scanned.logs_bloom, "block.logsBloom")
+                    if not verify.check_logs_answer(logs, bloom, log_filter):
+                        doubtful.append(scanned)
                 if with_traces:
                     at += 1
                     parse.scan_traces(replies[at], scanned, watched, assets)
                 out.append(scanned)
-            return out
+            return out, doubtful
 
-        return await self._pool.batch_decoded(calls, decode)
+        return await self._pool.ask(lambda c: c.batch_decoded(calls, decode),
+                                    what=f"contents of {len(refs)} blocks")
+
+    async def _logs_from_receipts(self, block: parse.ScannedBlock) -> list[Any]:
+        bh = block.ref.hash
+        bloom = verify.parse_bloom(block.logs_bloom, "block.logsBloom")
+        txs = block.txs
+
+        async def op(c: EvmRpcClient) -> list[Any]:
+            try:
+                return await c.call_decoded(
+                    "eth_getBlockReceipts", [bh],
+                    lambda r: verify.logs_of_receipts(r, txs, bh, bloom))
+            except ChainError as exc:
+                if exc.kind is not ErrorKind.FINAL:
+                    raise
+            # No eth_getBlockReceipts on this node: one receipt per transaction, one batch.
+            calls: list[Call] = [("eth_getTransactionReceipt", [tx["hash"]]) for tx in txs]
+            return await c.batch_decoded(
+                calls, lambda r: verify.logs_of_receipts(raise_errors(r), txs, bh, bloom))
+
+        return await self._pool.ask(op, what="receipts of a block with maybe-logs")
 
     async def _succeeded(self, scanned: Sequence[parse.ScannedBlock]) -> set[TxId]:
         """Txids of native candidates whose receipt reports success (one batch)."""
         wanted = parse.candidates_of(scanned)
         if not wanted:
             return set()
-        calls: list[Call] = [("eth_getTransactionReceipt", [txid]) for _, txid in wanted]
+        calls: list[Call] = [("eth_getTransactionReceipt", [txid]) for _, txid, _ in wanted]
 
         def decode(replies: list[Any]) -> set[TxId]:
-            return {txid for (bh, txid), receipt in zip(wanted, raise_errors(replies), strict=True)
-                    if parse.receipt_succeeded(receipt, txid, bh)}
+            return {txid for (bh, txid, index), receipt
+                    in zip(wanted, raise_errors(replies), strict=True)
+                    if parse.receipt_succeeded(receipt, txid, bh, index)}
 
-        return await self._pool.batch_decoded(calls, decode)
+        return await self._pool.ask(lambda c: c.batch_decoded(calls, decode),
+                                    what="receipts of native transfers")
 
     async def close(self) -> None:
         await self._pool.close()
-
-
-class _Unreachable(ChainError):
-    """An endpoint that could not be asked (not a verdict about it)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(ErrorKind.RETRIABLE, "unreachable", name)
 
 
 async def _gather_or_cancel(aws: Sequence[Awaitable[list[BlockContents]]]

@@ -21,7 +21,7 @@ from typing import Any
 from eth_utils.address import to_checksum_address as _eip55
 
 from watcher.config import ChainConfig
-from watcher.errors import NodeAnswerInvalid
+from watcher.errors import AnswerCheck, NodeAnswerInvalid
 from watcher.ports import WatchedAddressLookup
 from watcher.types import Address, AssetSymbol, BlockHash, BlockRef, Transfer, TxId
 
@@ -138,9 +138,11 @@ def parse_header(obj: object, *, expect_hash: str | None = None,
         timestamp=quantity(obj.get("timestamp"), "block.timestamp"),
     )
     if expect_hash is not None and ref.hash != expect_hash.lower():
-        raise NodeAnswerInvalid(f"asked for block {expect_hash}, got {ref.hash}")
+        raise NodeAnswerInvalid(f"asked for block {expect_hash}, got {ref.hash}",
+                                check=AnswerCheck.BLOCK_HASH)
     if expect_number is not None and ref.number != expect_number:
-        raise NodeAnswerInvalid(f"asked for block {expect_number}, got {ref.number}")
+        raise NodeAnswerInvalid(f"asked for block {expect_number}, got {ref.number}",
+                                check=AnswerCheck.BLOCK_HASH)
     return ref
 
 
@@ -160,6 +162,8 @@ class ScannedBlock:
     ref: BlockRef
     txs: list[Any]
     """The node's transaction objects, kept as they are (no copy)."""
+    logs_bloom: object = None
+    """The header's ``logsBloom`` as the node gave it, parsed only when logs look short."""
     candidates: list[NativeCandidate] = field(default_factory=list)
     found: list[tuple[SortKey, Transfer]] = field(default_factory=list)
     """Transfers that need no receipt: token logs and internal transfers."""
@@ -188,20 +192,22 @@ def scan_block(obj: object, ref: BlockRef, watched: WatchedAddressLookup,
     top-level native transfers to watched addresses."""
     header = parse_header(obj, expect_hash=ref.hash)
     if header.number != ref.number or header.parent_hash != ref.parent_hash:
-        raise NodeAnswerInvalid(f"block {ref.hash}: number or parent differs from its header")
+        raise NodeAnswerInvalid(f"block {ref.hash}: number or parent differs from its header",
+                                check=AnswerCheck.PARENT_LINK)
     assert isinstance(obj, dict)
     txs = obj.get("transactions")
     if not isinstance(txs, list):
         raise NodeAnswerInvalid(f"block {ref.hash}: transactions missing")
     bh = ref.hash
-    scanned = ScannedBlock(ref=ref, txs=txs)
+    scanned = ScannedBlock(ref=ref, txs=txs, logs_bloom=obj.get("logsBloom"))
     fromhex = bytes.fromhex
     # Comprehensions, not a loop with a lookup call per transaction: this is the hot path
     # of catch-up (~170 transactions a block, nearly all paying nobody watched).
     try:
         named = [tx["blockHash"] for tx in txs]
         if named.count(bh) != len(named) and any(n.lower() != bh for n in named):
-            raise NodeAnswerInvalid(f"block {bh}: a transaction names another block")
+            raise NodeAnswerInvalid(f"block {bh}: a transaction names another block",
+                                    check=AnswerCheck.BLOCK_HASH)
         tos = [tx.get("to") for tx in txs]
         keys = [fromhex(to[2:]) if to is not None else b"" for to in tos]
         hits = matches(watched, keys)
@@ -241,17 +247,24 @@ def _native_candidate(tx: dict[str, Any], index: int, to: str,
 # ------------------------------------------------------------------ receipts
 
 
-def receipt_succeeded(obj: object, txid: TxId, block: BlockHash) -> bool:
+def receipt_succeeded(obj: object, txid: TxId, block: BlockHash,
+                      index: int | None = None) -> bool:
     """Whether a receipt (``eth_getTransactionReceipt``) reports success, checked to be the
-    receipt of ``txid`` in ``block``."""
+    receipt of ``txid`` in ``block`` (at ``index`` when given)."""
     if obj is None:
-        raise NodeAnswerInvalid(f"no receipt for {txid}")
+        raise NodeAnswerInvalid(f"no receipt for {txid}", check=AnswerCheck.RECEIPTS)
     if not isinstance(obj, dict):
-        raise NodeAnswerInvalid(f"receipt of {txid}: not an object")
+        raise NodeAnswerInvalid(f"receipt of {txid}: not an object", check=AnswerCheck.RECEIPTS)
     if tx_hash(obj.get("transactionHash"), "receipt.transactionHash") != txid:
-        raise NodeAnswerInvalid(f"asked for the receipt of {txid}, got another")
+        raise NodeAnswerInvalid(f"asked for the receipt of {txid}, got another",
+                                check=AnswerCheck.RECEIPTS)
     if block_hash(obj.get("blockHash"), "receipt.blockHash") != block:
-        raise NodeAnswerInvalid(f"receipt of {txid} is of another block than {block}")
+        raise NodeAnswerInvalid(f"receipt of {txid} is of another block than {block}",
+                                check=AnswerCheck.RECEIPTS)
+    if index is not None and quantity(obj.get("transactionIndex"),
+                                      "receipt.transactionIndex") != index:
+        raise NodeAnswerInvalid(f"receipt of {txid}: not at index {index}",
+                                check=AnswerCheck.RECEIPTS)
     status = obj.get("status")
     if status == "0x1":
         return True
@@ -281,7 +294,8 @@ def scan_logs(obj: object, scanned: ScannedBlock, watched: WatchedAddressLookup,
         named = [log["blockHash"] for log in obj]
         if named.count(bh) != len(named) and any(
                 block_hash(n, "log.blockHash") != bh for n in named):
-            raise NodeAnswerInvalid(f"logs of {bh}: a log of another block")
+            raise NodeAnswerInvalid(f"logs of {bh}: a log of another block",
+                                    check=AnswerCheck.LOGS)
         if [log.get("removed") for log in obj].count(True):
             raise NodeAnswerInvalid(f"logs of {bh}: a log marked removed")
         topic_lists = [log.get("topics") for log in obj]
@@ -333,7 +347,8 @@ def _check_tx_at(scanned: ScannedBlock, index: int, txid: TxId) -> None:
     if index >= len(txs) or not isinstance(txs[index], dict) or \
             str(txs[index].get("hash", "")).lower() != txid:
         raise NodeAnswerInvalid(
-            f"block {scanned.ref.hash}: transaction {txid} is not at index {index}")
+            f"block {scanned.ref.hash}: transaction {txid} is not at index {index}",
+            check=AnswerCheck.LOGS)
 
 
 # ------------------------------------------------------------------ internal transfers
@@ -351,7 +366,8 @@ def scan_traces(obj: object, scanned: ScannedBlock, watched: WatchedAddressLooku
     bh = scanned.ref.hash
     txs = scanned.txs
     if not isinstance(obj, list) or len(obj) != len(txs):
-        raise NodeAnswerInvalid(f"traces of {bh}: not one per transaction")
+        raise NodeAnswerInvalid(f"traces of {bh}: not one per transaction",
+                                check=AnswerCheck.TRACES)
     fromhex = bytes.fromhex
     tx_index = 0
     try:
@@ -359,10 +375,12 @@ def scan_traces(obj: object, scanned: ScannedBlock, watched: WatchedAddressLooku
             expected = txs[tx_index]["hash"]
             traced = item.get("txHash")
             if traced is not None and traced.lower() != expected.lower():
-                raise NodeAnswerInvalid(f"traces of {bh}: trace {tx_index} is of another tx")
+                raise NodeAnswerInvalid(f"traces of {bh}: trace {tx_index} is of another tx",
+                                        check=AnswerCheck.TRACES)
             top = item.get("result")
             if not isinstance(top, dict):
-                raise NodeAnswerInvalid(f"traces of {bh}: transaction {tx_index} not traced")
+                raise NodeAnswerInvalid(f"traces of {bh}: transaction {tx_index} not traced",
+                                        check=AnswerCheck.TRACES)
             if top.get("error") is not None:
                 continue
             calls = top.get("calls")
@@ -413,6 +431,6 @@ def _frame_transfer(frame: dict[str, Any], to: str, path: tuple[int, ...], txid:
     )
 
 
-def candidates_of(blocks: Sequence[ScannedBlock]) -> list[tuple[BlockHash, TxId]]:
-    """(block hash, txid) of every native candidate, whose receipts are to be fetched."""
-    return [(b.ref.hash, c.transfer.txid) for b in blocks for c in b.candidates]
+def candidates_of(blocks: Sequence[ScannedBlock]) -> list[tuple[BlockHash, TxId, int]]:
+    """(block hash, txid, index) of every native candidate, whose receipts are to be fetched."""
+    return [(b.ref.hash, c.transfer.txid, c.tx_index) for b in blocks for c in b.candidates]

@@ -9,15 +9,16 @@ from typing import Any
 import pytest
 from eth_utils.address import to_checksum_address
 
-from chains.evm.adapter import EvmAddressCodec, EvmChainSource, build_source
-from chains.evm.rpc import RpcPool
+from chains.evm.adapter import EvmAddressCodec, EvmChainSource, build_pool, build_source
 from tests.fixtures.evm.record import build_scenario, free_port, rpc
 from tests.support.services import AnvilFactory, AnvilService
 from tests.unit.test_evm_errors import FakeNode, Respond, node
-from watcher.config import ChainConfig, Endpoint, parse
-from watcher.errors import ChainError, ChainIdentityMismatch, ErrorKind
+from watcher.config import ChainConfig, parse
+from watcher.core.endpoints import EndpointState
+from watcher.errors import ChainError, ErrorKind
 from watcher.metrics import REGISTRY
 from watcher.ports import AddressCodec, ChainSource
+from watcher.runtime.retry import RetryPolicy
 from watcher.types import BlockHash, BlockRef
 
 pytestmark = pytest.mark.integration
@@ -76,16 +77,22 @@ async def test_chain_id_mismatch_names_the_endpoint(evm_node: AnvilService,
                                                     anvil_factory: AnvilFactory) -> None:
     src: ChainSource = build_source(config(evm_node.url, chain_id=1))
     try:
-        with pytest.raises(ChainIdentityMismatch, match="n0"):
+        # A wrong chain is an endpoint state, never a crash: nothing alive is retriable.
+        with pytest.raises(ChainError, match="n0 wrong_chain") as info:
             await src.verify_identity()
+        assert info.value.kind is ErrorKind.RETRIABLE
     finally:
         await src.close()
     other = anvil_factory(chain_id=5)
     src = build_source(config(evm_node.url, other.url))
     try:
-        with pytest.raises(ChainIdentityMismatch, match=r"n1 serves chain id 5") as info:
-            await src.verify_identity()
-        assert other.url not in str(info.value)
+        await src.verify_identity()  # the good one serves, the other is set aside
+        assert isinstance(src, EvmChainSource)
+        view = src.endpoint_states()["n1"]
+        assert view.state is EndpointState.WRONG_CHAIN
+        assert "n1 serves chain id 5" in (view.problem or "")
+        assert other.url not in (view.problem or "")
+        assert src.pool.followed == "n0"
     finally:
         await src.close()
         anvil_factory.stop(other)
@@ -166,13 +173,15 @@ async def test_unknown_block_hash_is_retriable(evm_node: AnvilService) -> None:
 
 
 async def test_failover_from_a_dead_endpoint(evm_node: AnvilService, scenario: dict[str, Any]) -> None:
-    pool = RpcPool("eth-pool", [Endpoint("dead", dead_url()), Endpoint("live", evm_node.url)],
-                   timeout_s=2.0, max_attempts=3, backoff_base_s=0.001)
+    pool = build_pool(config(dead_url(), evm_node.url, chain="eth-pool"),
+                      retry=RetryPolicy(max_attempts=3).without_waiting())
     try:
-        assert await pool.call("eth_chainId", []) == "0x7a69"
-        assert pool.followed == "live"
-        assert errors("eth-pool", "dead") == 1
-        assert errors("eth-pool", "live") == 0
+        await pool.refresh()
+        assert await pool.ask(lambda c: c.call("eth_chainId", []), what="id") == "0x7a69"
+        assert pool.followed == "n1"
+        assert pool.states()["n0"].state is EndpointState.UNREACHABLE
+        assert errors("eth-pool", "n0") == 1
+        assert errors("eth-pool", "n1") == 0
     finally:
         await pool.close()
 

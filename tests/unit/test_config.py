@@ -63,6 +63,8 @@ def test_example_values() -> None:
     assert eth.rule_for("USDC").required_for(10**12) == 12
     assert [t.symbol for t in eth.tokens] == ["USDC", "USDT"]
     assert "geth" not in repr(eth.endpoints[0])
+    assert eth.confirm_quorum == 1  # default: today's behaviour
+    assert parse(with_("chains.eth.confirm_quorum", 2)).chains["eth"].confirm_quorum == 2  # type: ignore[index]
 
 
 @pytest.mark.parametrize(("path", "value", "key", "reason"), [
@@ -78,6 +80,8 @@ def test_example_values() -> None:
     ("chains.eth.endpoints.0.url", "ftp://x", "chains.eth.endpoints[0].url", "http"),
     ("chains.eth.endpoints.1.name", "primary", "chains.eth.endpoints", "unique"),
     ("chains.eth.poll_interval_ms", 0, "chains.eth.poll_interval_ms", ">= 10"),
+    ("chains.eth.confirm_quorum", 3, "chains.eth.confirm_quorum", "more than the 2 endpoint(s)"),
+    ("chains.eth.confirm_quorum", 0, "chains.eth.confirm_quorum", ">= 1"),
     ("chains.eth.start_block", -1, "chains.eth.start_block", "block number"),
     ("chains.eth.finality.mode", "soon", "chains.eth.finality.mode", "depth"),
     ("chains.eth.tokens.0.contract", "0x1234", "chains.eth.tokens[0].contract", "20-byte"),

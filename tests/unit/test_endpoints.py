@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watcher.core.endpoints import choose_endpoint
+from watcher.core import endpoints as fsm
+from watcher.core.endpoints import EndpointPolicy, EndpointState, EndpointView, choose_endpoint
+from watcher.errors import AnswerCheck, ErrorKind
 
 ORDER = ("a", "b", "c")
 
@@ -79,3 +81,141 @@ def test_followed_is_never_lagging(heads: dict[str, int | None], previous: str |
     assert followed_head >= best - tolerance
     if previous in choice.in_sync:
         assert choice.followed == previous
+
+
+# ------------------------------------------------------------------ the state machine
+
+
+S = EndpointState
+OK = fsm.IdentityOk()
+MISMATCH = fsm.IdentityMismatch("chain id 1")
+UNREACH = fsm.Unreachable("timeout")
+HEAD = fsm.HeadSeen(7)
+FAIL_R = fsm.CallFailed(ErrorKind.RETRIABLE, "502")
+FAIL_F = fsm.CallFailed(ErrorKind.FINAL, "bad params")
+REJECT = fsm.AnswerRejected(AnswerCheck.LOGS, "empty logs")
+BEHIND = fsm.BehindBest(20)
+INSYNC = fsm.InSync()
+
+
+def view(state: EndpointState, head: int | None = None) -> EndpointView:
+    return EndpointView(state, since=0.0, checked_at=0.0, head=head)
+
+
+@pytest.mark.parametrize(("state", "obs", "after"), [
+    # unverified: only identity moves it (or a rejected answer while being identified)
+    (S.UNVERIFIED, OK, S.ALIVE),
+    (S.UNVERIFIED, MISMATCH, S.WRONG_CHAIN),
+    (S.UNVERIFIED, UNREACH, S.UNREACHABLE),
+    (S.UNVERIFIED, HEAD, S.UNVERIFIED),
+    (S.UNVERIFIED, FAIL_R, S.UNVERIFIED),
+    (S.UNVERIFIED, REJECT, S.MISBEHAVING),
+    (S.UNVERIFIED, BEHIND, S.UNVERIFIED),
+    (S.UNVERIFIED, INSYNC, S.UNVERIFIED),
+    # alive
+    (S.ALIVE, OK, S.ALIVE),
+    (S.ALIVE, MISMATCH, S.WRONG_CHAIN),
+    (S.ALIVE, UNREACH, S.UNREACHABLE),
+    (S.ALIVE, HEAD, S.ALIVE),
+    (S.ALIVE, FAIL_R, S.UNREACHABLE),
+    (S.ALIVE, FAIL_F, S.ALIVE),
+    (S.ALIVE, REJECT, S.MISBEHAVING),
+    (S.ALIVE, BEHIND, S.LAGGING),
+    (S.ALIVE, INSYNC, S.ALIVE),
+    # lagging
+    (S.LAGGING, OK, S.ALIVE),
+    (S.LAGGING, MISMATCH, S.WRONG_CHAIN),
+    (S.LAGGING, UNREACH, S.UNREACHABLE),
+    (S.LAGGING, HEAD, S.LAGGING),
+    (S.LAGGING, FAIL_R, S.UNREACHABLE),
+    (S.LAGGING, FAIL_F, S.LAGGING),
+    (S.LAGGING, REJECT, S.MISBEHAVING),
+    (S.LAGGING, BEHIND, S.LAGGING),
+    (S.LAGGING, INSYNC, S.ALIVE),
+    # unreachable: answers are not believed until it is identified again (the crash of #6)
+    (S.UNREACHABLE, OK, S.ALIVE),
+    (S.UNREACHABLE, MISMATCH, S.WRONG_CHAIN),
+    (S.UNREACHABLE, UNREACH, S.UNREACHABLE),
+    (S.UNREACHABLE, HEAD, S.UNREACHABLE),
+    (S.UNREACHABLE, FAIL_R, S.UNREACHABLE),
+    (S.UNREACHABLE, REJECT, S.UNREACHABLE),
+    (S.UNREACHABLE, INSYNC, S.UNREACHABLE),
+    # wrong chain: set aside until an identity check passes
+    (S.WRONG_CHAIN, OK, S.ALIVE),
+    (S.WRONG_CHAIN, MISMATCH, S.WRONG_CHAIN),
+    (S.WRONG_CHAIN, UNREACH, S.WRONG_CHAIN),
+    (S.WRONG_CHAIN, HEAD, S.WRONG_CHAIN),
+    (S.WRONG_CHAIN, FAIL_R, S.WRONG_CHAIN),
+    (S.WRONG_CHAIN, REJECT, S.WRONG_CHAIN),
+    (S.WRONG_CHAIN, INSYNC, S.WRONG_CHAIN),
+    # misbehaving: likewise
+    (S.MISBEHAVING, OK, S.ALIVE),
+    (S.MISBEHAVING, MISMATCH, S.WRONG_CHAIN),
+    (S.MISBEHAVING, UNREACH, S.UNREACHABLE),
+    (S.MISBEHAVING, HEAD, S.MISBEHAVING),
+    (S.MISBEHAVING, FAIL_R, S.MISBEHAVING),
+    (S.MISBEHAVING, REJECT, S.MISBEHAVING),
+    (S.MISBEHAVING, INSYNC, S.MISBEHAVING),
+])
+def test_transition(state: EndpointState, obs: fsm.Observation, after: EndpointState) -> None:
+    got = fsm.transition(view(state, head=5), obs, now=10.0)
+    assert got.state is after
+    assert got.since == (0.0 if after is state else 10.0)
+
+
+def test_transition_keeps_head_only_while_polled_and_records_problem() -> None:
+    alive = fsm.transition(view(S.ALIVE, head=5), fsm.HeadSeen(9), 1.0)
+    assert alive.head == 9 and alive.problem is None
+    bad = fsm.transition(alive, REJECT, 2.0)
+    assert bad.head is None and bad.problem == "logs: empty logs" and bad.checked_at == 2.0
+    back = fsm.transition(bad, OK, 3.0)
+    assert back.state is S.ALIVE and back.problem is None and back.checked_at == 3.0
+    lag = fsm.transition(fsm.transition(back, fsm.HeadSeen(4), 4.0), BEHIND, 4.0)
+    assert lag.problem == "head 4 behind best 20" and lag.checked_at == 3.0
+
+
+POLICY = EndpointPolicy(lag_tolerance_blocks=1, cooldown_s=60.0, unreachable_retry_s=5.0)
+
+
+def viewed(state: EndpointState, checked_at: float) -> EndpointView:
+    return EndpointView(state, since=checked_at, checked_at=checked_at)
+
+
+@pytest.mark.parametrize(("views", "now", "due"), [
+    ({"a": fsm.initial(0.0), "b": fsm.initial(0.0)}, 0.0, "ab"),
+    # a serving endpoint: the set-aside ones wait for their cool-down
+    ({"a": viewed(S.ALIVE, 0), "b": viewed(S.UNREACHABLE, 100)}, 104.0, ""),
+    ({"a": viewed(S.ALIVE, 0), "b": viewed(S.UNREACHABLE, 100)}, 105.0, "b"),
+    ({"a": viewed(S.ALIVE, 0), "b": viewed(S.MISBEHAVING, 100)}, 159.0, ""),
+    ({"a": viewed(S.ALIVE, 0), "b": viewed(S.MISBEHAVING, 100)}, 160.0, "b"),
+    ({"a": viewed(S.ALIVE, 0), "b": viewed(S.WRONG_CHAIN, 100)}, 160.0, "b"),
+    ({"a": viewed(S.LAGGING, 0), "b": viewed(S.ALIVE, 0)}, 1000.0, ""),
+    # nothing serves: everything but a wrong chain is due at once
+    ({"a": viewed(S.UNREACHABLE, 100), "b": viewed(S.MISBEHAVING, 100),
+      "c": viewed(S.WRONG_CHAIN, 100)}, 101.0, "ab"),
+    ({"a": viewed(S.WRONG_CHAIN, 100)}, 159.0, ""),
+])
+def test_due_for_identity(views: dict[str, EndpointView], now: float, due: str) -> None:
+    assert fsm.due_for_identity(views, now, POLICY) == frozenset(due)
+
+
+def test_lag_observations_and_choice() -> None:
+    views = {"a": view(S.ALIVE, 8), "b": view(S.ALIVE, 10), "c": view(S.LAGGING, 9),
+             "d": view(S.UNREACHABLE)}
+    obs = fsm.lag_observations(views, tolerance=1)
+    assert obs == {"a": fsm.BehindBest(10), "b": fsm.InSync(), "c": fsm.InSync()}
+    after = {n: fsm.transition(v, obs[n], 1.0) if n in obs else v for n, v in views.items()}
+    assert [after[n].state for n in "abcd"] == [S.LAGGING, S.ALIVE, S.ALIVE, S.UNREACHABLE]
+    assert fsm.choose_followed(after, "a", "abcd") == "b"      # a lags: never followed
+    assert fsm.choose_followed(after, "c", "abcd") == "c"      # kept while alive
+    assert fsm.choose_followed(after, None, "dcba") == "c"     # configured order
+    assert fsm.serving_order(after, "c", "abcd") == ["c", "b"]
+    assert fsm.choose_followed({"a": view(S.LAGGING, 1)}, None, "a") is None
+    assert fsm.lag_observations({"a": view(S.UNREACHABLE)}, 0) == {}
+
+
+def test_policy_rejects_negative_values() -> None:
+    with pytest.raises(ValueError, match="lag_tolerance"):
+        EndpointPolicy(lag_tolerance_blocks=-1)
+    with pytest.raises(ValueError, match="cool-downs"):
+        EndpointPolicy(cooldown_s=-1)

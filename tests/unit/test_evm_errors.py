@@ -1,12 +1,12 @@
-"""Classification of EVM node failures, and how the kinds drive the RPC pool's retries.
+"""Classification of EVM node failures, and how the kinds drive the endpoint pool's retries.
 
-The pool tests run against an in-process aiohttp server that plays a node.
+The client and pool tests run against an in-process aiohttp server that plays a node.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -23,10 +23,13 @@ from chains.evm.errors import (
     rpc_error_from_object,
     transport_error,
 )
-from chains.evm.rpc import RpcPool
+from chains.evm.rpc import Call, EvmRpcClient
 from watcher.config import Endpoint
+from watcher.core.endpoints import BehindBest, HeadSeen, IdentityOk
 from watcher.errors import ChainError, ErrorKind, NodeAnswerInvalid
 from watcher.metrics import REGISTRY
+from watcher.runtime.pool import EndpointPool
+from watcher.runtime.retry import RetryPolicy
 
 R, F = ErrorKind.RETRIABLE, ErrorKind.FINAL
 
@@ -188,11 +191,46 @@ async def node(nodes: list[FakeNode], respond: Respond) -> FakeNode:
     return n
 
 
+class Pool:
+    """EVM clients in an :class:`EndpointPool`, taken as identified, asked like one node."""
+
+    def __init__(self, chain: str, urls: Sequence[str], attempts: int, timeout_s: float,
+                 deadline_s: float | None) -> None:
+        clients = [EvmRpcClient(chain, Endpoint(f"e{i}", u), chain_id=1, timeout_s=timeout_s)
+                   for i, u in enumerate(urls)]
+        self.pool = EndpointPool(chain, clients, retry=RetryPolicy(
+            max_attempts=attempts, deadline_s=deadline_s or 3 * timeout_s,
+            backoff_base_s=0.001, backoff_cap_s=0.01))
+        for c in clients:
+            self.pool.observe(c.name, IdentityOk())
+
+    @property
+    def followed(self) -> str:
+        return self.pool.serving()[0]
+
+    async def call(self, method: str, params: Sequence[Any]) -> Any:
+        return await self.pool.ask(lambda c: c.call(method, params), what=method)
+
+    async def call_decoded(self, method: str, params: Sequence[Any],
+                           decode: Callable[[Any], Any]) -> Any:
+        return await self.pool.ask(lambda c: c.call_decoded(method, params, decode), what=method)
+
+    async def batch(self, calls: Sequence[Call]) -> list[Any]:
+        return await self.pool.ask(lambda c: c.batch(calls), what="batch")
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
 def pool(chain: str, *urls: str, attempts: int = 3, timeout_s: float = 2.0,
-         deadline_s: float | None = None) -> RpcPool:
-    return RpcPool(chain, [Endpoint(f"e{i}", u) for i, u in enumerate(urls)],
-                   timeout_s=timeout_s, max_attempts=attempts, deadline_s=deadline_s,
-                   backoff_base_s=0.001, backoff_cap_s=0.01)
+         deadline_s: float | None = None) -> Pool:
+    return Pool(chain, urls, attempts, timeout_s, deadline_s)
+
+
+def retries(chain: str) -> float:
+    return sum(s.value for m in REGISTRY.collect() if m.name == "watcher_rpc_retries"
+               for s in m.samples if s.name == "watcher_rpc_retries_total"
+               and s.labels["chain"] == chain)
 
 
 def metric(name: str, **labels: str) -> float:
@@ -253,7 +291,7 @@ async def test_item_error_raises_with_its_kind(nodes: list[FakeNode]) -> None:
             await p.batch([("m", []), ("nope", [])])
         assert info.value.kind is F and info.value.code == -32601
         assert n.requests == 1  # FINAL: not retried
-        assert metric("watcher_rpc_retries_total", chain="t-item") == 0
+        assert retries("t-item") == 0
         assert metric("watcher_rpc_errors_total", chain="t-item", endpoint="e0", kind="final") == 1
     finally:
         await p.close()
@@ -278,8 +316,8 @@ async def test_retriable_is_retried_up_to_max_attempts(nodes: list[FakeNode]) ->
         with pytest.raises(ChainError) as info:
             await p.call("m", [])
         assert info.value.kind is R
-        assert n.requests == 4
-        assert metric("watcher_rpc_retries_total", chain="t-503") == 3
+        assert n.requests == 4  # the call, then identity checks until the attempts run out
+        assert retries("t-503") == 3
         assert metric("watcher_rpc_errors_total", chain="t-503", endpoint="e0",
                       kind="retriable") == 4
     finally:
@@ -310,7 +348,8 @@ async def test_failover_to_the_next_endpoint(nodes: list[FakeNode]) -> None:
         assert bad.requests == 1 and good.requests == 2
         assert metric("watcher_rpc_errors_total", chain="t-failover", endpoint="e0",
                       kind="retriable") == 1
-        assert metric("watcher_rpc_retries_total", chain="t-failover") == 1
+        assert metric("watcher_rpc_retries_total", chain="t-failover", endpoint="e0",
+                      kind="retriable") == 1
     finally:
         await p.close()
 
@@ -337,7 +376,8 @@ async def test_no_failover_to_an_unhealthy_endpoint(nodes: list[FakeNode]) -> No
     bad = await node(nodes, lambda p: (503, b""))
     lagging = await node(nodes, ok(echo))
     p = pool("t-unhealthy", bad.url, lagging.url, attempts=3)
-    p.route("e0", {"e0"})
+    p.pool.observe("e1", HeadSeen(1))
+    p.pool.observe("e1", BehindBest(9))
     try:
         with pytest.raises(ChainError):
             await p.call("m", [])
@@ -346,14 +386,14 @@ async def test_no_failover_to_an_unhealthy_endpoint(nodes: list[FakeNode]) -> No
         await p.close()
 
 
-async def test_pinned_endpoint_does_not_fail_over(nodes: list[FakeNode]) -> None:
+async def test_asking_each_endpoint_does_not_fail_over(nodes: list[FakeNode]) -> None:
     bad = await node(nodes, lambda p: (503, b""))
     good = await node(nodes, ok(echo))
     p = pool("t-pinned", good.url, bad.url, attempts=2)
     try:
-        with pytest.raises(ChainError):
-            await p.call("m", [], endpoint="e1")
-        assert bad.requests == 2 and good.requests == 0
+        got = await p.pool.ask_each(lambda c: c.call("m", []), names=["e1"])
+        assert isinstance(got["e1"], ChainError) and got["e1"].kind is R
+        assert bad.requests == 1 and good.requests == 0
     finally:
         await p.close()
 
@@ -380,6 +420,8 @@ async def test_dead_endpoint_error_names_it_without_url() -> None:
             await p.call("m", [])
         assert info.value.kind is R and info.value.endpoint == "e0"
         assert "SECRET" not in str(info.value) and "127.0.0.1" not in str(info.value)
+        view = p.pool.states()["e0"]
+        assert "SECRET" not in (view.problem or "") and "127.0.0.1" not in (view.problem or "")
         assert metric("watcher_rpc_errors_total", chain="t-dead", endpoint="e0",
                       kind="retriable") == 2
     finally:

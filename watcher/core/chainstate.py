@@ -8,7 +8,7 @@ where the last committed events left off.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,8 +61,11 @@ class ChainState:
         return self.window.tip
 
     def apply(self, decision: Extend | Rewind, contents: Sequence[BlockContents],
-              label_of: LabelOf) -> Applied:
-        """Applies a decision of :meth:`ChainWindow.decide` with the contents of its new blocks."""
+              label_of: LabelOf, agreed: Collection[BlockHash] | None = None) -> Applied:
+        """Applies a decision of :meth:`ChainWindow.decide` with the contents of its new blocks.
+
+        ``agreed``: block hashes a confirmation quorum agreed on (see
+        :meth:`DepositTracker.evaluate`); None when no quorum is configured."""
         if [c.ref for c in contents] != list(decision.added):
             raise BrokenBranch("block contents do not match the blocks being added")
         events: list[DepositEvent] = []
@@ -75,9 +78,29 @@ class ChainState:
             self.tracker.add_block(c, label_of)
         tip = self.window.tip
         assert tip is not None
-        events.extend(self.tracker.evaluate(tip.number))
+        events.extend(self.tracker.evaluate(tip.number, agreed))
         self.tracker.prune(pruned)
         return Applied(tuple(events), depth, pruned)
+
+    def due_after(self, decision: Extend | Rewind | None, contents: Sequence[BlockContents],
+                  required_for: RequiredConfirmations) -> list[BlockRef]:
+        """Blocks whose deposits would be deep enough to confirm once ``decision`` (None: the
+        window as it is) is applied with ``contents``: what to ask a quorum before applying."""
+        tip = decision.added[-1] if decision is not None and decision.added else self.tip
+        if tip is None:
+            return []
+        removed = {r.hash for r in decision.removed} if isinstance(decision, Rewind) else set()
+        due = [b for b in self.tracker.due(tip.number) if b.hash not in removed]
+        for c in contents:
+            if any(tip.number - c.ref.number + 1 >= required_for(t.asset, t.amount)
+                   for t in c.transfers):
+                due.append(c.ref)
+        return due
+
+    def reevaluate(self, agreed: Collection[BlockHash] | None) -> list[DepositEvent]:
+        """Deposits that a quorum now agrees on, at the unchanged tip."""
+        tip = self.tip
+        return [] if tip is None else self.tracker.evaluate(tip.number, agreed)
 
     # ------------------------------------------------------------ persistence
 

@@ -9,12 +9,15 @@ inside the chain window and what was last announced for it, so that:
   contract's ``pending`` means "below the required confirmations");
 * a reorg that removes its block reverts it, whatever was announced, and says
   which type it reverts (``previous_type``), since a reversal after credit is
-  the alert-grade case.
+  the alert-grade case;
+* with a confirmation quorum, a deposit deep enough is confirmed only if its block
+  hash is among those the quorum agreed on (:func:`quorum_agreed`); until then it is
+  held (``pending`` at most), never confirmed on one endpoint's word.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from watcher.types import (
@@ -84,15 +87,28 @@ class DepositTracker:
         if tracked:
             self._by_block[contents.ref.hash] = tracked
 
-    def evaluate(self, tip_number: int) -> list[DepositEvent]:
-        """Announces what changed now that the canonical tip is at ``tip_number``."""
+    def due(self, tip_number: int) -> list[BlockRef]:
+        """Blocks of deposits that are deep enough at ``tip_number`` but not yet confirmed:
+        what a confirmation quorum must agree on. Each block once, in tracking order."""
+        return [ds[0].block for ds in self._by_block.values()
+                if any(d.announced is not DepositEventType.CONFIRMED
+                       and tip_number - d.block.number + 1 >= d.required for d in ds)]
+
+    def evaluate(self, tip_number: int,
+                 agreed: Collection[BlockHash] | None = None) -> list[DepositEvent]:
+        """Announces what changed now that the canonical tip is at ``tip_number``.
+
+        ``agreed``: the block hashes a confirmation quorum reported at their heights; a
+        deposit of any other block is not confirmed however deep (None: no quorum asked).
+        """
         events: list[DepositEvent] = []
         for block_hash, ds in self._by_block.items():
+            held = agreed is not None and block_hash not in agreed
             for i, d in enumerate(ds):
                 if d.announced is DepositEventType.CONFIRMED:
                     continue
                 confirmations = tip_number - d.block.number + 1
-                if confirmations >= d.required:
+                if confirmations >= d.required and not held:
                     new = DepositEventType.CONFIRMED
                 elif d.announced is None:
                     new = DepositEventType.PENDING
@@ -128,3 +144,14 @@ class DepositTracker:
                 self._by_block[ref.hash] = left
             else:
                 del self._by_block[ref.hash]
+
+
+def quorum_agreed(reports: Mapping[str, Mapping[int, BlockHash]], blocks: Iterable[BlockRef],
+                  quorum: int) -> frozenset[BlockHash]:
+    """Hashes of ``blocks`` that at least ``quorum`` endpoints report at the block's height
+    in their canonical chain (``reports``: endpoint -> height -> hash)."""
+    if quorum < 1:
+        raise ValueError("quorum must be >= 1")
+    return frozenset(
+        b.hash for b in blocks
+        if sum(1 for r in reports.values() if r.get(b.number) == b.hash) >= quorum)

@@ -22,11 +22,21 @@ import structlog
 from watcher import metrics
 from watcher.config import ChainConfig, FinalityMode
 from watcher.core.chainstate import ChainState, SnapshotError
+from watcher.core.deposits import DepositEvent, quorum_agreed
+from watcher.core.endpoints import EndpointView
 from watcher.core.window import BeyondWindow, BrokenBranch, Extend, NeedParent, Rewind, linked_prefix
 from watcher.errors import ChainError, ErrorKind, SinkError
 from watcher.events import deposit_record
 from watcher.ports import AddressCodec, ChainSource, OutRecord, TransactionalSink
-from watcher.types import AddressKey, BlockContents, BlockRef, ChainHead, DepositEventType, Transfer
+from watcher.types import (
+    AddressKey,
+    BlockContents,
+    BlockHash,
+    BlockRef,
+    ChainHead,
+    DepositEventType,
+    Transfer,
+)
 
 log = structlog.get_logger("watcher.follower")
 
@@ -57,6 +67,10 @@ class FollowerStatus:
     last_error: str | None = None
     caught_up: bool = False
     committed_events: int = 0
+    endpoints: dict[str, EndpointView] = field(default_factory=dict)
+    """Each endpoint's state as of the last cycle."""
+    quorum_problem: str | None = None
+    """Why deposits deep enough are held back from confirmation, while they are."""
     listeners: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -89,7 +103,14 @@ class ChainFollower:
         # Fence first: an older instance's open transaction is aborted by this, and only
         # then can the checkpoint be read up to the true end.
         await self.sink.start()
-        await self.source.verify_identity()
+        try:
+            await self.source.verify_identity()
+        except ChainError as exc:
+            # No endpoint alive yet: not a reason to die; every step retries the round.
+            log.warning("no endpoint verified at start; retrying each cycle", chain=self.cfg.id,
+                        error=str(exc))
+            self.status.last_error = str(exc)
+        self._observe_endpoints()
         self.status.started = True
         self.status.started_at = self.clock()
 
@@ -130,6 +151,7 @@ class ChainFollower:
             return StepOutcome.IDLE
         except ChainError as exc:
             await self._cancel_prefetch()
+            self._observe_endpoints()
             metrics.CYCLE_ERRORS.labels(chain, exc.kind.value).inc()
             self.status.last_error = str(exc)
             log.warning("node error", chain=chain, kind=exc.kind.value, error=str(exc))
@@ -152,6 +174,7 @@ class ChainFollower:
             self.state = await self._load_state()
         state = self.state
         head = await self.source.head()
+        self._observe_endpoints()
         self._observe_head(head)
         tip = state.tip
         bound = log.bind(chain=chain, height=tip.number if tip else None,
@@ -172,6 +195,7 @@ class ChainFollower:
                 self._node_behind = False
             if head.hash == tip.hash:
                 state.window.set_finalized(self._finalized(head, tip))
+                await self._confirm_held(state)
                 self._mark_ok(caught_up=True)
                 return StepOutcome.CAUGHT_UP
 
@@ -188,7 +212,8 @@ class ChainFollower:
             return StepOutcome.HALTED
 
         decision, contents = batch
-        applied = state.apply(decision, contents, self._label_of)
+        agreed = await self._quorum(state.due_after(decision, contents, self._required_for))
+        applied = state.apply(decision, contents, self._label_of, agreed)
         now = self.clock()
         records: list[OutRecord] = [deposit_record(self.topic, chain, ev, now)
                                     for ev in applied.events]
@@ -228,6 +253,56 @@ class ChainFollower:
         behind = head.number > new_tip.number
         self._mark_ok(caught_up=not behind)
         return StepOutcome.PROGRESS if behind else StepOutcome.CAUGHT_UP
+
+    # ------------------------------------------------------------ confirmation quorum
+
+    async def _quorum(self, due: list[BlockRef]) -> frozenset[BlockHash] | None:
+        """Block hashes ``confirm_quorum`` endpoints agree on, among ``due``; None without a
+        quorum (the followed endpoint's chain is enough)."""
+        quorum = self.cfg.confirm_quorum
+        if quorum <= 1:
+            return None
+        if not due:
+            return frozenset()
+        reports = await self.source.canonical_hashes(sorted({b.number for b in due}))
+        agreed = quorum_agreed(reports, due, quorum)
+        short = [b for b in due if b.hash not in agreed]
+        metrics.QUORUM_HELD.labels(self.cfg.id).set(len(short))
+        if short:
+            metrics.QUORUM_DISAGREEMENTS.labels(self.cfg.id).inc(len(short))
+            problem = (f"{len(short)} deposit block(s) lack {quorum} endpoints agreeing "
+                       f"(lowest {short[0].number} {short[0].hash})")
+            if self.status.quorum_problem is None:
+                log.warning("confirmations held: endpoints disagree", chain=self.cfg.id,
+                            blocks=len(short), height=short[0].number,
+                            block_hash=short[0].hash, quorum=quorum,
+                            answered=sorted(reports))
+            self.status.quorum_problem = problem
+        elif self.status.quorum_problem is not None:
+            log.info("confirmation quorum agrees again", chain=self.cfg.id)
+            self.status.quorum_problem = None
+        return agreed
+
+    async def _confirm_held(self, state: ChainState) -> None:
+        """At an unchanged tip, confirms deposits held for a quorum that now agrees."""
+        if self.cfg.confirm_quorum <= 1:
+            return
+        due = state.due_after(None, (), self._required_for)
+        if not due:
+            return
+        agreed = await self._quorum(due)
+        events = state.reevaluate(agreed)
+        if not events:
+            return
+        now = self.clock()
+        records = [deposit_record(self.topic, self.cfg.id, ev, now) for ev in events]
+        await self.sink.commit(records, self._checkpoint_name, state.snapshot())
+        self._count_events(events)
+        self.status.committed_events += len(records)
+
+    def _count_events(self, events: list[DepositEvent]) -> None:
+        for ev in events:
+            metrics.DEPOSIT_EVENTS.labels(self.cfg.id, ev.type.value).inc()
 
     # ------------------------------------------------------------ fetching
 
@@ -355,6 +430,9 @@ class ChainFollower:
             metrics.FINALIZED_HEIGHT.labels(self.cfg.id).set(max(self.state.window.finalized_number, 0))
         if self.state is not None and self.state.tip is not None:
             metrics.LAG_BLOCKS.labels(self.cfg.id).set(max(0, head.number - self.state.tip.number))
+
+    def _observe_endpoints(self) -> None:
+        self.status.endpoints = dict(self.source.endpoint_states())
 
     def _mark_ok(self, caught_up: bool) -> None:
         self.status.last_ok_at = self.clock()

@@ -3,8 +3,10 @@
 * ``/healthz``: the process is alive and its loops are not wedged (every started
   chain completed a cycle recently, successful or not).
 * ``/readyz``: it is doing its job: registrations read to the end, every chain
-  started, none halted or fenced, and each had a successful cycle recently.
-  A reorg beyond the window makes it fail, which is what pages someone.
+  started, none halted or fenced, each had a successful cycle recently, has an
+  alive endpoint, and no deposit is held back for lack of a confirmation quorum.
+  A reorg beyond the window makes it fail, which is what pages someone. The body
+  names each endpoint's state (``endpoints``: chain -> endpoint -> state).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from watcher.core.endpoints import EndpointState
 from watcher.metrics import REGISTRY
 from watcher.runtime.follower import FollowerStatus
 
@@ -41,7 +44,20 @@ def readiness(statuses: Mapping[str, FollowerStatus], stale_after: Mapping[str, 
                      f"since start ({now - st.started_at:.0f}s)")
             reasons.append(f"{chain}: no successful cycle {since}"
                            + (f" (last error: {st.last_error})" if st.last_error else ""))
+        if st.started and st.endpoints and not any(
+                v.state is EndpointState.ALIVE for v in st.endpoints.values()):
+            reasons.append(f"{chain}: no endpoint alive: " + ", ".join(
+                f"{name} {v.state.value}" + (f" ({v.problem})" if v.problem else "")
+                for name, v in st.endpoints.items()))
+        if st.quorum_problem:
+            reasons.append(f"{chain}: confirmations held: {st.quorum_problem}")
     return Readiness(not reasons, tuple(reasons))
+
+
+def endpoint_states(statuses: Mapping[str, FollowerStatus]) -> dict[str, dict[str, str]]:
+    """chain -> endpoint -> state, as of each chain's last cycle."""
+    return {chain: {name: v.state.value for name, v in st.endpoints.items()}
+            for chain, st in statuses.items()}
 
 
 class HealthServer:
@@ -77,5 +93,6 @@ class HealthServer:
 
     async def _readyz(self, _: web.Request) -> web.Response:
         r = readiness(self._statuses, self._stale_after, self._registrations(), self._clock())
-        return web.json_response({"ready": r.ready, "reasons": list(r.reasons)},
+        return web.json_response({"ready": r.ready, "reasons": list(r.reasons),
+                                  "endpoints": endpoint_states(self._statuses)},
                                  status=200 if r.ready else 503)

@@ -1,0 +1,73 @@
+"""The one retry policy: what is retried, how often, for how long."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from watcher.errors import ChainError, ErrorKind, NodeAnswerInvalid
+from watcher.runtime.retry import RetryPolicy
+
+
+class Flaky:
+    def __init__(self, *failures: BaseException) -> None:
+        self.failures = list(failures)
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return "ok"
+
+
+R = ErrorKind.RETRIABLE
+
+
+async def test_retriable_errors_are_retried_and_reported() -> None:
+    seen: list[str] = []
+    flaky = Flaky(ChainError(R, "502", "e0"), NodeAnswerInvalid("bad", "e1"))
+    got = await RetryPolicy(max_attempts=3).without_waiting().run(
+        flaky, on_retry=lambda e: seen.append(e.endpoint))
+    assert got == "ok" and flaky.calls == 3 and seen == ["e0", "e1"]
+
+
+async def test_attempts_are_bounded_and_the_last_error_is_raised_unwrapped() -> None:
+    last = ChainError(R, "third")
+    flaky = Flaky(ChainError(R, "first"), ChainError(R, "second"), last, ChainError(R, "x"))
+    with pytest.raises(ChainError) as info:
+        await RetryPolicy(max_attempts=3).without_waiting().run(flaky)
+    assert info.value is last and flaky.calls == 3
+
+
+@pytest.mark.parametrize("error", [ChainError(ErrorKind.FINAL, "bad params"), KeyError("bug"),
+                                   ChainError(ErrorKind.FENCED, "fenced")])
+async def test_other_errors_are_not_retried(error: BaseException) -> None:
+    flaky = Flaky(error)
+    with pytest.raises(type(error)):
+        await RetryPolicy(max_attempts=5).without_waiting().run(flaky)
+    assert flaky.calls == 1
+
+
+async def test_no_sleep_ends_past_the_deadline() -> None:
+    # Backoff starts at 1 s but the deadline is 50 ms: give up after one attempt, at once.
+    flaky = Flaky(ChainError(R, "a"), ChainError(R, "b"))
+    started = time.monotonic()
+    with pytest.raises(ChainError):
+        await RetryPolicy(max_attempts=5, deadline_s=0.05, backoff_base_s=1.0,
+                          backoff_cap_s=1.0).run(flaky)
+    assert flaky.calls == 1 and time.monotonic() - started < 0.5
+
+
+async def test_backoff_waits_are_real_when_waiting_is_on() -> None:
+    flaky = Flaky(ChainError(R, "a"), ChainError(R, "b"))
+    got = await RetryPolicy(max_attempts=3, backoff_base_s=0.001, backoff_cap_s=0.002).run(flaky)
+    assert got == "ok" and flaky.calls == 3
+
+
+def test_policy_rejects_bad_bounds() -> None:
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ValueError, match="deadline"):
+        RetryPolicy(deadline_s=0)

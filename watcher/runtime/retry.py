@@ -1,0 +1,88 @@
+"""The one retry layer for node calls, on tenacity.
+
+A :class:`RetryPolicy` runs an attempt again only on a RETRIABLE
+:class:`watcher.errors.ChainError` (a :class:`NodeAnswerInvalid` is one), with
+exponential backoff and full jitter, bounded both by ``max_attempts`` and by
+``deadline_s`` (no sleep is started that would end past the deadline). Any
+other error, a FINAL one included, is raised at once and unchanged; when the
+attempts or the time run out the last error is raised as it is, never wrapped
+in tenacity's ``RetryError``. Every retry is reported to ``on_retry`` (the pool
+counts it in ``watcher_rpc_retries_total{chain,endpoint,kind}``).
+
+Tests turn the waiting off with :meth:`RetryPolicy.without_waiting`: same
+attempts and decisions, no sleep.
+
+Kafka retries (``watcher/kafka``) are not node calls and are not done here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_none,
+    wait_random_exponential,
+)
+
+from watcher.config import ChainConfig
+from watcher.errors import ChainError, ErrorKind
+
+T = TypeVar("T")
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Only a classified, RETRIABLE chain error is worth asking again (anywhere)."""
+    return isinstance(exc, ChainError) and exc.kind is ErrorKind.RETRIABLE
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    """Attempts in all, the first included."""
+    deadline_s: float = 30.0
+    """No retry sleep may end later than this after the first attempt started."""
+    backoff_base_s: float = 0.05
+    backoff_cap_s: float = 2.0
+    wait: bool = True
+    """False: retry without sleeping (tests)."""
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if self.deadline_s <= 0 or self.backoff_base_s < 0 or self.backoff_cap_s < 0:
+            raise ValueError("deadline and backoff must be positive")
+
+    @classmethod
+    def from_config(cls, cfg: ChainConfig) -> RetryPolicy:
+        return cls(max_attempts=cfg.rpc_max_attempts, deadline_s=3 * cfg.rpc_timeout_ms / 1000)
+
+    def without_waiting(self) -> RetryPolicy:
+        return replace(self, wait=False)
+
+    async def run(self, attempt: Callable[[], Awaitable[T]], *,
+                  on_retry: Callable[[ChainError], None] | None = None) -> T:
+        """``await attempt()`` until it succeeds or the policy gives up (see module doc)."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            outcome = state.outcome
+            exc = outcome.exception() if outcome is not None else None
+            if on_retry is not None and isinstance(exc, ChainError):
+                on_retry(exc)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.deadline_s),
+            wait=(wait_random_exponential(multiplier=self.backoff_base_s, max=self.backoff_cap_s)
+                  if self.wait else wait_none()),
+            retry=retry_if_exception(is_retriable),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        result: T = await retrying(attempt)
+        return result
