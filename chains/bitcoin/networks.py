@@ -35,6 +35,8 @@ class Network:
     taproot: bool
     symbol: str
     """The native asset's usual ticker (events carry the configured symbol)."""
+    max_money: int
+    """Consensus MAX_MONEY in base units: no output can be worth more."""
 
     @property
     def p2sh_version(self) -> int:
@@ -45,7 +47,12 @@ def _net(name: str, p2pkh: int, p2sh: tuple[int, ...], hrp: str | None, genesis:
          *, taproot: bool, symbol: str) -> Network:
     return Network(name=name, p2pkh_version=p2pkh, p2sh_versions=p2sh, bech32_hrp=hrp,
                    genesis_hash=BlockHash(genesis), segwit=hrp is not None, taproot=taproot,
-                   symbol=symbol)
+                   symbol=symbol, max_money=_MAX_MONEY[symbol])
+
+
+_COIN = 100_000_000
+_MAX_MONEY = {"BTC": 21_000_000 * _COIN, "LTC": 84_000_000 * _COIN,
+              "DOGE": 10_000_000_000 * _COIN}  # each chain's amount.h
 
 
 NETWORKS: dict[str, Network] = {n.name: n for n in (
