@@ -1,0 +1,546 @@
+"""Raw blocks and transactions (``getblock <hash> 0``, ``getrawtransaction``) -> txids,
+outputs, spent outpoints, and the scan for outputs paying watched keys.
+
+Guarantees of :func:`parse_block`: the header's double-SHA256 is the asked hash, the
+merkle root computed from the recomputed txids (double-SHA256 of each transaction's
+non-witness serialization) is the header's, no txid appears twice (the CVE-2012-2459
+duplicated-subtree mutation), the first transaction and only it is a coinbase, and the
+bytes end exactly where the last transaction does. So a node that omits, alters, reorders
+or duplicates a transaction, or truncates the answer, cannot pass: it gets
+:class:`NodeAnswerInvalid` (``SHAPE`` for bytes that do not parse, ``BLOCK_HASH`` for
+another block, ``TXID`` for a merkle mismatch), never an ``IndexError``. Witness data is not
+covered by the merkle root and is only skipped, never read.
+
+Speed is the design: a mainnet block (3,500 transactions, 1.3 MB) is walked once with
+integer offsets into the ``bytes`` (no per-byte loop, no object per transaction or
+output); txids are hashed from ``memoryview`` slices; each output's index key (the
+layout of :mod:`chains.bitcoin.script`) is built in the same pass; values, scripts,
+address text and outpoints become Python objects only for the outputs that match and for
+what a caller asks for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_right
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from chains.bitcoin import script as _script
+from chains.bitcoin.networks import Network
+from watcher.errors import AnswerCheck, NodeAnswerInvalid
+from watcher.types import Address, AssetSymbol, BlockHash, Transfer, TxId
+
+HEADER_SIZE = 80
+_FINAL_SEQUENCE_RBF = 0xFFFFFFFE
+_COINBASE_PREVOUT = bytes(32) + b"\xff\xff\xff\xff"
+
+_sha256 = hashlib.sha256
+_K_P2PKH = bytes((_script.P2PKH,))
+_K_P2SH = bytes((_script.P2SH,))
+_K_P2WPKH = bytes((_script.P2WPKH,))
+_K_P2WSH = bytes((_script.P2WSH,))
+_K_P2TR = bytes((_script.P2TR,))
+_K_OTHER = bytes((_script.WITNESS_OTHER,))
+_PAD12 = bytes(12)
+_NO_KEY = b""
+
+
+def _dsha(data: bytes | memoryview) -> bytes:
+    return _sha256(_sha256(data).digest()).digest()
+
+
+def _hex(internal: bytes) -> str:
+    """Display form of a hash: the bytes reversed, lower-case hex."""
+    return internal[::-1].hex()
+
+
+def _varint(buf: bytes, off: int) -> tuple[int, int]:
+    """The CompactSize at ``off`` (first byte >= 0xfd) and the offset after it."""
+    b = buf[off]
+    if b == 0xFD:
+        end = off + 3
+    elif b == 0xFE:
+        end = off + 5
+    else:
+        end = off + 9
+    if end > len(buf):
+        raise IndexError("varint beyond the end")
+    return int.from_bytes(buf[off + 1:end], "little"), end
+
+
+@dataclass(frozen=True, slots=True)
+class Outpoint:
+    """A transaction output, as an input names the coin it spends."""
+
+    txid: TxId
+    vout: int
+
+    def raw(self) -> bytes:
+        """The 36 bytes of the serialization (txid in internal order, vout little-endian)."""
+        return bytes.fromhex(self.txid)[::-1] + self.vout.to_bytes(4, "little")
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> Outpoint:
+        return cls(TxId(_hex(raw[:32])), int.from_bytes(raw[32:36], "little"))
+
+
+@dataclass(frozen=True, slots=True)
+class TxOut:
+    value: int
+    """Satoshis (base units), from the 8 raw bytes."""
+    script: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BlockHeader:
+    hash: BlockHash
+    prev_hash: BlockHash
+    merkle_root: str
+    """Display hex, like the hashes."""
+    time: int
+    version: int
+    bits: int
+    nonce: int
+
+
+class Transactions:
+    """Offsets into the raw bytes of a sequence of parsed transactions.
+
+    Built by :func:`parse_block` and :func:`parse_transaction` only; everything is read
+    back lazily from the bytes. Indexes are transaction positions (0 = coinbase in a block).
+    """
+
+    __slots__ = ("_buf", "_in_first", "_in_offs", "_keys", "_out_first", "_out_offs",
+                 "_spent", "_tx_starts", "_txids", "_witness")
+
+    def __init__(self, buf: bytes, tx_starts: list[int], txids: list[bytes],
+                 witness: list[bool], in_first: list[int], in_offs: list[int],
+                 out_first: list[int], out_offs: list[int], keys: list[bytes]) -> None:
+        self._buf = buf
+        self._tx_starts = tx_starts
+        """Start offset of each transaction, and one past the last's end."""
+        self._txids = txids
+        self._witness = witness
+        self._in_first = in_first
+        self._in_offs = in_offs
+        self._out_first = out_first
+        self._out_offs = out_offs
+        self._keys = keys
+        self._spent: dict[bytes, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._txids)
+
+    @property
+    def output_count(self) -> int:
+        return len(self._out_offs)
+
+    @property
+    def keys(self) -> list[bytes]:
+        """One index key per output of every transaction in order, ``b""`` for an output
+        with no address (the shape :meth:`AddressIndex.matches` takes)."""
+        return self._keys
+
+    def txid(self, i: int) -> TxId:
+        return TxId(_hex(self._txids[i]))
+
+    def txids(self) -> list[TxId]:
+        return [TxId(_hex(t)) for t in self._txids]
+
+    def raw_txid(self, i: int) -> bytes:
+        """Internal byte order, as outpoints and the merkle tree use it."""
+        return self._txids[i]
+
+    def wtxid(self, i: int) -> TxId:
+        """Hash of the full serialization (the txid for a transaction without witness)."""
+        if not self._witness[i]:
+            return self.txid(i)
+        mv = memoryview(self._buf)
+        return TxId(_hex(_dsha(mv[self._tx_starts[i]:self._tx_starts[i + 1]])))
+
+    def raw_transaction(self, i: int) -> bytes:
+        return self._buf[self._tx_starts[i]:self._tx_starts[i + 1]]
+
+    def has_witness(self, i: int) -> bool:
+        return self._witness[i]
+
+    # -- inputs
+
+    def _sequence_at(self, off: int) -> int:
+        buf = self._buf
+        b = buf[off + 36]
+        end = off + 37 + b if b < 0xFD else sum(_varint(buf, off + 36))
+        return int.from_bytes(buf[end:end + 4], "little")
+
+    def is_coinbase(self, i: int) -> bool:
+        first, last = self._in_first[i], self._in_first[i + 1]
+        off = self._in_offs[first]
+        return last - first == 1 and self._buf[off:off + 36] == _COINBASE_PREVOUT
+
+    def spends(self, i: int) -> tuple[Outpoint, ...]:
+        """The outpoints transaction ``i`` spends, in input order (none for a coinbase)."""
+        if self.is_coinbase(i):
+            return ()
+        buf = self._buf
+        return tuple(Outpoint.from_raw(buf[o:o + 36])
+                     for o in self._in_offs[self._in_first[i]:self._in_first[i + 1]])
+
+    def signals_rbf(self, i: int) -> bool:
+        """BIP125 opt-in: any input with nSequence below 0xfffffffe."""
+        return any(self._sequence_at(o) < _FINAL_SEQUENCE_RBF
+                   for o in self._in_offs[self._in_first[i]:self._in_first[i + 1]])
+
+    def spenders(self, outpoints: Collection[Outpoint]) -> dict[Outpoint, int]:
+        """Which of ``outpoints`` these transactions spend, and the index of the spender.
+
+        The double-spend check of the mempool logic: the raw outpoints of every input are
+        collected once (about 1 ms for a full block) and kept for later questions.
+        """
+        if not outpoints:
+            return {}
+        spent = self._spent
+        if spent is None:
+            buf = self._buf
+            offs = self._in_offs
+            owners = [0] * len(offs)
+            first = self._in_first
+            for t in range(len(self._txids)):
+                for j in range(first[t], first[t + 1]):
+                    owners[j] = t
+            spent = self._spent = {buf[o:o + 36]: t for o, t in zip(offs, owners, strict=True)}
+            spent.pop(_COINBASE_PREVOUT, None)
+        out: dict[Outpoint, int] = {}
+        for op in outpoints:
+            spender = spent.get(op.raw())
+            if spender is not None:
+                out[op] = spender
+        return out
+
+    # -- outputs
+
+    def _output_at(self, pos: int) -> TxOut:
+        buf = self._buf
+        off = self._out_offs[pos]
+        b = buf[off + 8]
+        if b < 0xFD:
+            start, size = off + 9, b
+        else:
+            size, start = _varint(buf, off + 8)
+        return TxOut(int.from_bytes(buf[off:off + 8], "little"), buf[start:start + size])
+
+    def outputs(self, i: int) -> list[TxOut]:
+        return [self._output_at(p) for p in range(self._out_first[i], self._out_first[i + 1])]
+
+    def locate_output(self, pos: int) -> tuple[int, int]:
+        """(transaction index, vout) of the ``pos``-th output overall."""
+        t = bisect_right(self._out_first, pos) - 1
+        return t, pos - self._out_first[t]
+
+    def output(self, pos: int) -> TxOut:
+        """The ``pos``-th output overall (the positions :attr:`keys` is indexed by)."""
+        return self._output_at(pos)
+
+
+@dataclass(frozen=True, slots=True)
+class RawBlock:
+    header: BlockHeader
+    txs: Transactions
+    size: int
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def _walk(buf: bytes, off: int, count: int, what: str) -> tuple[int, Transactions]:
+    """Parses ``count`` transactions from ``off``; returns the end offset and offsets.
+
+    One pass, locals only: this loop is the cost of a block.
+    """
+    mv = memoryview(buf)
+    sha = _sha256
+    tx_starts: list[int] = []
+    txids: list[bytes] = []
+    witness: list[bool] = []
+    in_first: list[int] = []
+    in_offs: list[int] = []
+    out_first: list[int] = []
+    out_offs: list[int] = []
+    keys: list[bytes] = []
+    add_in = in_offs.append
+    add_out = out_offs.append
+    add_key = keys.append
+    k_wpkh, k_tr, k_wsh, k_pkh, k_sh, k_other = (_K_P2WPKH, _K_P2TR, _K_P2WSH, _K_P2PKH,
+                                                 _K_P2SH, _K_OTHER)
+    pad = _PAD12
+    no_key = _NO_KEY
+    varint = _varint
+    p2pkh_head = b"\x76\xa9\x14"
+    p2pkh_tail = b"\x88\xac"
+    for _ in range(count):
+        start = off
+        tx_starts.append(start)
+        in_first.append(len(in_offs))
+        out_first.append(len(out_offs))
+        off += 4
+        b = buf[off]
+        segwit = b == 0
+        if segwit:
+            if buf[off + 1] != 1:
+                raise NodeAnswerInvalid(f"{what}: transaction {len(txids)} has witness flag "
+                                        f"{buf[off + 1]}, not 1")
+            off += 2
+            b = buf[off]
+        body = off
+        if b < 0xFD:
+            n_in = b
+            off += 1
+        else:
+            n_in, off = varint(buf, off)
+        if n_in == 0:
+            raise NodeAnswerInvalid(f"{what}: transaction {len(txids)} has no input")
+        for _ in range(n_in):
+            add_in(off)
+            b = buf[off + 36]
+            if b < 0xFD:
+                off += 41 + b
+            else:
+                size, p = varint(buf, off + 36)
+                off = p + size + 4
+        b = buf[off]
+        if b < 0xFD:
+            n_out = b
+            off += 1
+        else:
+            n_out, off = varint(buf, off)
+        if n_out == 0:
+            raise NodeAnswerInvalid(f"{what}: transaction {len(txids)} has no output")
+        for _ in range(n_out):
+            add_out(off)
+            b = buf[off + 8]
+            if b < 0xFD:
+                s = off + 9
+            else:
+                b, s = varint(buf, off + 8)
+            e = s + b
+            # The same keys as chains.bitcoin.script.script_key, most common template first.
+            if b == 22 and buf[s] == 0 and buf[s + 1] == 20:
+                add_key(k_wpkh + buf[s + 2:e] + pad)
+            elif b == 34 and buf[s + 1] == 32 and buf[s] == 0x51:
+                add_key(k_tr + buf[s + 2:e])
+            elif b == 34 and buf[s + 1] == 32 and buf[s] == 0:
+                add_key(k_wsh + buf[s + 2:e])
+            elif b == 25 and buf[s:s + 3] == p2pkh_head and buf[s + 23:e] == p2pkh_tail:
+                add_key(k_pkh + buf[s + 3:s + 23] + pad)
+            elif b == 23 and buf[s] == 0xA9 and buf[s + 1] == 20 and buf[s + 22] == 0x87:
+                add_key(k_sh + buf[s + 2:s + 22] + pad)
+            elif 4 <= b <= 42 and 0x51 <= buf[s] <= 0x60 and buf[s + 1] == b - 2:
+                add_key(k_other + sha(buf[s:e]).digest())
+            else:
+                add_key(no_key)
+            off = e
+        body_end = off
+        if segwit:
+            for _ in range(n_in):
+                b = buf[off]
+                if b < 0xFD:
+                    items = b
+                    off += 1
+                else:
+                    items, off = varint(buf, off)
+                for _ in range(items):
+                    b = buf[off]
+                    if b < 0xFD:
+                        off += 1 + b
+                    else:
+                        size, p = varint(buf, off)
+                        off = p + size
+            h = sha(mv[start:start + 4])
+            h.update(mv[body:body_end])
+            h.update(mv[off:off + 4])
+        else:
+            h = sha(mv[start:off + 4])
+        off += 4
+        txids.append(sha(h.digest()).digest())
+        witness.append(segwit)
+    tx_starts.append(off)
+    in_first.append(len(in_offs))
+    out_first.append(len(out_offs))
+    mv.release()
+    return off, Transactions(buf, tx_starts, txids, witness, in_first, in_offs, out_first,
+                             out_offs, keys)
+
+
+def merkle_root(txids: list[bytes]) -> bytes:
+    """Bitcoin's merkle root (internal order) of txids in internal order."""
+    level = txids
+    if not level:
+        raise ValueError("no txids")
+    sha = _sha256
+    while len(level) > 1:
+        if len(level) & 1:
+            level = [*level, level[-1]]
+        level = [sha(sha(level[i] + level[i + 1]).digest()).digest()
+                 for i in range(0, len(level), 2)]
+    return level[0]
+
+
+def _bytes_of(raw: object, what: str) -> bytes:
+    if isinstance(raw, bytes):
+        return raw
+    if isinstance(raw, bytearray | memoryview):
+        return bytes(raw)
+    if isinstance(raw, str):
+        try:
+            return bytes.fromhex(raw)
+        except ValueError:
+            raise NodeAnswerInvalid(f"{what}: not hex") from None
+    raise NodeAnswerInvalid(f"{what}: not hex text or bytes")
+
+
+def parse_header(raw: bytes, what: str = "header") -> BlockHeader:
+    """The 80-byte header (``getblockheader <hash> false``), its hash recomputed."""
+    if len(raw) < HEADER_SIZE:
+        raise NodeAnswerInvalid(f"{what}: {len(raw)} bytes, shorter than a header")
+    head = raw[:HEADER_SIZE]
+    return BlockHeader(
+        hash=BlockHash(_hex(_dsha(head))),
+        prev_hash=BlockHash(_hex(head[4:36])),
+        merkle_root=_hex(head[36:68]),
+        time=int.from_bytes(head[68:72], "little"),
+        version=int.from_bytes(head[0:4], "little", signed=True),
+        bits=int.from_bytes(head[72:76], "little"),
+        nonce=int.from_bytes(head[76:80], "little"),
+    )
+
+
+def parse_block(raw: bytes | str, expect_hash: str | None = None) -> RawBlock:
+    """A serialized block (bytes, or hex as ``getblock <hash> 0`` returns it), checked as the
+    module docstring says; ``expect_hash`` (display hex) is the hash that was asked for."""
+    buf = _bytes_of(raw, f"block {expect_hash}")
+    what = f"block {expect_hash or '?'}"
+    header = parse_header(buf, what)
+    if expect_hash is not None and header.hash != expect_hash.lower():
+        raise NodeAnswerInvalid(f"asked for block {expect_hash}, got {header.hash}",
+                                check=AnswerCheck.BLOCK_HASH)
+    what = f"block {header.hash}"
+    try:
+        b = buf[HEADER_SIZE]
+        if b < 0xFD:
+            count, off = b, HEADER_SIZE + 1
+        else:
+            count, off = _varint(buf, HEADER_SIZE)
+        if count == 0:
+            raise NodeAnswerInvalid(f"{what}: no transactions")
+        end, txs = _walk(buf, off, count, what)
+    except (IndexError, ValueError, OverflowError):
+        raise NodeAnswerInvalid(f"{what}: truncated or malformed") from None
+    if end != len(buf):
+        raise NodeAnswerInvalid(f"{what}: {len(buf) - end} bytes after the last transaction"
+                                if end < len(buf) else f"{what}: truncated")
+    raw_ids = txs._txids
+    if merkle_root(raw_ids) != buf[36:68]:
+        raise NodeAnswerInvalid(f"{what}: merkle root of its transactions differs from the "
+                                "header", check=AnswerCheck.TXID)
+    if len(set(raw_ids)) != len(raw_ids):
+        raise NodeAnswerInvalid(f"{what}: a transaction appears twice", check=AnswerCheck.TXID)
+    if not txs.is_coinbase(0):
+        raise NodeAnswerInvalid(f"{what}: first transaction is not a coinbase")
+    coinbase_prevout = _COINBASE_PREVOUT
+    in_offs = txs._in_offs
+    if any(buf[o:o + 36] == coinbase_prevout for o in in_offs[1:]):
+        raise NodeAnswerInvalid(f"{what}: a coinbase input after the first transaction")
+    return RawBlock(header=header, txs=txs, size=len(buf))
+
+
+def parse_transaction(raw: bytes | str, expect_txid: str | None = None) -> Transactions:
+    """One serialized transaction (``getrawtransaction <txid>``); its txid recomputed and,
+    with ``expect_txid``, checked (``TXID``)."""
+    what = f"transaction {expect_txid or '?'}"
+    buf = _bytes_of(raw, what)
+    try:
+        end, txs = _walk(buf, 0, 1, what)
+    except (IndexError, ValueError, OverflowError):
+        raise NodeAnswerInvalid(f"{what}: truncated or malformed") from None
+    if end != len(buf):
+        raise NodeAnswerInvalid(f"{what}: {len(buf) - end} bytes after its end"
+                                if end < len(buf) else f"{what}: truncated")
+    if expect_txid is not None and txs.txid(0) != expect_txid.lower():
+        raise NodeAnswerInvalid(f"asked for transaction {expect_txid}, got {txs.txid(0)}",
+                                check=AnswerCheck.TXID)
+    return txs
+
+
+# ------------------------------------------------------------------ scanning
+
+
+class KeyLookup(Protocol):
+    def __contains__(self, key: object) -> bool: ...
+
+
+def matching_outputs(txs: Transactions, watched: KeyLookup) -> list[int]:
+    """Positions (overall output index) of outputs whose key is watched, in order."""
+    keys = txs.keys
+    batch = getattr(watched, "matches", None)
+    if batch is not None:
+        found: list[int] = batch(keys)
+        return found
+    return [i for i, k in enumerate(keys) if k and k in watched]
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """The outputs of a block (or a mempool transaction) that pay watched keys."""
+
+    transfers: tuple[Transfer, ...]
+    """One per paying output, locator ``vout:<n>``, in block order."""
+    dust_ignored: int
+    """Outputs to watched keys under the dust threshold: not transfers (count a metric)."""
+    txs: Transactions
+    """The parsed transactions, for what the mempool logic asks next:
+    :meth:`Transactions.spenders` (double spends), :meth:`Transactions.spends` and
+    :meth:`Transactions.signals_rbf` of the paying ones, :meth:`Transactions.txids`."""
+    paying: tuple[int, ...]
+    """Transaction indexes of the transfers, parallel to ``transfers``."""
+
+    def spent_by_paying(self) -> Iterator[tuple[TxId, Outpoint]]:
+        """(paying txid, outpoint it spends) for each paying transaction, once each."""
+        for i in dict.fromkeys(self.paying):
+            txid = self.txs.txid(i)
+            for op in self.txs.spends(i):
+                yield txid, op
+
+
+def scan(txs: Transactions, watched: KeyLookup, net: Network, *, asset: AssetSymbol,
+         decimals: int = 8, dust_threshold: int = 0) -> ScanResult:
+    """Outputs paying watched keys as :class:`Transfer` (amounts in satoshis from the raw
+    bytes); outputs under ``dust_threshold`` satoshis are counted, not reported. Coinbase
+    outputs are reported like any other (the caller decides about their maturity)."""
+    transfers: list[Transfer] = []
+    paying: list[int] = []
+    dust = 0
+    for pos in matching_outputs(txs, watched):
+        out = txs.output(pos)
+        if out.value > net.max_money:
+            raise NodeAnswerInvalid(f"output {pos}: {out.value} satoshis is above the money "
+                                    "supply")
+        if out.value < dust_threshold:
+            dust += 1
+            continue
+        tx, vout = txs.locate_output(pos)
+        text = _script.script_address(out.script, net)
+        if text is None:
+            continue  # a segwit key on a network without segwit: not an address there
+        transfers.append(Transfer(
+            txid=txs.txid(tx),
+            locator=f"vout:{vout}",
+            asset=asset,
+            token_contract=None,
+            to_address=Address(text),
+            from_address=None,
+            amount=out.value,
+            decimals=decimals,
+        ))
+        paying.append(tx)
+    return ScanResult(tuple(transfers), dust, txs, tuple(paying))
