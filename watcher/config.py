@@ -451,9 +451,9 @@ _CREDENTIAL_KEYS = ("username_env", "username_file", "password_env", "password_f
 
 
 def _bitcoin_networks() -> tuple[str, ...]:
-    from chains.bitcoin.networks_genesis import network_names
+    from chains.bitcoin.networks import NETWORKS
 
-    return network_names()
+    return tuple(sorted(NETWORKS))
 
 
 def _secret(er: _Reader, what: str, base_dir: Path, environ: Mapping[str, str]) -> str | None:

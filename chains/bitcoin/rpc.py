@@ -55,7 +55,7 @@ from chains.bitcoin.errors import (
     rpc_error_from_object,
     transport_error,
 )
-from chains.bitcoin.networks_genesis import genesis_hash
+from chains.bitcoin.networks import network as network_named
 from watcher.config import Endpoint
 from watcher.errors import (
     AnswerCheck,
@@ -255,7 +255,7 @@ class BitcoinRpcClient:
         """Checks ``getblockhash 0`` against the configured network's genesis hash, then
         learns the dialect. A node of another network raises :class:`ChainIdentityMismatch`
         naming the endpoint; an unreachable one a RETRIABLE :class:`ChainError`."""
-        expected = genesis_hash(self._network)
+        expected = network_named(self._network).genesis_hash
         try:
             got = await self.call("getblockhash", [0])
         except BitcoinRpcError as exc:
