@@ -26,6 +26,11 @@ def build_family(cfg: ChainConfig) -> tuple[ChainSource, AddressCodec, int]:
         from chains.evm.adapter import EvmAddressCodec, build_source
 
         return build_source(cfg), EvmAddressCodec(), 20
+    if cfg.family is Family.BITCOIN:
+        from chains.bitcoin.source import build_family as build_bitcoin
+
+        # Keys are 33 bytes (type byte + 32-byte witness program), see chains.bitcoin.script.
+        return build_bitcoin(cfg)
     raise ConfigError(f"chains.{cfg.id}.family", f"family {cfg.family.value!r} is not supported yet")
 
 

@@ -90,3 +90,12 @@ QUORUM_DISAGREEMENTS = Counter("watcher_confirm_quorum_disagreements_total",
 QUORUM_HELD = Gauge("watcher_confirm_quorum_held_deposits",
                     "Deposits deep enough to confirm but held back for lack of quorum",
                     ["chain"], registry=REGISTRY)
+
+# ---- Bitcoin family: RPC client and UTXO chain source (issue #7, btcrpc)
+
+DUST_OUTPUTS_IGNORED = Counter("watcher_dust_outputs_ignored_total",
+                               "Outputs paying watched addresses below the chain's dust_threshold: "
+                               "no deposit event", ["chain"], registry=REGISTRY)
+BLOCK_BYTES_FETCHED = Counter("watcher_block_bytes_fetched_total",
+                              "Bytes of raw blocks fetched from nodes (verbosity 0)",
+                              ["chain"], registry=REGISTRY)

@@ -319,6 +319,20 @@ class BitcoinRpcClient:
             hashes.append(_hash(reply, "getblockhash", self._name))
         return hashes
 
+    async def hashes_at(self, heights: Sequence[int]) -> dict[int, BlockHash]:
+        """Main-chain hash at each of ``heights`` (one batch); heights past the tip are left
+        out."""
+        wanted = list(heights)
+        replies = await self.batch([("getblockhash", [h]) for h in wanted])
+        out: dict[int, BlockHash] = {}
+        for height, reply in zip(wanted, replies, strict=True):
+            if isinstance(reply, BitcoinRpcError):
+                if reply.reason is Reason.OUT_OF_RANGE:
+                    continue
+                raise reply
+            out[height] = _hash(reply, "getblockhash", self._name)
+        return out
+
     async def raw_headers(self, hashes: Sequence[BlockHash]) -> list[bytes | None]:
         """The 80-byte serialized headers (``getblockheader <h> false``, which both nodes
         serve for side-chain blocks too), None where the node has no such block."""

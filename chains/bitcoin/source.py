@@ -1,0 +1,237 @@
+"""The UTXO chain family behind :class:`watcher.ports.ChainSource` (Bitcoin, Litecoin,
+Dogecoin by configuration).
+
+Endpoint handling (identity by genesis hash, head rounds, states, failover,
+retries) is the chain-agnostic :class:`watcher.runtime.pool.EndpointPool`; this
+module supplies its clients (:class:`chains.bitcoin.rpc.BitcoinRpcClient`) and
+what to ask them. Every answer is checked inside the request, so a defective
+one counts against the endpoint that gave it and is asked again elsewhere,
+never taken as "no deposits":
+
+* headers by height: ``getblockhash`` for the range, then the raw 80-byte
+  headers of those hashes (two batches); each header must hash to the hash the
+  node named for its height, and link to the one below it;
+* header by hash: the verbose header (main chain only) and the raw one, whose
+  recomputed hash and parent must agree with it;
+* contents: each block fetched raw by hash (concurrently, up to
+  ``max_concurrency``), parsed by :mod:`chains.bitcoin.block`, which recomputes
+  its hash, every txid and the merkle root; its parent must be the ref's. A
+  node that answers "not found" for a block of the chain it named is
+  misbehaving (``null_block``). Outputs paying watched keys become transfers
+  ``vout:<n>`` with satoshis read from the raw bytes; outputs under
+  ``dust_threshold`` are counted in ``watcher_dust_outputs_ignored_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from chains.bitcoin import block as blocks
+from chains.bitcoin.address import UtxoAddressCodec
+from chains.bitcoin.networks import Network, network
+from chains.bitcoin.rpc import BitcoinRpcClient
+from chains.bitcoin.script import KEY_SIZE
+from watcher.config import ChainConfig
+from watcher.core.endpoints import EndpointPolicy, EndpointView
+from watcher.errors import AnswerCheck, ChainError, NodeAnswerInvalid
+from watcher.metrics import BLOCK_BYTES_FETCHED, DUST_OUTPUTS_IGNORED, NODE_HEAD
+from watcher.ports import WatchedAddressLookup
+from watcher.runtime.pool import EndpointPool
+from watcher.runtime.retry import RetryPolicy
+from watcher.types import BlockContents, BlockHash, BlockRef, ChainHead
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BitcoinChainSource", "build_family", "build_pool"]
+
+_NO_PARENT = BlockHash("0" * 64)
+"""The parent named by the genesis header."""
+
+
+def build_pool(cfg: ChainConfig, *, retry: RetryPolicy | None = None,
+               policy: EndpointPolicy | None = None,
+               clock: Callable[[], float] | None = None) -> EndpointPool[BitcoinRpcClient]:
+    """The endpoint pool of a Bitcoin-family chain: one client per configured endpoint."""
+    if cfg.network is None:
+        raise ValueError(f"chain {cfg.id}: a bitcoin chain needs a network")
+    clients = [BitcoinRpcClient(str(cfg.id), e, cfg.network,
+                                timeout_s=cfg.rpc_timeout_ms / 1000,
+                                connections=max(4, 2 * cfg.max_concurrency))
+               for e in cfg.endpoints]
+    kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
+    return EndpointPool(
+        str(cfg.id), clients,
+        policy=policy or EndpointPolicy(lag_tolerance_blocks=cfg.lag_tolerance_blocks),
+        retry=retry or RetryPolicy.from_config(cfg), **kwargs)
+
+
+class BitcoinChainSource:
+    """Read access to one Bitcoin-family chain through its endpoint pool."""
+
+    def __init__(self, cfg: ChainConfig,
+                 pool: EndpointPool[BitcoinRpcClient] | None = None) -> None:
+        if cfg.network is None:
+            raise ValueError(f"chain {cfg.id}: a bitcoin chain needs a network")
+        self._cfg = cfg
+        self._chain = str(cfg.id)
+        self._net: Network = network(cfg.network)
+        self._pool = pool if pool is not None else build_pool(cfg)
+        self._started = False
+        self._dust = DUST_OUTPUTS_IGNORED.labels(self._chain)
+        self._bytes = BLOCK_BYTES_FETCHED.labels(self._chain)
+
+    @property
+    def pool(self) -> EndpointPool[BitcoinRpcClient]:
+        return self._pool
+
+    @property
+    def network(self) -> Network:
+        return self._net
+
+    def endpoint_states(self) -> Mapping[str, EndpointView]:
+        return self._pool.states()
+
+    # ------------------------------------------------------------ identity and heads
+
+    async def verify_identity(self) -> None:
+        """Identifies every endpoint (genesis hash of the configured network) in one head
+        round. An endpoint of another network is set aside (``wrong_chain``), never
+        followed; a RETRIABLE :class:`ChainError` is raised when none is alive."""
+        await self._pool.refresh()
+        self._started = True
+
+    async def _ensure_started(self) -> None:
+        if not self._started:
+            await self.verify_identity()
+
+    async def head(self) -> ChainHead:
+        """The head of the followed endpoint after one round (never one lagging the best)."""
+        await self._ensure_started()
+        head = await self._pool.refresh()
+        NODE_HEAD.labels(self._chain).set(head.number)
+        return head
+
+    # ------------------------------------------------------------ headers
+
+    async def headers(self, start: int, count: int) -> list[BlockRef]:
+        await self._ensure_started()
+        if count <= 0:
+            return []
+
+        async def op(c: BitcoinRpcClient) -> list[BlockRef]:
+            hashes = await c.block_hashes(start, count)
+            raws = await c.raw_headers(hashes)
+            refs: list[BlockRef] = []
+            for height, (asked, raw) in enumerate(zip(hashes, raws, strict=True), start):
+                if raw is None:
+                    raise NodeAnswerInvalid(f"no header for block {asked} it named at height "
+                                            f"{height}", check=AnswerCheck.NULL_BLOCK)
+                header = blocks.parse_header(raw, f"header {asked}")
+                if header.hash != asked:
+                    raise NodeAnswerInvalid(f"asked for header {asked}, got {header.hash}",
+                                            check=AnswerCheck.BLOCK_HASH)
+                if refs and header.prev_hash != refs[-1].hash:
+                    # A block arrived between the two batches: the caller asks again.
+                    break
+                refs.append(BlockRef(number=height, hash=header.hash,
+                                     parent_hash=header.prev_hash, timestamp=header.time))
+            return refs
+
+        return await self._pool.ask(op, what=f"headers {start}+{count}")
+
+    async def header_by_hash(self, block_hash: BlockHash) -> BlockRef | None:
+        """The header of ``block_hash`` if it is on the followed node's main chain."""
+        await self._ensure_started()
+
+        async def op(c: BitcoinRpcClient) -> BlockRef | None:
+            info = await c.main_chain_header(block_hash)
+            if info is None:
+                return None
+            (raw,) = await c.raw_headers([block_hash])
+            if raw is None:
+                raise NodeAnswerInvalid(f"no raw header for block {block_hash} it described",
+                                        check=AnswerCheck.NULL_BLOCK)
+            header = blocks.parse_header(raw, f"header {block_hash}")
+            parent = info.previous_hash if info.previous_hash is not None else _NO_PARENT
+            if header.hash != block_hash or header.prev_hash != parent:
+                raise NodeAnswerInvalid(f"header {block_hash}: raw and verbose forms disagree",
+                                        check=AnswerCheck.BLOCK_HASH)
+            return BlockRef(number=info.height, hash=block_hash, parent_hash=header.prev_hash,
+                            timestamp=header.time)
+
+        return await self._pool.ask(op, what="header by hash")
+
+    async def canonical_hashes(self, heights: Sequence[int]) -> dict[str, dict[int, BlockHash]]:
+        """For each alive endpoint that answered, its main-chain hash at each of ``heights``
+        it has. For confirm quorums."""
+        await self._ensure_started()
+        wanted = sorted(set(heights))
+        if not wanted:
+            return {}
+        answers = await self._pool.ask_each(lambda c: c.hashes_at(wanted),
+                                            what="canonical hashes")
+        return {n: a for n, a in answers.items() if not isinstance(a, ChainError)}
+
+    # ------------------------------------------------------------ contents
+
+    async def contents(self, refs: Sequence[BlockRef],
+                       watched: WatchedAddressLookup) -> list[BlockContents]:
+        """Transfers to watched addresses in each block, in the order of ``refs``; blocks
+        are fetched concurrently (at most ``max_concurrency`` at once)."""
+        await self._ensure_started()
+        if not refs:
+            return []
+        gate = asyncio.Semaphore(self._cfg.max_concurrency)
+
+        async def run(ref: BlockRef) -> BlockContents:
+            async with gate:
+                return await self._block_contents(ref, watched)
+
+        return await _gather_or_cancel([run(r) for r in refs])
+
+    async def _block_contents(self, ref: BlockRef,
+                              watched: WatchedAddressLookup) -> BlockContents:
+        async def op(c: BitcoinRpcClient) -> blocks.RawBlock:
+            raw = await c.raw_block(ref.hash)
+            if raw is None:
+                raise NodeAnswerInvalid(f"not found: block {ref.hash} of the followed chain",
+                                        check=AnswerCheck.NULL_BLOCK)
+            parsed = blocks.parse_block(raw, expect_hash=ref.hash)
+            if parsed.header.prev_hash != ref.parent_hash:
+                raise NodeAnswerInvalid(f"block {ref.hash}: parent {parsed.header.prev_hash}, "
+                                        f"its header said {ref.parent_hash}",
+                                        check=AnswerCheck.PARENT_LINK)
+            self._bytes.inc(parsed.size)
+            return parsed
+
+        parsed = await self._pool.ask(op, what=f"block {ref.number}")
+        result = blocks.scan(parsed.txs, watched, self._net, asset=self._cfg.native_symbol,
+                             decimals=self._cfg.native_decimals,
+                             dust_threshold=self._cfg.dust_threshold)
+        if result.dust_ignored:
+            self._dust.inc(result.dust_ignored)
+        return BlockContents(ref=ref, transfers=result.transfers)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+async def _gather_or_cancel(aws: Sequence[Awaitable[BlockContents]]) -> list[BlockContents]:
+    """Like gather, but the first failure cancels the rest and is raised as it is."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def build_family(cfg: ChainConfig) -> tuple[BitcoinChainSource, UtxoAddressCodec, int]:
+    """The source, the address codec of the configured network and the index key width."""
+    source = BitcoinChainSource(cfg)
+    return source, UtxoAddressCodec(source.network), KEY_SIZE
