@@ -99,3 +99,12 @@ DUST_OUTPUTS_IGNORED = Counter("watcher_dust_outputs_ignored_total",
 BLOCK_BYTES_FETCHED = Counter("watcher_block_bytes_fetched_total",
                               "Bytes of raw blocks fetched from nodes (verbosity 0)",
                               ["chain"], registry=REGISTRY)
+
+# ---------------------------------------------------------------- mempool (UTXO unconfirmed deposits)
+MEMPOOL_TRANSITIONS = Counter(
+    "watcher_mempool_deposits_total",
+    "Unconfirmed deposits by transition: seen, replaced, double_spent, dropped, mined",
+    ["chain", "outcome"], registry=REGISTRY)
+MEMPOOL_TRACKED = Gauge("watcher_mempool_tracked_transactions",
+                        "Unconfirmed transactions paying watched addresses held in the state",
+                        ["chain"], registry=REGISTRY)

@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from watcher.core.endpoints import EndpointView
-from watcher.types import Address, AddressKey, BlockContents, BlockHash, BlockRef, ChainHead
+from watcher.core.mempool import MempoolChange
+from watcher.types import (
+    Address,
+    AddressKey,
+    BlockContents,
+    BlockHash,
+    BlockRef,
+    ChainHead,
+    Outpoint,
+)
 
 
 class WatchedAddressLookup(Protocol):
@@ -102,6 +111,38 @@ class ChainSource(Protocol):
         ...
 
     async def close(self) -> None:
+        ...
+
+
+class MempoolSource(Protocol):
+    """A UTXO chain's mempool, polled at the follower's interval (mempool watching on).
+
+    The chain source of such a family implements it beside :class:`ChainSource`; its
+    blocks' :class:`BlockContents` then carry ``spends``. Each call costs work in
+    proportion to what changed since the previous call: txids listed, and only new
+    transactions fetched and parsed.
+    """
+
+    async def mempool(self, watched: WatchedAddressLookup, *, full: bool) -> MempoolChange:
+        """What changed in the node's mempool since the previous call: transactions added
+        (each with its outputs paying ``watched`` addresses, possibly none, and every
+        outpoint it spends), txids gone, and the node's best block hash at the time.
+
+        ``full``: forget the previous call and report every transaction now in the
+        mempool as added, with ``present`` set to all their txids. The follower asks
+        for it after a start, a failed commit (the state went back to the checkpoint)
+        and a reorg (transactions of removed blocks return to the mempool). Errors are
+        raised as :class:`watcher.errors.ChainError`; a call that raises leaves the
+        previous call as the baseline of the next one. Transactions that cannot be
+        parsed are left out (and counted) at the source's edge, never passed on.
+        """
+        ...
+
+    def watch_outpoints(self, outpoints: frozenset[Outpoint]) -> None:
+        """From now on, every :class:`BlockContents` this source returns lists in
+        ``spends`` each input of its block that spends one of ``outpoints`` (the inputs
+        of the seen transactions); listing every input of the block is also correct.
+        The follower calls it before it asks for block contents."""
         ...
 
 

@@ -57,12 +57,35 @@ class Transfer:
     decimals: int
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class Outpoint:
+    """A UTXO: output ``vout`` of transaction ``txid``."""
+
+    txid: TxId
+    vout: int
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """An input of a transaction: ``txid`` spends ``outpoint``."""
+
+    outpoint: Outpoint
+    txid: TxId
+
+
 @dataclass(frozen=True, slots=True)
 class BlockContents:
-    """A block's header and the transfers in it that pay watched addresses."""
+    """A block's header and the transfers in it that pay watched addresses.
+
+    ``spends`` (UTXO families with mempool watching): the inputs of the block
+    that spend an outpoint of a seen transaction (at least; every input is also
+    right), so that the mempool core can tell a seen transaction mined from one
+    double-spent. Empty for account chains.
+    """
 
     ref: BlockRef
     transfers: tuple[Transfer, ...]
+    spends: tuple[Spend, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +102,19 @@ class DepositEventType(StrEnum):
     PENDING = "deposit.pending"
     CONFIRMED = "deposit.confirmed"
     REVERTED = "deposit.reverted"
+
+
+class RevertReason(StrEnum):
+    """Why a ``deposit.reverted`` was published (contract field ``reason``)."""
+
+    REORG = "reorg"
+    """The block that held it left the canonical chain."""
+    REPLACED = "replaced"
+    """A mempool transaction spends an input of the seen one (RBF or a conflicting send)."""
+    DOUBLE_SPENT = "double_spent"
+    """A block confirmed another transaction spending an input of the seen one."""
+    DROPPED = "dropped"
+    """Gone from the mempool, and not mined, for the configured time."""
 
 
 def deposit_id(chain: ChainId, txid: TxId, locator: str) -> DepositId:

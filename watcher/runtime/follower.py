@@ -5,6 +5,11 @@ applies it in memory, and commits the resulting events together with the new
 state snapshot in one Kafka transaction. If the commit fails the in-memory
 state is thrown away and reloaded from the last committed checkpoint, so the
 published stream and the checkpoint can never disagree.
+
+Where the source also offers a mempool (:class:`watcher.ports.MempoolSource`),
+each poll interval in which the block path is caught up ends with a mempool
+step: the changes since the last poll go through the same state and are
+committed the same way, events and snapshot in one transaction.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -21,13 +26,14 @@ import structlog
 
 from watcher import metrics
 from watcher.config import ChainConfig, FinalityMode
-from watcher.core.chainstate import ChainState, SnapshotError
+from watcher.core.chainstate import DEFAULT_MEMPOOL_DROP_AFTER_S, ChainState, SnapshotError
 from watcher.core.deposits import DepositEvent, quorum_agreed
 from watcher.core.endpoints import EndpointView
+from watcher.core.mempool import UnconfirmedEvent
 from watcher.core.window import BeyondWindow, BrokenBranch, Extend, NeedParent, Rewind, linked_prefix
 from watcher.errors import ChainError, ErrorKind, SinkError
-from watcher.events import deposit_record
-from watcher.ports import AddressCodec, ChainSource, OutRecord, TransactionalSink
+from watcher.events import deposit_record, unconfirmed_record
+from watcher.ports import AddressCodec, ChainSource, MempoolSource, OutRecord, TransactionalSink
 from watcher.types import (
     AddressKey,
     BlockContents,
@@ -35,6 +41,7 @@ from watcher.types import (
     BlockRef,
     ChainHead,
     DepositEventType,
+    Outpoint,
     Transfer,
 )
 
@@ -78,12 +85,17 @@ class FollowerStatus:
 class _Batch:
     added: tuple[BlockRef, ...]
     contents: tuple[BlockContents, ...]
+    outpoints: frozenset[Outpoint] = frozenset()
+    """The mempool outpoints whose spenders these contents list."""
 
 
 class ChainFollower:
     def __init__(self, cfg: ChainConfig, source: ChainSource, sink: TransactionalSink,
                  addresses: LabelledAddresses, codec: AddressCodec, deposits_topic: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 mempool: MempoolSource | None = None,
+                 mempool_drop_after_s: float = DEFAULT_MEMPOOL_DROP_AFTER_S,
+                 mempool_interval_s: float = 0.0) -> None:
         self.cfg = cfg
         self.source = source
         self.sink = sink
@@ -96,6 +108,13 @@ class ChainFollower:
         self._checkpoint_name = f"chain:{cfg.id}"
         self._prefetch: asyncio.Task[_Batch | None] | None = None
         self._node_behind = False
+        self.mempool = mempool
+        self.mempool_drop_after_s = mempool_drop_after_s
+        self.mempool_interval_s = mempool_interval_s
+        self._mempool_polled_at: float | None = None
+        # A full mempool listing is due at start, after the state went back to the
+        # checkpoint, and after a reorg put transactions back into the node's mempool.
+        self._mempool_resync = True
 
     # ------------------------------------------------------------ lifecycle
 
@@ -122,6 +141,8 @@ class ChainFollower:
                 return
             if outcome is StepOutcome.PROGRESS:
                 continue
+            if outcome is StepOutcome.CAUGHT_UP and self._mempool_due():
+                await self.mempool_step()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), poll)
         await self._cancel_prefetch()
@@ -132,14 +153,23 @@ class ChainFollower:
     # ------------------------------------------------------------ one step
 
     async def step(self) -> StepOutcome:
+        return await self._guarded(self._step)
+
+    async def mempool_step(self) -> StepOutcome:
+        """One mempool poll, committed with the snapshot; call when the block path is caught
+        up (drops are decided only at the tip the state has processed)."""
+        return await self._guarded(self._mempool_step)
+
+    async def _guarded(self, body: Callable[[], Awaitable[StepOutcome]]) -> StepOutcome:
         chain = self.cfg.id
         if self.status.halted_reason is not None:
             return StepOutcome.HALTED
         try:
-            return await self._step()
+            return await body()
         except SinkError as exc:
             await self._cancel_prefetch()
             self.state = None
+            self._mempool_resync = True
             metrics.CYCLE_ERRORS.labels(chain, exc.kind.value).inc()
             self.status.last_error = str(exc)
             if exc.kind is ErrorKind.FENCED:
@@ -217,6 +247,8 @@ class ChainFollower:
         now = self.clock()
         records: list[OutRecord] = [deposit_record(self.topic, chain, ev, now)
                                     for ev in applied.events]
+        records.extend(unconfirmed_record(self.topic, chain, ev, now)
+                       for ev in applied.unconfirmed)
         new_tip = state.tip
         assert new_tip is not None
         # Only now is the window known to be the node's chain up to new_tip, so only now may
@@ -226,6 +258,7 @@ class ChainFollower:
         # Start fetching the next range while this one commits.
         self._start_prefetch(new_tip, head)
         await self.sink.commit(records, self._checkpoint_name, state.snapshot())
+        self._count_unconfirmed(applied.unconfirmed, mined=applied.mined)
 
         for ev in applied.events:
             metrics.DEPOSIT_EVENTS.labels(chain, ev.type.value).inc()
@@ -238,6 +271,7 @@ class ChainFollower:
                 metrics.DETECTION_LATENCY.labels(chain).observe(
                     max(0.0, now - ev.deposit.block.timestamp))
         if applied.reorg_depth:
+            self._mempool_resync = True
             metrics.REORGS.labels(chain).inc()
             metrics.REORG_DEPTH.labels(chain).observe(applied.reorg_depth)
             bound.warning("reorg", depth=applied.reorg_depth, new_tip=new_tip.number,
@@ -304,14 +338,53 @@ class ChainFollower:
         for ev in events:
             metrics.DEPOSIT_EVENTS.labels(self.cfg.id, ev.type.value).inc()
 
+    def _mempool_due(self) -> bool:
+        if self.mempool is None:
+            return False
+        last = self._mempool_polled_at
+        return last is None or time.monotonic() - last >= self.mempool_interval_s
+
+    async def _mempool_step(self) -> StepOutcome:
+        assert self.mempool is not None
+        self._mempool_polled_at = time.monotonic()
+        chain = self.cfg.id
+        if self.state is None:
+            self.state = await self._load_state()
+        state = self.state
+        full = self._mempool_resync
+        change = await self.mempool.mempool(self.addresses, full=full)
+        now = self.clock()
+        observed = state.observe_mempool(change, now, self._label_of)
+        records = [unconfirmed_record(self.topic, chain, ev, now) for ev in observed.events]
+        # Nothing to publish and no timer started or stopped: no transaction at all.
+        if observed.snapshot is not None:
+            await self.sink.commit(records, self._checkpoint_name, observed.snapshot)
+        self._mempool_resync = False
+        self._count_unconfirmed(observed.events)
+        self.status.committed_events += len(records)
+        return StepOutcome.CAUGHT_UP
+
+    def _count_unconfirmed(self, events: Sequence[UnconfirmedEvent], mined: int = 0) -> None:
+        chain = self.cfg.id
+        for ev in events:
+            metrics.DEPOSIT_EVENTS.labels(chain, ev.type.value).inc()
+            outcome = ev.reason.value if ev.reason is not None else "seen"
+            metrics.MEMPOOL_TRANSITIONS.labels(chain, outcome).inc()
+        if mined:
+            metrics.MEMPOOL_TRANSITIONS.labels(chain, "mined").inc(mined)
+        if self.state is not None:
+            metrics.MEMPOOL_TRACKED.labels(chain).set(len(self.state.mempool))
+
     # ------------------------------------------------------------ fetching
 
     async def _next_batch(self, head: ChainHead, state: ChainState
                           ) -> tuple[Extend | Rewind, tuple[BlockContents, ...]] | BeyondWindow | None:
         tip = state.tip
         prefetched = await self._take_prefetch()
+        outpoints = self._watch_outpoints(state)
+        # Contents fetched before a seen transaction was tracked could miss its double-spend.
         if prefetched is not None and tip is not None and prefetched.added and \
-                prefetched.added[0].parent_hash == tip.hash:
+                prefetched.added[0].parent_hash == tip.hash and outpoints <= prefetched.outpoints:
             return Extend(prefetched.added), prefetched.contents
 
         if tip is None:
@@ -355,16 +428,26 @@ class ChainFollower:
         remaining = head.number - tip.number
         if remaining <= 0 or self._prefetch is not None:
             return
+        outpoints = self._watch_outpoints(self.state) if self.state else frozenset()
         self._prefetch = asyncio.create_task(
-            self._fetch_range(tip, min(self.cfg.batch_size, remaining)))
+            self._fetch_range(tip, min(self.cfg.batch_size, remaining), outpoints))
 
-    async def _fetch_range(self, tip: BlockRef, count: int) -> _Batch | None:
+    def _watch_outpoints(self, state: ChainState) -> frozenset[Outpoint]:
+        """Tells the mempool source which outpoints' spenders block contents must list."""
+        if self.mempool is None:
+            return frozenset()
+        outpoints = state.mempool.outpoints()
+        self.mempool.watch_outpoints(outpoints)
+        return outpoints
+
+    async def _fetch_range(self, tip: BlockRef, count: int,
+                           outpoints: frozenset[Outpoint]) -> _Batch | None:
         try:
             refs = linked_prefix(await self.source.headers(tip.number + 1, count))
             if not refs or refs[0].parent_hash != tip.hash:
                 return None
             contents = await self.source.contents(refs, self.addresses)
-            return _Batch(tuple(refs), tuple(contents))
+            return _Batch(tuple(refs), tuple(contents), outpoints)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -391,15 +474,18 @@ class ChainFollower:
         data = await self.sink.load_checkpoint(self._checkpoint_name)
         if data is None:
             log.info("no checkpoint; starting fresh", chain=cfg.id, start_block=cfg.start_block)
-            return ChainState(cfg.id, cfg.reorg_window, self._required_for)
+            return ChainState(cfg.id, cfg.reorg_window, self._required_for,
+                              mempool_drop_after_s=self.mempool_drop_after_s)
         try:
-            state = ChainState.restore(data, cfg.id, cfg.reorg_window, self._required_for)
+            state = ChainState.restore(data, cfg.id, cfg.reorg_window, self._required_for,
+                                       mempool_drop_after_s=self.mempool_drop_after_s)
         except SnapshotError as exc:
             self._halt(f"checkpoint unreadable: {exc}")
             raise
         tip = state.tip
         log.info("resumed from checkpoint", chain=cfg.id, height=tip.number if tip else None,
-                 block_hash=tip.hash if tip else None, tracked=len(state.tracker))
+                 block_hash=tip.hash if tip else None, tracked=len(state.tracker),
+                 unconfirmed=len(state.mempool))
         if tip is not None:
             self.status.processed_height = tip.number
             metrics.PROCESSED_HEIGHT.labels(cfg.id).set(tip.number)
