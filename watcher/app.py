@@ -12,7 +12,7 @@ import structlog
 from watcher.config import ChainConfig, Family, WatcherConfig
 from watcher.core.addresses import AddressIndex
 from watcher.errors import ConfigError
-from watcher.ports import AddressCodec, ChainSource
+from watcher.ports import AddressCodec, ChainSource, MempoolSource
 from watcher.runtime.follower import ChainFollower, FollowerStatus
 from watcher.runtime.gc_tuning import tune_for_throughput
 from watcher.runtime.health import HealthServer
@@ -32,6 +32,18 @@ def build_family(cfg: ChainConfig) -> tuple[ChainSource, AddressCodec, int]:
         # Keys are 33 bytes (type byte + 32-byte witness program), see chains.bitcoin.script.
         return build_bitcoin(cfg)
     raise ConfigError(f"chains.{cfg.id}.family", f"family {cfg.family.value!r} is not supported yet")
+
+
+def build_mempool(cfg: ChainConfig, source: ChainSource) -> MempoolSource | None:
+    """The chain's mempool when watching it is on (a UTXO family's source is one)."""
+    if not cfg.mempool.enabled:
+        return None
+    from chains.bitcoin.source import BitcoinChainSource
+
+    if not isinstance(source, BitcoinChainSource):
+        raise ConfigError(f"chains.{cfg.id}.mempool.enabled",
+                          f"family {cfg.family.value!r} has no mempool to watch")
+    return source
 
 
 @dataclass
@@ -66,7 +78,9 @@ class App:
         for cid, ccfg in cfg.chains.items():
             sink = KafkaTransactionalSink(cfg.kafka, f"{cfg.kafka.transactional_id_prefix}-{cid}", cid)
             f = ChainFollower(ccfg, sources[cid], sink, self.indexes[cid], codecs[cid],
-                              cfg.kafka.topics.deposits)
+                              cfg.kafka.topics.deposits, mempool=build_mempool(ccfg, sources[cid]),
+                              mempool_drop_after_s=float(ccfg.mempool.drop_after_s),
+                              mempool_interval_s=ccfg.mempool.poll_interval_ms / 1000)
             self.followers[cid] = f
             statuses[cid] = f.status
             stale_after[cid] = max(60.0, 20 * ccfg.poll_interval_ms / 1000)

@@ -91,15 +91,6 @@ QUORUM_HELD = Gauge("watcher_confirm_quorum_held_deposits",
                     "Deposits deep enough to confirm but held back for lack of quorum",
                     ["chain"], registry=REGISTRY)
 
-# ---- Bitcoin family: RPC client and UTXO chain source (issue #7, btcrpc)
-
-DUST_OUTPUTS_IGNORED = Counter("watcher_dust_outputs_ignored_total",
-                               "Outputs paying watched addresses below the chain's dust_threshold: "
-                               "no deposit event", ["chain"], registry=REGISTRY)
-BLOCK_BYTES_FETCHED = Counter("watcher_block_bytes_fetched_total",
-                              "Bytes of raw blocks fetched from nodes (verbosity 0)",
-                              ["chain"], registry=REGISTRY)
-
 # ---------------------------------------------------------------- mempool (UTXO unconfirmed deposits)
 MEMPOOL_TRANSITIONS = Counter(
     "watcher_mempool_deposits_total",
@@ -108,3 +99,19 @@ MEMPOOL_TRANSITIONS = Counter(
 MEMPOOL_TRACKED = Gauge("watcher_mempool_tracked_transactions",
                         "Unconfirmed transactions paying watched addresses held in the state",
                         ["chain"], registry=REGISTRY)
+
+# ---- Bitcoin family: RPC client and UTXO chain source (issue #7, btcrpc)
+
+DUST_OUTPUTS_IGNORED = Counter("watcher_dust_outputs_ignored_total",
+                               "Outputs paying watched addresses below the chain's dust_threshold: "
+                               "no deposit event", ["chain"], registry=REGISTRY)
+BLOCK_BYTES_FETCHED = Counter("watcher_block_bytes_fetched_total",
+                              "Bytes of raw blocks fetched from nodes (verbosity 0)",
+                              ["chain"], registry=REGISTRY)
+MEMPOOL_TXS_FETCHED = Counter("watcher_mempool_transactions_fetched_total",
+                              "Mempool transactions fetched and parsed (only new ones per poll)",
+                              ["chain"], registry=REGISTRY)
+MEMPOOL_TXS_UNREADABLE = Counter("watcher_mempool_transactions_unreadable_total",
+                                 "Mempool transactions left out because they could not be parsed "
+                                 "or were not the transaction asked for", ["chain"],
+                                 registry=REGISTRY)

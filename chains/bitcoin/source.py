@@ -20,6 +20,14 @@ never taken as "no deposits":
   misbehaving (``null_block``). Outputs paying watched keys become transfers
   ``vout:<n>`` with satoshis read from the raw bytes; outputs under
   ``dust_threshold`` are counted in ``watcher_dust_outputs_ignored_total``.
+  With mempool watching, ``spends`` lists the block's inputs that spend an
+  outpoint the follower asked about (:meth:`BitcoinChainSource.watch_outpoints`).
+
+It is also the chain's :class:`watcher.ports.MempoolSource`: each poll lists the
+node's mempool txids (``getrawmempool``, 65 bytes a transaction), diffs them
+against the previous poll, and fetches and parses only the new transactions
+(``getrawtransaction <txid> 0`` in batches), so a poll costs work in proportion
+to what changed, not to the mempool's size.
 """
 
 from __future__ import annotations
@@ -36,12 +44,19 @@ from chains.bitcoin.rpc import BitcoinRpcClient
 from chains.bitcoin.script import KEY_SIZE
 from watcher.config import ChainConfig
 from watcher.core.endpoints import EndpointPolicy, EndpointView
+from watcher.core.mempool import MempoolChange, UnconfirmedTx
 from watcher.errors import AnswerCheck, ChainError, NodeAnswerInvalid
-from watcher.metrics import BLOCK_BYTES_FETCHED, DUST_OUTPUTS_IGNORED, NODE_HEAD
+from watcher.metrics import (
+    BLOCK_BYTES_FETCHED,
+    DUST_OUTPUTS_IGNORED,
+    MEMPOOL_TXS_FETCHED,
+    MEMPOOL_TXS_UNREADABLE,
+    NODE_HEAD,
+)
 from watcher.ports import WatchedAddressLookup
 from watcher.runtime.pool import EndpointPool
 from watcher.runtime.retry import RetryPolicy
-from watcher.types import BlockContents, BlockHash, BlockRef, ChainHead
+from watcher.types import BlockContents, BlockHash, BlockRef, ChainHead, Outpoint, Spend, TxId
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +64,10 @@ __all__ = ["BitcoinChainSource", "build_family", "build_pool"]
 
 _NO_PARENT = BlockHash("0" * 64)
 """The parent named by the genesis header."""
+
+MEMPOOL_FETCH_BATCH = 100
+"""Transactions per ``getrawtransaction`` batch of a mempool poll (about 40 kB of answer
+for typical transactions; a full resync of a large mempool is many such batches)."""
 
 
 def build_pool(cfg: ChainConfig, *, retry: RetryPolicy | None = None,
@@ -82,6 +101,12 @@ class BitcoinChainSource:
         self._started = False
         self._dust = DUST_OUTPUTS_IGNORED.labels(self._chain)
         self._bytes = BLOCK_BYTES_FETCHED.labels(self._chain)
+        self._outpoints: frozenset[Outpoint] = frozenset()
+        self._raw_outpoints: dict[blocks.Outpoint, Outpoint] = {}
+        self._mempool_known: frozenset[TxId] | None = None
+        """The txids of the previous successful poll (None: no baseline yet)."""
+        self._mempool_fetched = MEMPOOL_TXS_FETCHED.labels(self._chain)
+        self._mempool_unreadable = MEMPOOL_TXS_UNREADABLE.labels(self._chain)
 
     @property
     def pool(self) -> EndpointPool[BitcoinRpcClient]:
@@ -207,16 +232,94 @@ class BitcoinChainSource:
             self._bytes.inc(parsed.size)
             return parsed
 
+        wanted = self._raw_outpoints  # as told before this fetch began
         parsed = await self._pool.ask(op, what=f"block {ref.number}")
-        result = blocks.scan(parsed.txs, watched, self._net, asset=self._cfg.native_symbol,
+        result = self._scan(parsed.txs, watched)
+        spends: tuple[Spend, ...] = ()
+        if wanted:
+            txs = parsed.txs
+            spends = tuple(Spend(wanted[op], txs.txid(i))
+                           for op, i in sorted(txs.spenders(wanted).items(), key=_by_spender))
+        return BlockContents(ref=ref, transfers=result.transfers, spends=spends)
+
+    def _scan(self, txs: blocks.Transactions, watched: WatchedAddressLookup
+              ) -> blocks.ScanResult:
+        result = blocks.scan(txs, watched, self._net, asset=self._cfg.native_symbol,
                              decimals=self._cfg.native_decimals,
                              dust_threshold=self._cfg.dust_threshold)
         if result.dust_ignored:
             self._dust.inc(result.dust_ignored)
-        return BlockContents(ref=ref, transfers=result.transfers)
+        return result
+
+    # ------------------------------------------------------------ mempool
+
+    def watch_outpoints(self, outpoints: frozenset[Outpoint]) -> None:
+        """Block contents fetched from now on list the inputs spending ``outpoints``."""
+        if outpoints != self._outpoints:
+            self._outpoints = outpoints
+            self._raw_outpoints = {blocks.Outpoint(o.txid, o.vout): o for o in outpoints}
+
+    async def mempool(self, watched: WatchedAddressLookup, *, full: bool) -> MempoolChange:
+        """What changed in the followed node's mempool since the previous successful call
+        (see :class:`watcher.ports.MempoolSource`). The txids are listed before the tip is
+        read, so a transaction missing from the list was missing at that tip already."""
+        await self._ensure_started()
+
+        async def listing(c: BitcoinRpcClient) -> tuple[list[TxId], BlockHash]:
+            txids = await c.mempool_txids()
+            return txids, await c.best_block_hash()
+
+        txids, tip = await self._pool.ask(listing, what="mempool listing")
+        previous = frozenset() if full or self._mempool_known is None else self._mempool_known
+        current = frozenset(txids)
+        new = [t for t in dict.fromkeys(txids) if t not in previous]
+        added: list[UnconfirmedTx] = []
+        left: set[TxId] = set()
+        for i in range(0, len(new), MEMPOOL_FETCH_BATCH):
+            chunk = new[i:i + MEMPOOL_FETCH_BATCH]
+            raws = await self._pool.ask(_fetch_transactions(chunk), what="mempool transactions")
+            self._mempool_fetched.inc(len(chunk))
+            for txid, raw in zip(chunk, raws, strict=True):
+                if raw is None:
+                    left.add(txid)  # mined or evicted since the listing
+                    continue
+                tx = self._unconfirmed(txid, raw, watched)
+                if tx is not None:
+                    added.append(tx)
+        present = current - left
+        self._mempool_known = present
+        return MempoolChange(added=tuple(added), gone=tuple(sorted(previous - present)),
+                             tip=tip, present=present if full else None)
+
+    def _unconfirmed(self, txid: TxId, raw: bytes, watched: WatchedAddressLookup
+                     ) -> UnconfirmedTx | None:
+        """A mempool transaction as the core wants it; None (counted) for one that cannot
+        be read or is not the transaction asked for: the block path stays authoritative."""
+        try:
+            txs = blocks.parse_transaction(raw, expect_txid=txid)
+            spends = tuple(Outpoint(o.txid, o.vout) for o in txs.spends(0))
+            return UnconfirmedTx(txid=txid, transfers=self._scan(txs, watched).transfers,
+                                 spends=spends, rbf=txs.signals_rbf(0))
+        except (NodeAnswerInvalid, ValueError):
+            self._mempool_unreadable.inc()
+            log.warning("chain %s: mempool transaction %s unreadable, left out", self._chain,
+                        txid)
+            return None
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+def _fetch_transactions(txids: list[TxId]
+                        ) -> Callable[[BitcoinRpcClient], Awaitable[list[bytes | None]]]:
+    def op(c: BitcoinRpcClient) -> Awaitable[list[bytes | None]]:
+        return c.raw_transactions(txids)
+    return op
+
+
+def _by_spender(item: tuple[blocks.Outpoint, int]) -> tuple[int, str, int]:
+    op, index = item
+    return index, op.txid, op.vout
 
 
 async def _gather_or_cancel(aws: Sequence[Awaitable[BlockContents]]) -> list[BlockContents]:

@@ -183,3 +183,61 @@ async def test_reorg_reverts_and_a_re_mined_deposit_starts_a_new_lifecycle(
             ("deposit.confirmed", b2), ("deposit.reverted", b2),
             ("deposit.confirmed", new_blocks[0])]
         assert not of(events, did(replacement.txid, 0))
+
+
+async def test_mempool_seen_replaced_and_a_replacement_paying_another_watched_address(
+        kafka: KafkaService, services: ServiceManager, node: BtcdService,
+        wallet: RegtestWallet, tmp_path: Path) -> None:
+    """Mempool watching on: a seen deposit replaced (RBF) by a payment elsewhere is reverted
+    (``replaced``); one replaced by a payment to another watched address gives that address
+    its own deposit, seen, then pending and confirmed when mined."""
+    uid = new_uid()
+    alice = regtest_payee("p2wpkh", f"{uid}-alice")
+    bob = regtest_payee("p2sh", f"{uid}-bob")
+    elsewhere = regtest_payee("p2tr", f"{uid}-elsewhere")
+    cfg = await make_cfg(kafka, services, node, tmp_path, 2,
+                         mempool={"enabled": True, "poll_interval_ms": 100,
+                                  "drop_after_s": 600})
+    await register(cfg, (alice, "alice"), (bob, "bob"))
+
+    async with running(cfg) as run:
+        await run.wait_watched(alice.address, bob.address)
+
+        first = wallet.build([(alice.script, 300_000)], rbf=True)
+        wallet.send(first)
+        seen = await run.wait_event("deposit.seen", did(first.txid, 0))
+        assert (seen["amount"], seen["address"], seen["rbf"], seen["label"]) == (
+            "300000", alice.address, True, "alice")
+        assert (seen["block_hash"], seen["block_number"]) == (None, None)
+        away = wallet.build([(elsewhere.script, 290_000)], coin=first.inputs[0][0],
+                            fee=20_000, rbf=True)
+        wallet.send(away, replaces=first)
+        reverted = await run.wait_event("deposit.reverted", did(first.txid, 0))
+        assert (reverted["reason"], reverted["previous_type"]) == ("replaced", "deposit.seen")
+
+        second = wallet.build([(alice.script, 400_000)], rbf=True)
+        wallet.send(second)
+        await run.wait_event("deposit.seen", did(second.txid, 0))
+        to_bob = wallet.build([(bob.script, 390_000)], coin=second.inputs[0][0], fee=20_000,
+                              rbf=False)
+        wallet.send(to_bob, replaces=second)
+        gone = await run.wait_event("deposit.reverted", did(second.txid, 0))
+        assert gone["reason"] == "replaced"
+        bob_seen = await run.wait_event("deposit.seen", did(to_bob.txid, 0))
+        assert (bob_seen["amount"], bob_seen["address"], bob_seen["rbf"]) == (
+            "390000", bob.address, False)
+
+        (mined,) = node.rpc("generate", 1)
+        pending = await run.wait_event("deposit.pending", did(to_bob.txid, 0), mined)
+        assert pending["amount"] == "390000"
+        node.rpc("generate", 1)
+        await run.wait_event("deposit.confirmed", did(to_bob.txid, 0), mined)
+        await run.wait_processed(node)
+
+        events = run.reader.events
+        check_stream(events, run.reader.keys)
+        assert not of(events, did(away.txid, 0))
+        assert [e["type"] for e in of(events, did(first.txid, 0))] == [
+            "deposit.seen", "deposit.reverted"]
+        assert [e["type"] for e in of(events, did(to_bob.txid, 0))] == [
+            "deposit.seen", "deposit.pending", "deposit.confirmed"]

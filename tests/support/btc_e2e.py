@@ -48,7 +48,8 @@ def own_btcd(services: ServiceManager, state_dir: Path) -> Iterator[BtcdService]
 def btc_config(*, bootstrap_servers: str, uid: str, node: BtcdService, secrets_dir: Path,
                start_block: int, metrics_port: int, confirmations: Any,
                reorg_window: int = 16, finality_depth: int = 12,
-               poll_interval_ms: int = 100, dust_threshold: int = 546) -> dict[str, Any]:
+               poll_interval_ms: int = 100, dust_threshold: int = 546,
+               mempool: dict[str, Any] | None = None) -> dict[str, Any]:
     """A raw config for chain ``btc`` on ``node`` with its own topics. The RPC credentials
     are written to files in ``secrets_dir`` (the config names them, relative to it)."""
     (secrets_dir / "btc-user").write_text(node.rpc_user + "\n")
@@ -68,6 +69,7 @@ def btc_config(*, bootstrap_servers: str, uid: str, node: BtcdService, secrets_d
             "dust_threshold": dust_threshold,
             "confirmations": {"BTC": confirmations},
             "rpc_timeout_ms": 5000, "rpc_max_attempts": 3,
+            "mempool": mempool or {"enabled": False},
         }},
         "metrics": {"host": "127.0.0.1", "port": metrics_port},
         "logging": {"level": "info", "json": True},
