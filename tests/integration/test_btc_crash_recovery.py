@@ -1,6 +1,7 @@
 """SIGKILL chaos on Bitcoin: the watcher daemon killed at random moments (at least 20
 times) while deposits, blocks, ``invalidateblock`` reorgs and RBF replacements keep
-coming on a real btcd; the committed stream must still tell every fact exactly once.
+coming on a real btcd, mempool watching on; the committed stream must still tell every
+fact exactly once.
 
 The model is ``test_crash_recovery.py`` (same daemon handling and kill schedule). Reorgs
 invalidate the top 1-2 blocks; btcd puts their transactions back in its mempool, where
@@ -149,7 +150,8 @@ async def test_sigkill_chaos_on_bitcoin(kafka: KafkaService, services: ServiceMa
     metrics = f"http://127.0.0.1:{port}"
     raw = btc_config(bootstrap_servers=kafka.bootstrap_servers, uid=uid, node=node,
                      secrets_dir=tmp_path, start_block=int(node.rpc("getblockcount")),
-                     metrics_port=port, confirmations=TIERS)
+                     metrics_port=port, confirmations=TIERS,
+                     mempool={"enabled": True, "poll_interval_ms": 200, "drop_after_s": 3600})
     config = tmp_path / "watcher.yaml"
     config.write_text(yaml.safe_dump(raw))
     cfg = parse(raw, base_dir=tmp_path, environ={})
@@ -210,7 +212,9 @@ async def test_sigkill_chaos_on_bitcoin(kafka: KafkaService, services: ServiceMa
     print(f"seed {seed}: {chaos_s:.0f}s of chaos, {daemon.kills} SIGKILLs "
           f"({daemon.kills_while_ready} while ready), {len(sending.deposits)} deposits, "
           f"{len(sending.noise)} noise, {len(sending.reorgs)} reorgs {sending.reorgs}, "
-          f"{sending.replaced} replaced, {len(events)} events, final height {height}")
+          f"{sending.replaced} replaced, {len(events)} events "
+          f"{dict(Counter((e['type'], e.get('reason')) for e in events))}, "
+          f"final height {height}")
     problems = check(events, canonical, height, sending, mined)
     assert not problems, (f"seed {seed}: {len(problems)} problems:\n" + "\n".join(problems[:40])
                           + f"\nstream:\n{summary(events, 80)}")
@@ -235,11 +239,20 @@ def check(events: list[Event], canonical: dict[int, str], height: int, sending: 
     problems: list[str] = []
     ids = Counter(e["event_id"] for e in events)
     problems += [f"(a) event_id {i} appears {n} times" for i, n in ids.items() if n > 1]
-    facts = Counter((e["deposit_id"], e["block_hash"], e["type"]) for e in events)
+    # Mempool facts (no block) may repeat per episode (seen again after a reorg); each
+    # has its own event_id, checked above.
+    in_blocks = [e for e in events if e["block_hash"] is not None]
+    facts = Counter((e["deposit_id"], e["block_hash"], e["type"]) for e in in_blocks)
     problems += [f"(a) {f} appears {n} times" for f, n in facts.items() if n > 1]
+    for e in events:
+        if e["block_hash"] is None and e["type"] not in ("deposit.seen", "deposit.reverted"):
+            problems.append(f"(b) {e['type']} without a block: {e}")
+        if e["block_hash"] is None and e["type"] == "deposit.reverted" and \
+                e.get("reason") not in ("replaced", "double_spent", "dropped"):
+            problems.append(f"(b) a seen deposit reverted without a mempool reason: {e}")
 
     per_fact: dict[tuple[str, str], list[Event]] = defaultdict(list)
-    for e in events:
+    for e in in_blocks:
         per_fact[(e["deposit_id"], e["block_hash"])].append(e)
     for (did, bh), evs in per_fact.items():
         types = [e["type"] for e in evs]
@@ -282,4 +295,9 @@ def check(events: list[Event], canonical: dict[int, str], height: int, sending: 
             problems.append(f"(e) unexpected confirmed deposit {key}: {ev}")
     noise = set(sending.noise)
     problems += [f"noise published: {e}" for e in events if e["txid"] in noise]
+    # Every deposit sent was seen in the mempool before (or while) it was mined: the
+    # watcher may have been down then, so only a deposit seen at all must be consistent.
+    seen = {e["deposit_id"] for e in events if e["type"] == "deposit.seen"}
+    if sending.deposits and not seen:
+        problems.append("(f) mempool watching on, yet no deposit.seen at all")
     return problems
