@@ -13,8 +13,8 @@ never taken as "no deposits":
   node named for its height, and link to the one below it;
 * header by hash: the verbose header (main chain only) and the raw one, whose
   recomputed hash and parent must agree with it;
-* contents: each block fetched raw by hash (concurrently, up to
-  ``max_concurrency``), parsed by :mod:`chains.bitcoin.block`, which recomputes
+* contents: blocks fetched raw by hash (``blocks_per_request`` to a batch, up
+  to ``max_concurrency`` batches at once), each parsed by :mod:`chains.bitcoin.block`, which recomputes
   its hash, every txid and the merkle root; its parent must be the ref's. A
   node that answers "not found" for a block of the chain it named is
   misbehaving (``null_block``). Outputs paying watched keys become transfers
@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from chains.bitcoin import block as blocks
 from chains.bitcoin.address import UtxoAddressCodec
@@ -59,6 +60,7 @@ from watcher.runtime.retry import RetryPolicy
 from watcher.types import BlockContents, BlockHash, BlockRef, ChainHead, Outpoint, Spend, TxId
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 __all__ = ["BitcoinChainSource", "build_family", "build_pool"]
 
@@ -204,40 +206,56 @@ class BitcoinChainSource:
 
     async def contents(self, refs: Sequence[BlockRef],
                        watched: WatchedAddressLookup) -> list[BlockContents]:
-        """Transfers to watched addresses in each block, in the order of ``refs``; blocks
-        are fetched concurrently (at most ``max_concurrency`` at once)."""
+        """Transfers to watched addresses in each block, in the order of ``refs``. Blocks are
+        fetched by hash in batches of at most ``blocks_per_request``, at most
+        ``max_concurrency`` batches at once."""
         await self._ensure_started()
         if not refs:
             return []
-        gate = asyncio.Semaphore(self._cfg.max_concurrency)
+        conc = self._cfg.max_concurrency
+        size = max(1, min(self._cfg.blocks_per_request, math.ceil(len(refs) / conc)))
+        chunks = [refs[i:i + size] for i in range(0, len(refs), size)]
+        gate = asyncio.Semaphore(conc)
 
-        async def run(ref: BlockRef) -> BlockContents:
+        async def run(chunk: Sequence[BlockRef]) -> list[BlockContents]:
             async with gate:
-                return await self._block_contents(ref, watched)
+                return await self._chunk_contents(chunk, watched)
 
-        return await _gather_or_cancel([run(r) for r in refs])
+        results = await _gather_or_cancel([run(c) for c in chunks])
+        return [c for chunk in results for c in chunk]
 
-    async def _block_contents(self, ref: BlockRef,
-                              watched: WatchedAddressLookup) -> BlockContents:
-        async def op(c: BitcoinRpcClient) -> blocks.RawBlock:
-            raw = await c.raw_block(ref.hash)
-            if raw is None:
-                raise NodeAnswerInvalid(f"not found: block {ref.hash} of the followed chain",
-                                        check=AnswerCheck.NULL_BLOCK)
-            parsed = blocks.parse_block(raw, expect_hash=ref.hash)
-            if parsed.header.prev_hash != ref.parent_hash:
-                raise NodeAnswerInvalid(f"block {ref.hash}: parent {parsed.header.prev_hash}, "
-                                        f"its header said {ref.parent_hash}",
-                                        check=AnswerCheck.PARENT_LINK)
-            self._bytes.inc(parsed.size)
+    async def _chunk_contents(self, refs: Sequence[BlockRef],
+                              watched: WatchedAddressLookup) -> list[BlockContents]:
+        hashes = [r.hash for r in refs]
+
+        async def op(c: BitcoinRpcClient) -> list[blocks.RawBlock]:
+            raws = await c.raw_blocks(hashes)
+            parsed: list[blocks.RawBlock] = []
+            for ref, raw in zip(refs, raws, strict=True):
+                if raw is None:
+                    raise NodeAnswerInvalid(f"not found: block {ref.hash} of the followed "
+                                            "chain", check=AnswerCheck.NULL_BLOCK)
+                block = blocks.parse_block(raw, expect_hash=ref.hash)
+                if block.header.prev_hash != ref.parent_hash:
+                    raise NodeAnswerInvalid(f"block {ref.hash}: parent {block.header.prev_hash}"
+                                            f", its header said {ref.parent_hash}",
+                                            check=AnswerCheck.PARENT_LINK)
+                parsed.append(block)
+            self._bytes.inc(sum(b.size for b in parsed))
             return parsed
 
         wanted = self._raw_outpoints  # as told before this fetch began
-        parsed = await self._pool.ask(op, what=f"block {ref.number}")
-        result = self._scan(parsed.txs, watched)
+        what = f"blocks {refs[0].number}+{len(refs)}"
+        return [self._block_contents(ref, block, watched, wanted)
+                for ref, block in zip(refs, await self._pool.ask(op, what=what), strict=True)]
+
+    def _block_contents(self, ref: BlockRef, block: blocks.RawBlock,
+                        watched: WatchedAddressLookup,
+                        wanted: Mapping[blocks.Outpoint, Outpoint]) -> BlockContents:
+        result = self._scan(block.txs, watched)
         spends: tuple[Spend, ...] = ()
         if wanted:
-            txs = parsed.txs
+            txs = block.txs
             spends = tuple(Spend(wanted[op], txs.txid(i))
                            for op, i in sorted(txs.spenders(wanted).items(), key=_by_spender))
         return BlockContents(ref=ref, transfers=result.transfers, spends=spends)
@@ -322,7 +340,7 @@ def _by_spender(item: tuple[blocks.Outpoint, int]) -> tuple[int, str, int]:
     return index, op.txid, op.vout
 
 
-async def _gather_or_cancel(aws: Sequence[Awaitable[BlockContents]]) -> list[BlockContents]:
+async def _gather_or_cancel(aws: Sequence[Awaitable[T]]) -> list[T]:
     """Like gather, but the first failure cancels the rest and is raised as it is."""
     tasks = [asyncio.ensure_future(a) for a in aws]
     try:

@@ -130,6 +130,9 @@ class FakeNode(BitcoinRpcClient):
             raw = raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1:]
         return raw
 
+    async def raw_blocks(self, hashes: Sequence[BlockHash]) -> list[bytes | None]:
+        return [await self.raw_block(h) for h in hashes]
+
     async def mempool_txids(self) -> list[TxId]:
         return [TxId(t) for t in self.mempool_raw]
 
