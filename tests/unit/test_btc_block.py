@@ -197,6 +197,11 @@ def test_spenders_finds_double_spends_in_a_block() -> None:
     assert b.txs.spenders([*seen, other]) == {seen[0]: 1, seen[1]: 1}
     assert b.txs.spenders([Outpoint("00" * 32, 0xFFFFFFFF)]) == {}  # type: ignore[arg-type]
     assert b.txs.spenders([]) == {}
+    # Past 64 outpoints the map of every input answers: the same answer.
+    many = [Outpoint(f"{i:064x}", i) for i in range(70)]  # type: ignore[arg-type]
+    assert b.txs.spenders([*many, *seen]) == {seen[0]: 1, seen[1]: 1}
+    assert b.txs.spenders([Outpoint("00" * 32, 0xFFFFFFFF), *many]) == {}  # type: ignore[arg-type]
+    assert b.txs.spenders(seen[:1]) == {seen[0]: 1}  # the map, once built, answers few too
 
 
 def test_coinbase_outputs_are_reported() -> None:
