@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from chains.bitcoin.block import matching_outputs, parse_block, scan
+from chains.bitcoin.block import matching_outputs, merkle_root, parse_block, scan
 from chains.bitcoin.networks import network
 from chains.bitcoin.script import KEY_SIZE
 from tests.support.btcblocks import mainnet_like_block
@@ -145,8 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     total = _times(watcher_scan, a.repeats)
     parse_ms = _times(lambda: parse_block(raw, block_hash), a.repeats)
     match_ms = _times(lambda: matching_outputs(parsed.txs, index), a.repeats)
+    raw_ids = [parsed.txs.raw_txid(i) for i in range(len(parsed.txs))]
+    merkle_ms = _times(lambda: merkle_root(raw_ids), a.repeats)
     print(_fmt(f"watcher: parse + txids + scan ({found} transfers)", total))
     print(_fmt("  of which parse_block (hash, txids, merkle, keys)", parse_ms))
+    print(_fmt(f"    of which the merkle root ({len(raw_ids):,} txids)", merkle_ms))
     print(_fmt(f"  of which matching {len(parsed.txs.keys):,} keys", match_ms))
 
     med = total.median
