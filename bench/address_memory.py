@@ -3,8 +3,8 @@
     python -m bench.address_memory [--sizes 1000000,10000000] [--lookups 1000000]
                                    [--key-size 20]
 
-``--key-size`` is the family's key width: 20 for EVM addresses, 33 for UTXO scripts
-(:mod:`chains.bitcoin.script`: a type byte and a 32-byte program).
+``--key-size`` is the family's key width: 20 for EVM addresses, 34 for UTXO scripts
+(:mod:`chains.bitcoin.script`: the scriptPubKey zero-padded).
 
 Each (size, implementation) runs in a fresh subprocess so its RSS delta is clean:
 VmRSS is read before and after inserting N random keys (generated in
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--impls", default="index,set", help="comma-separated: index, set")
     p.add_argument("--lookups", type=int, default=1_000_000, help="hit and miss lookups per run")
     p.add_argument("--key-size", type=int, default=KEY_SIZE,
-                   help="key width in bytes: 20 (EVM), 33 (UTXO scripts)")
+                   help="key width in bytes: 20 (EVM), 34 (UTXO scripts)")
     p.add_argument("--child", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:

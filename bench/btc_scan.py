@@ -6,7 +6,7 @@ same block through embit and bitcoinlib (parse only).
 The block is built deterministically (``tests.support.btcblocks.mainnet_like_block``:
 P2WPKH, P2TR, P2SH, P2PKH, P2WSH and OP_RETURN outputs, P2WPKH, P2TR, P2WSH and legacy
 inputs, about 1.3 MB for 3,500 transactions). The watched set is an
-:class:`AddressIndex` of 33-byte keys, random ones plus a few of the block's outputs (so the
+:class:`AddressIndex` of 34-byte keys, random ones plus a few of the block's outputs (so the
 scan builds some transfers). The watcher's figure is ``parse_block`` (header hash, every
 txid, merkle root, index keys) plus ``scan`` (matching and transfers), median of
 ``--repeats``; the steps are also timed alone. embit reads every transaction and computes
@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from chains.bitcoin.block import matching_outputs, merkle_root, parse_block, scan
 from chains.bitcoin.networks import network
-from chains.bitcoin.script import KEY_SIZE
+from chains.bitcoin.script import KEY_SIZE, PADDING
 from tests.support.btcblocks import mainnet_like_block
 from watcher.core.addresses import AddressIndex
 from watcher.types import AssetSymbol
@@ -76,8 +76,11 @@ def build_index(n: int, hit_keys: list[bytes], seed: int) -> AddressIndex:
         chunk = min(65_536, left)
         buf = rng.randbytes(32 * chunk)
         for off in range(0, 32 * chunk, 32):
-            # Type bytes as registrations spread them (keys of a real type, never a hit).
-            index.add(bytes((1 + (off >> 5) % 5,)) + buf[off:off + 32])
+            # Keys of real templates (P2TR and P2WPKH), random programs: never a hit.
+            if off & 32:
+                index.add(b"\x51\x20" + buf[off:off + 32])
+            else:
+                index.add(b"\x00\x14" + buf[off:off + 20] + PADDING[22])
         left -= chunk
     return index
 

@@ -40,13 +40,6 @@ _FIND_LIMIT = 64
 """Up to this many outpoints, :meth:`Transactions.spenders` searches the bytes for each."""
 
 _sha256 = hashlib.sha256
-_K_P2PKH = bytes((_script.P2PKH,))
-_K_P2SH = bytes((_script.P2SH,))
-_K_P2WPKH = bytes((_script.P2WPKH,))
-_K_P2WSH = bytes((_script.P2WSH,))
-_K_P2TR = bytes((_script.P2TR,))
-_K_OTHER = bytes((_script.WITNESS_OTHER,))
-_PAD12 = bytes(12)
 _NO_KEY = b""
 
 
@@ -332,9 +325,9 @@ def _walk(buf: bytes, off: int, count: int, what: str) -> tuple[int, Transaction
     out_first: list[int] = []
     keys: list[bytes] = []
     add_key = keys.append
-    k_wpkh, k_tr, k_wsh, k_pkh, k_sh, k_other = (_K_P2WPKH, _K_P2TR, _K_P2WSH, _K_P2PKH,
-                                                 _K_P2SH, _K_OTHER)
-    pad = _PAD12
+    padding = _script.PADDING
+    pad12, pad11, pad9 = padding[22], padding[23], padding[25]
+    k_hashed = bytes((_script.HASHED,))
     no_key = _NO_KEY
     varint = _varint
     p2pkh_head = b"\x76\xa9\x14"
@@ -384,17 +377,16 @@ def _walk(buf: bytes, off: int, count: int, what: str) -> tuple[int, Transaction
             e = s + b
             # The same keys as chains.bitcoin.script.script_key, most common template first.
             if b == 22 and buf[s] == 0 and buf[s + 1] == 20:
-                add_key(k_wpkh + buf[s + 2:e] + pad)
-            elif b == 34 and buf[s + 1] == 32 and buf[s] == 0x51:
-                add_key(k_tr + buf[s + 2:e])
-            elif b == 34 and buf[s + 1] == 32 and buf[s] == 0:
-                add_key(k_wsh + buf[s + 2:e])
+                add_key(buf[s:e] + pad12)
+            elif b == 34 and buf[s + 1] == 32 and (buf[s] == 0x51 or buf[s] == 0):
+                add_key(buf[s:e])
             elif b == 25 and buf[s:s + 3] == p2pkh_head and buf[s + 23:e] == p2pkh_tail:
-                add_key(k_pkh + buf[s + 3:s + 23] + pad)
+                add_key(buf[s:e] + pad9)
             elif b == 23 and buf[s] == 0xA9 and buf[s + 1] == 20 and buf[s + 22] == 0x87:
-                add_key(k_sh + buf[s + 2:s + 22] + pad)
+                add_key(buf[s:e] + pad11)
             elif 4 <= b <= 42 and 0x51 <= buf[s] <= 0x60 and buf[s + 1] == b - 2:
-                add_key(k_other + sha(buf[s:e]).digest())
+                add_key(buf[s:e] + padding[b] if b <= 34 else
+                        k_hashed + sha(buf[s:e]).digest() + b"\0")
             else:
                 add_key(no_key)
             off = e

@@ -124,8 +124,9 @@ def test_bip143_signed_example() -> None:
                            "e8151a2af31c368a35053ddd4bdb285a8595c769a3ad83e0fa02314a602d4609")
     assert tx.wtxid(0) == "c36c38370907df2324d9ce9d149d191192f338b37665a82e78e76a12c909b762"
     assert [o.value for o in tx.outputs(0)] == [112_340_000, 223_450_000]
-    assert tx.keys == [b"\x01" + bytes.fromhex("8280b37df378db99f66f85c95a783a76ac7a6d59") + bytes(12),
-                       b"\x01" + bytes.fromhex("3bde42dbee7e4dbe6a21b2d50ce2f0167faa8159") + bytes(12)]
+    assert tx.keys == [
+        bytes.fromhex("76a9148280b37df378db99f66f85c95a783a76ac7a6d5988ac") + bytes(9),
+        bytes.fromhex("76a9143bde42dbee7e4dbe6a21b2d50ce2f0167faa815988ac") + bytes(9)]
     assert tx.spends(0) == (
         Outpoint("9f96ade4b41d5433f4eda31e1738ec2b36f6e7d1420d94a6af99801a88f7f7ff", 0),  # type: ignore[arg-type]
         Outpoint("8ac60eb9575db5b2d987e29f301b5b819ea83a5c6579d282d189cc04b8e151ef", 1),  # type: ignore[arg-type]
