@@ -4,6 +4,8 @@ each network with their scriptPubKeys (golden values), and the wrong-network rej
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chains.bitcoin import script
 from chains.bitcoin.address import UtxoAddressCodec
@@ -339,3 +341,16 @@ def test_key_address_of_short_and_hashed_witness_keys_and_dogecoin() -> None:
     wpkh = bytes.fromhex("0014" + H160) + bytes(12)
     with pytest.raises(ValueError, match="dogecoin has no address"):
         script.key_address(wpkh, network("dogecoin"))
+
+
+@given(st.text(max_size=100) | st.text(alphabet="qpzry9x8gf2tvdw0s3jn54khce6mua7l1bcrtBC",
+                                       max_size=70))
+@settings(max_examples=500, deadline=None)
+def test_any_text_parses_or_raises_invalid_address(text: str) -> None:
+    for name in ("bitcoin", "regtest", "litecoin", "dogecoin"):
+        try:
+            address, key = UtxoAddressCodec(name).parse(text)
+        except InvalidAddress:
+            continue
+        assert len(key) == script.KEY_SIZE
+        assert UtxoAddressCodec(name).parse(address) == (address, key)

@@ -396,3 +396,24 @@ def test_mainnet_like_block_parses_with_the_writers_txids() -> None:
         assert b.txs.wtxid(i) == txs[i].wtxid_hex()
         assert [o.value for o in b.txs.outputs(i)] == [o.value for o in txs[i].outs]
         assert b.txs.signals_rbf(i) == any(x.sequence < 0xFFFFFFFE for x in txs[i].ins)
+
+
+_TX_BYTES = SEGWIT_TX.serialize()
+
+
+@given(st.one_of(st.binary(max_size=300),
+                 st.tuples(st.integers(0, len(_TX_BYTES)), st.integers(0, len(_TX_BYTES) * 8 - 1))
+                 .map(lambda cut_bit: bytes(
+                     b ^ (1 << (cut_bit[1] % 8)) if i == cut_bit[1] // 8 else b
+                     for i, b in enumerate(_TX_BYTES))[:max(cut_bit[0], 1)])))
+@settings(max_examples=400, deadline=None)
+def test_any_bytes_as_a_transaction_raise_only_node_answer_invalid(raw: bytes) -> None:
+    try:
+        txs = parse_transaction(raw)
+    except NodeAnswerInvalid:
+        return
+    # Whatever parsed can be read back without an error.
+    txs.spends(0)
+    txs.outputs(0)
+    txs.signals_rbf(0)
+    txs.wtxid(0)
