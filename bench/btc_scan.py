@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     total = _times(watcher_scan, a.repeats)
     parse_ms = _times(lambda: parse_block(raw, block_hash), a.repeats)
     match_ms = _times(lambda: matching_outputs(parsed.txs, index), a.repeats)
-    raw_ids = [parsed.txs.raw_txid(i) for i in range(len(parsed.txs))]
+    raw_ids = parsed.txs.raw_txids
     merkle_ms = _times(lambda: merkle_root(raw_ids), a.repeats)
     print(_fmt(f"watcher: parse + txids + scan ({found} transfers)", total))
     print(_fmt("  of which parse_block (hash, txids, merkle, keys)", parse_ms))

@@ -176,6 +176,11 @@ class Transactions:
         """Internal byte order, as outpoints and the merkle tree use it."""
         return self._txids[i]
 
+    @property
+    def raw_txids(self) -> list[bytes]:
+        """Every txid in internal byte order (the list itself: do not change it)."""
+        return self._txids
+
     def wtxid(self, i: int) -> TxId:
         """Hash of the full serialization (the txid for a transaction without witness)."""
         if not self._witness[i]:
@@ -487,7 +492,7 @@ def parse_block(raw: bytes | str, expect_hash: str | None = None) -> RawBlock:
     if end != len(buf):
         raise NodeAnswerInvalid(f"{what}: {len(buf) - end} bytes after the last transaction"
                                 if end < len(buf) else f"{what}: truncated")
-    raw_ids = txs._txids
+    raw_ids = txs.raw_txids
     if merkle_root(raw_ids) != buf[36:68]:
         raise NodeAnswerInvalid(f"{what}: merkle root of its transactions differs from the "
                                 "header", check=AnswerCheck.TXID)
