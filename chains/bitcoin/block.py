@@ -573,17 +573,19 @@ class ScanResult:
 def scan(txs: Transactions, watched: KeyLookup, net: Network, *, asset: AssetSymbol,
          decimals: int = 8, dust_threshold: int = 0) -> ScanResult:
     """Outputs paying watched keys as :class:`Transfer` (amounts in satoshis from the raw
-    bytes); outputs under ``dust_threshold`` satoshis are counted, not reported. Coinbase
+    bytes); outputs under ``dust_threshold`` satoshis, and zero-value ones whatever the
+    threshold, are counted, not reported. Coinbase
     outputs are reported like any other (the caller decides about their maturity)."""
     transfers: list[Transfer] = []
     paying: list[int] = []
     dust = 0
+    floor = max(dust_threshold, 1)  # a zero-value output is never a deposit (spam), as on EVM
     for pos in matching_outputs(txs, watched):
         out = txs.output(pos)
         if out.value > net.max_money:
             raise NodeAnswerInvalid(f"output {pos}: {out.value} satoshis is above the money "
                                     "supply")
-        if out.value < dust_threshold:
+        if out.value < floor:
             dust += 1
             continue
         tx, vout = txs.locate_output(pos)

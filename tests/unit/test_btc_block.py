@@ -231,6 +231,13 @@ def test_spenders_finds_double_spends_in_a_block() -> None:
     assert b.txs.spenders(seen[:1]) == {seen[0]: 1}  # the map, once built, answers few too
 
 
+def test_zero_value_outputs_are_dust_even_without_a_threshold() -> None:
+    tx = Tx([In(bytes([9]) * 32, 0)], [Out(0, p2tr(bytes(32))), Out(1, p2tr(bytes(32)))])
+    result = scan(parse_transaction(tx.serialize()), {key_of(p2tr(bytes(32)))}, MAIN, asset=BTC)
+    assert [(t.locator, t.amount) for t in result.transfers] == [("vout:1", 1)]
+    assert result.dust_ignored == 1
+
+
 def test_coinbase_outputs_are_reported() -> None:
     raw, h, txs = small_block()
     b = parse_block(raw, h)
