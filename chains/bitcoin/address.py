@@ -1,5 +1,5 @@
 """The UTXO family's :class:`watcher.ports.AddressCodec`: address text of one network ->
-canonical text and the 33-byte index key of :mod:`chains.bitcoin.script`.
+canonical text and the 34-byte index key of :mod:`chains.bitcoin.script`.
 
 Accepted: P2PKH and P2SH (Base58Check with the network's version bytes), P2WPKH and P2WSH
 (bech32, BIP173), P2TR and every other witness v1..v16 program (bech32m, BIP350) under the
@@ -21,7 +21,6 @@ from chains.bitcoin.networks import NETWORKS, Network, network
 from watcher.errors import InvalidAddress
 from watcher.types import Address, AddressKey
 
-_PAD12 = bytes(12)
 _KNOWN_HRPS = frozenset(n.bech32_hrp for n in NETWORKS.values() if n.bech32_hrp)
 
 
@@ -79,10 +78,10 @@ class UtxoAddressCodec:
             raise InvalidAddress(f"base58 payload of {len(payload)} bytes, expected 21")
         version, body = payload[0], payload[1:]
         if version == net.p2pkh_version:
-            kind = script.P2PKH
+            spk = b"\x76\xa9\x14" + body + b"\x88\xac"
             canonical = payload
         elif version in net.p2sh_versions:
-            kind = script.P2SH
+            spk = b"\xa9\x14" + body + b"\x87"
             canonical = bytes((net.p2sh_version,)) + body
         else:
             owners = sorted(n.name for n in NETWORKS.values()
@@ -90,7 +89,8 @@ class UtxoAddressCodec:
             where = f" (used by {', '.join(owners)})" if owners else ""
             raise InvalidAddress(
                 f"base58 version byte {version:#04x} is not {net.name}'s{where}")
-        key = bytes((kind,)) + body + _PAD12
+        key = script.script_key(spk)
+        assert key is not None
         return Address(base58check_encode(canonical)), AddressKey(key)
 
     def _parse_segwit(self, text: str) -> tuple[Address, AddressKey]:

@@ -25,6 +25,7 @@ import hashlib
 from bisect import bisect_right
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 from chains.bitcoin import script as _script
@@ -35,15 +36,10 @@ from watcher.types import Address, AssetSymbol, BlockHash, Transfer, TxId
 HEADER_SIZE = 80
 _FINAL_SEQUENCE_RBF = 0xFFFFFFFE
 _COINBASE_PREVOUT = bytes(32) + b"\xff\xff\xff\xff"
+_FIND_LIMIT = 64
+"""Up to this many outpoints, :meth:`Transactions.spenders` searches the bytes for each."""
 
 _sha256 = hashlib.sha256
-_K_P2PKH = bytes((_script.P2PKH,))
-_K_P2SH = bytes((_script.P2SH,))
-_K_P2WPKH = bytes((_script.P2WPKH,))
-_K_P2WSH = bytes((_script.P2WSH,))
-_K_P2TR = bytes((_script.P2TR,))
-_K_OTHER = bytes((_script.WITNESS_OTHER,))
-_PAD12 = bytes(12)
 _NO_KEY = b""
 
 
@@ -105,29 +101,56 @@ class BlockHeader:
     nonce: int
 
 
-class Transactions:
-    """Offsets into the raw bytes of a sequence of parsed transactions.
+def _layout(buf: bytes, start: int, witness: bool) -> tuple[list[int], list[int]]:
+    """Offsets of the inputs and of the outputs of the transaction at ``start`` (a second
+    walk, for the few transactions a caller asks about)."""
+    off = start + (6 if witness else 4)
+    n_in, off = (buf[off], off + 1) if buf[off] < 0xFD else _varint(buf, off)
+    ins: list[int] = []
+    for _ in range(n_in):
+        ins.append(off)
+        b = buf[off + 36]
+        if b < 0xFD:
+            off += 41 + b
+        else:
+            size, p = _varint(buf, off + 36)
+            off = p + size + 4
+    n_out, off = (buf[off], off + 1) if buf[off] < 0xFD else _varint(buf, off)
+    outs: list[int] = []
+    for _ in range(n_out):
+        outs.append(off)
+        b = buf[off + 8]
+        if b < 0xFD:
+            off += 9 + b
+        else:
+            size, p = _varint(buf, off + 8)
+            off = p + size
+    return ins, outs
 
-    Built by :func:`parse_block` and :func:`parse_transaction` only; everything is read
-    back lazily from the bytes. Indexes are transaction positions (0 = coinbase in a block).
+
+class Transactions:
+    """A sequence of parsed transactions: their txids and output keys, and offsets into the
+    raw bytes from which everything else is read back on demand.
+
+    Built by :func:`parse_block` and :func:`parse_transaction` only. Indexes are
+    transaction positions (0 = the coinbase in a block); output positions count the
+    outputs of all transactions in order, as :attr:`keys` does.
     """
 
-    __slots__ = ("_buf", "_in_first", "_in_offs", "_keys", "_out_first", "_out_offs",
-                 "_spent", "_tx_starts", "_txids", "_witness")
+    __slots__ = ("_buf", "_keys", "_layouts", "_out_first", "_spent", "_tx_starts", "_txids",
+                 "_witness")
 
     def __init__(self, buf: bytes, tx_starts: list[int], txids: list[bytes],
-                 witness: list[bool], in_first: list[int], in_offs: list[int],
-                 out_first: list[int], out_offs: list[int], keys: list[bytes]) -> None:
+                 witness: list[bool], out_first: list[int], keys: list[bytes]) -> None:
         self._buf = buf
         self._tx_starts = tx_starts
         """Start offset of each transaction, and one past the last's end."""
         self._txids = txids
         self._witness = witness
-        self._in_first = in_first
-        self._in_offs = in_offs
         self._out_first = out_first
-        self._out_offs = out_offs
+        """Position of each transaction's first output, and the number of outputs."""
         self._keys = keys
+        self._layouts: dict[int, tuple[list[int], list[int]]] = {}
         self._spent: dict[bytes, int] | None = None
 
     def __len__(self) -> int:
@@ -135,7 +158,7 @@ class Transactions:
 
     @property
     def output_count(self) -> int:
-        return len(self._out_offs)
+        return len(self._keys)
 
     @property
     def keys(self) -> list[bytes]:
@@ -153,18 +176,29 @@ class Transactions:
         """Internal byte order, as outpoints and the merkle tree use it."""
         return self._txids[i]
 
+    @property
+    def raw_txids(self) -> list[bytes]:
+        """Every txid in internal byte order (the list itself: do not change it)."""
+        return self._txids
+
     def wtxid(self, i: int) -> TxId:
         """Hash of the full serialization (the txid for a transaction without witness)."""
         if not self._witness[i]:
             return self.txid(i)
-        mv = memoryview(self._buf)
-        return TxId(_hex(_dsha(mv[self._tx_starts[i]:self._tx_starts[i + 1]])))
+        with memoryview(self._buf) as mv:
+            return TxId(_hex(_dsha(mv[self._tx_starts[i]:self._tx_starts[i + 1]])))
 
     def raw_transaction(self, i: int) -> bytes:
         return self._buf[self._tx_starts[i]:self._tx_starts[i + 1]]
 
     def has_witness(self, i: int) -> bool:
         return self._witness[i]
+
+    def _layout(self, i: int) -> tuple[list[int], list[int]]:
+        got = self._layouts.get(i)
+        if got is None:
+            got = self._layouts[i] = _layout(self._buf, self._tx_starts[i], self._witness[i])
+        return got
 
     # -- inputs
 
@@ -175,43 +209,71 @@ class Transactions:
         return int.from_bytes(buf[end:end + 4], "little")
 
     def is_coinbase(self, i: int) -> bool:
-        first, last = self._in_first[i], self._in_first[i + 1]
-        off = self._in_offs[first]
-        return last - first == 1 and self._buf[off:off + 36] == _COINBASE_PREVOUT
+        ins = self._layout(i)[0]
+        return len(ins) == 1 and self._buf[ins[0]:ins[0] + 36] == _COINBASE_PREVOUT
 
     def spends(self, i: int) -> tuple[Outpoint, ...]:
         """The outpoints transaction ``i`` spends, in input order (none for a coinbase)."""
         if self.is_coinbase(i):
             return ()
         buf = self._buf
-        return tuple(Outpoint.from_raw(buf[o:o + 36])
-                     for o in self._in_offs[self._in_first[i]:self._in_first[i + 1]])
+        return tuple(Outpoint.from_raw(buf[o:o + 36]) for o in self._layout(i)[0])
 
     def signals_rbf(self, i: int) -> bool:
         """BIP125 opt-in: any input with nSequence below 0xfffffffe."""
-        return any(self._sequence_at(o) < _FINAL_SEQUENCE_RBF
-                   for o in self._in_offs[self._in_first[i]:self._in_first[i + 1]])
+        return any(self._sequence_at(o) < _FINAL_SEQUENCE_RBF for o in self._layout(i)[0])
+
+    def _input_owner(self, pos: int) -> int | None:
+        """The transaction whose input starts at byte ``pos``, None if no input does."""
+        t = bisect_right(self._tx_starts, pos) - 1
+        if not 0 <= t < len(self._txids):
+            return None
+        return t if pos in self._layout(t)[0] else None
+
+    def _find_input(self, raw: bytes, start: int) -> int | None:
+        """The first transaction from byte ``start`` with an input naming ``raw``."""
+        buf = self._buf
+        at = buf.find(raw, start)
+        while at >= 0:
+            t = self._input_owner(at)
+            if t is not None:
+                return t
+            at = buf.find(raw, at + 1)
+        return None
+
+    def coinbase_after_first(self) -> bool:
+        """Whether a transaction after the first has a coinbase (null) input."""
+        return len(self._txids) > 1 and self._find_input(_COINBASE_PREVOUT,
+                                                         self._tx_starts[1]) is not None
 
     def spenders(self, outpoints: Collection[Outpoint]) -> dict[Outpoint, int]:
-        """Which of ``outpoints`` these transactions spend, and the index of the spender.
+        """Which of ``outpoints`` these transactions spend, and the index of the spender:
+        the double-spend check of the mempool logic.
 
-        The double-spend check of the mempool logic: the raw outpoints of every input are
-        collected once (about 1 ms for a full block) and kept for later questions.
+        A few outpoints are searched for in the raw bytes (C speed, then the hit is checked
+        to be an input); many build a map of every input once (kept for later questions).
         """
+        out: dict[Outpoint, int] = {}
         if not outpoints:
-            return {}
+            return out
+        buf = self._buf
+        if self._spent is None and len(outpoints) <= _FIND_LIMIT:
+            for op in outpoints:
+                raw = op.raw()
+                if raw == _COINBASE_PREVOUT:
+                    continue  # a coinbase spends nothing
+                t = self._find_input(raw, 0)
+                if t is not None:
+                    out[op] = t
+            return out
         spent = self._spent
         if spent is None:
-            buf = self._buf
-            offs = self._in_offs
-            owners = [0] * len(offs)
-            first = self._in_first
+            spent = {}
             for t in range(len(self._txids)):
-                for j in range(first[t], first[t + 1]):
-                    owners[j] = t
-            spent = self._spent = {buf[o:o + 36]: t for o, t in zip(offs, owners, strict=True)}
+                for o in _layout(buf, self._tx_starts[t], self._witness[t])[0]:
+                    spent[buf[o:o + 36]] = t
             spent.pop(_COINBASE_PREVOUT, None)
-        out: dict[Outpoint, int] = {}
+            self._spent = spent
         for op in outpoints:
             spender = spent.get(op.raw())
             if spender is not None:
@@ -220,9 +282,8 @@ class Transactions:
 
     # -- outputs
 
-    def _output_at(self, pos: int) -> TxOut:
+    def _output_at(self, off: int) -> TxOut:
         buf = self._buf
-        off = self._out_offs[pos]
         b = buf[off + 8]
         if b < 0xFD:
             start, size = off + 9, b
@@ -231,16 +292,19 @@ class Transactions:
         return TxOut(int.from_bytes(buf[off:off + 8], "little"), buf[start:start + size])
 
     def outputs(self, i: int) -> list[TxOut]:
-        return [self._output_at(p) for p in range(self._out_first[i], self._out_first[i + 1])]
+        return [self._output_at(o) for o in self._layout(i)[1]]
 
     def locate_output(self, pos: int) -> tuple[int, int]:
         """(transaction index, vout) of the ``pos``-th output overall."""
+        if not 0 <= pos < len(self._keys):
+            raise IndexError(f"output {pos} of {len(self._keys)}")
         t = bisect_right(self._out_first, pos) - 1
         return t, pos - self._out_first[t]
 
     def output(self, pos: int) -> TxOut:
         """The ``pos``-th output overall (the positions :attr:`keys` is indexed by)."""
-        return self._output_at(pos)
+        t, vout = self.locate_output(pos)
+        return self._output_at(self._layout(t)[1][vout])
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,17 +327,12 @@ def _walk(buf: bytes, off: int, count: int, what: str) -> tuple[int, Transaction
     tx_starts: list[int] = []
     txids: list[bytes] = []
     witness: list[bool] = []
-    in_first: list[int] = []
-    in_offs: list[int] = []
     out_first: list[int] = []
-    out_offs: list[int] = []
     keys: list[bytes] = []
-    add_in = in_offs.append
-    add_out = out_offs.append
     add_key = keys.append
-    k_wpkh, k_tr, k_wsh, k_pkh, k_sh, k_other = (_K_P2WPKH, _K_P2TR, _K_P2WSH, _K_P2PKH,
-                                                 _K_P2SH, _K_OTHER)
-    pad = _PAD12
+    padding = _script.PADDING
+    pad12, pad11, pad9 = padding[22], padding[23], padding[25]
+    k_hashed = bytes((_script.HASHED,))
     no_key = _NO_KEY
     varint = _varint
     p2pkh_head = b"\x76\xa9\x14"
@@ -281,8 +340,7 @@ def _walk(buf: bytes, off: int, count: int, what: str) -> tuple[int, Transaction
     for _ in range(count):
         start = off
         tx_starts.append(start)
-        in_first.append(len(in_offs))
-        out_first.append(len(out_offs))
+        out_first.append(len(keys))
         off += 4
         b = buf[off]
         segwit = b == 0
@@ -301,7 +359,6 @@ def _walk(buf: bytes, off: int, count: int, what: str) -> tuple[int, Transaction
         if n_in == 0:
             raise NodeAnswerInvalid(f"{what}: transaction {len(txids)} has no input")
         for _ in range(n_in):
-            add_in(off)
             b = buf[off + 36]
             if b < 0xFD:
                 off += 41 + b
@@ -317,7 +374,6 @@ def _walk(buf: bytes, off: int, count: int, what: str) -> tuple[int, Transaction
         if n_out == 0:
             raise NodeAnswerInvalid(f"{what}: transaction {len(txids)} has no output")
         for _ in range(n_out):
-            add_out(off)
             b = buf[off + 8]
             if b < 0xFD:
                 s = off + 9
@@ -326,17 +382,16 @@ def _walk(buf: bytes, off: int, count: int, what: str) -> tuple[int, Transaction
             e = s + b
             # The same keys as chains.bitcoin.script.script_key, most common template first.
             if b == 22 and buf[s] == 0 and buf[s + 1] == 20:
-                add_key(k_wpkh + buf[s + 2:e] + pad)
-            elif b == 34 and buf[s + 1] == 32 and buf[s] == 0x51:
-                add_key(k_tr + buf[s + 2:e])
-            elif b == 34 and buf[s + 1] == 32 and buf[s] == 0:
-                add_key(k_wsh + buf[s + 2:e])
+                add_key(buf[s:e] + pad12)
+            elif b == 34 and buf[s + 1] == 32 and (buf[s] == 0x51 or buf[s] == 0):
+                add_key(buf[s:e])
             elif b == 25 and buf[s:s + 3] == p2pkh_head and buf[s + 23:e] == p2pkh_tail:
-                add_key(k_pkh + buf[s + 3:s + 23] + pad)
+                add_key(buf[s:e] + pad9)
             elif b == 23 and buf[s] == 0xA9 and buf[s + 1] == 20 and buf[s + 22] == 0x87:
-                add_key(k_sh + buf[s + 2:s + 22] + pad)
+                add_key(buf[s:e] + pad11)
             elif 4 <= b <= 42 and 0x51 <= buf[s] <= 0x60 and buf[s + 1] == b - 2:
-                add_key(k_other + sha(buf[s:e]).digest())
+                add_key(buf[s:e] + padding[b] if b <= 34 else
+                        k_hashed + sha(buf[s:e]).digest() + b"\0")
             else:
                 add_key(no_key)
             off = e
@@ -365,11 +420,9 @@ def _walk(buf: bytes, off: int, count: int, what: str) -> tuple[int, Transaction
         txids.append(sha(h.digest()).digest())
         witness.append(segwit)
     tx_starts.append(off)
-    in_first.append(len(in_offs))
-    out_first.append(len(out_offs))
+    out_first.append(len(keys))
     mv.release()
-    return off, Transactions(buf, tx_starts, txids, witness, in_first, in_offs, out_first,
-                             out_offs, keys)
+    return off, Transactions(buf, tx_starts, txids, witness, out_first, keys)
 
 
 def merkle_root(txids: list[bytes]) -> bytes:
@@ -439,7 +492,7 @@ def parse_block(raw: bytes | str, expect_hash: str | None = None) -> RawBlock:
     if end != len(buf):
         raise NodeAnswerInvalid(f"{what}: {len(buf) - end} bytes after the last transaction"
                                 if end < len(buf) else f"{what}: truncated")
-    raw_ids = txs._txids
+    raw_ids = txs.raw_txids
     if merkle_root(raw_ids) != buf[36:68]:
         raise NodeAnswerInvalid(f"{what}: merkle root of its transactions differs from the "
                                 "header", check=AnswerCheck.TXID)
@@ -447,9 +500,7 @@ def parse_block(raw: bytes | str, expect_hash: str | None = None) -> RawBlock:
         raise NodeAnswerInvalid(f"{what}: a transaction appears twice", check=AnswerCheck.TXID)
     if not txs.is_coinbase(0):
         raise NodeAnswerInvalid(f"{what}: first transaction is not a coinbase")
-    coinbase_prevout = _COINBASE_PREVOUT
-    in_offs = txs._in_offs
-    if any(buf[o:o + 36] == coinbase_prevout for o in in_offs[1:]):
+    if txs.coinbase_after_first():
         raise NodeAnswerInvalid(f"{what}: a coinbase input after the first transaction")
     return RawBlock(header=header, txs=txs, size=len(buf))
 
@@ -489,6 +540,13 @@ def matching_outputs(txs: Transactions, watched: KeyLookup) -> list[int]:
     return [i for i, k in enumerate(keys) if k and k in watched]
 
 
+@lru_cache(maxsize=65_536)
+def _address_text(spk: bytes, net: Network) -> str | None:
+    """Cached: bech32 encoding is ~25 us of pure Python, and the same watched addresses
+    receive again and again (as EVM's checksum cache)."""
+    return _script.script_address(spk, net)
+
+
 @dataclass(frozen=True, slots=True)
 class ScanResult:
     """The outputs of a block (or a mempool transaction) that pay watched keys."""
@@ -515,21 +573,23 @@ class ScanResult:
 def scan(txs: Transactions, watched: KeyLookup, net: Network, *, asset: AssetSymbol,
          decimals: int = 8, dust_threshold: int = 0) -> ScanResult:
     """Outputs paying watched keys as :class:`Transfer` (amounts in satoshis from the raw
-    bytes); outputs under ``dust_threshold`` satoshis are counted, not reported. Coinbase
+    bytes); outputs under ``dust_threshold`` satoshis, and zero-value ones whatever the
+    threshold, are counted, not reported. Coinbase
     outputs are reported like any other (the caller decides about their maturity)."""
     transfers: list[Transfer] = []
     paying: list[int] = []
     dust = 0
+    floor = max(dust_threshold, 1)  # a zero-value output is never a deposit (spam), as on EVM
     for pos in matching_outputs(txs, watched):
         out = txs.output(pos)
         if out.value > net.max_money:
             raise NodeAnswerInvalid(f"output {pos}: {out.value} satoshis is above the money "
                                     "supply")
-        if out.value < dust_threshold:
+        if out.value < floor:
             dust += 1
             continue
         tx, vout = txs.locate_output(pos)
-        text = _script.script_address(out.script, net)
+        text = _address_text(out.script, net)
         if text is None:
             continue  # a segwit key on a network without segwit: not an address there
         transfers.append(Transfer(

@@ -4,6 +4,8 @@ each network with their scriptPubKeys (golden values), and the wrong-network rej
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chains.bitcoin import script
 from chains.bitcoin.address import UtxoAddressCodec
@@ -187,19 +189,34 @@ def test_known_addresses_map_to_their_script(name: str, text: str, spk: str) -> 
     assert script.script_address(spk_bytes, net) == text
 
 
-def test_keys_are_one_type_byte_and_the_zero_padded_program() -> None:
+def test_keys_are_the_script_zero_padded_to_34_bytes() -> None:
     codec = UtxoAddressCodec("bitcoin")
     h160 = bytes.fromhex(H160)
-    assert codec.parse("1DYwPTpZuLjY2qApmJdHaSAuWRvEF5skCN")[1] == b"\x01" + h160 + bytes(12)
-    assert codec.parse("3EExK1K1TF3v7zsFtQHt14XqexCwgmXM1y")[1] == b"\x02" + h160 + bytes(12)
-    assert codec.parse("bc1q3x4ummath24m42a64wa2hw4th24m42a6rul9r7")[1] == b"\x03" + h160 + bytes(12)
+    assert codec.parse("1DYwPTpZuLjY2qApmJdHaSAuWRvEF5skCN")[1] == \
+        b"\x76\xa9\x14" + h160 + b"\x88\xac" + bytes(9)
+    assert codec.parse("3EExK1K1TF3v7zsFtQHt14XqexCwgmXM1y")[1] == b"\xa9\x14" + h160 + b"\x87" + bytes(11)
+    assert codec.parse("bc1q3x4ummath24m42a64wa2hw4th24m42a6rul9r7")[1] == b"\x00\x14" + h160 + bytes(12)
     assert codec.parse("bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kw508d6qejxtdg4y5r3zs4kh870")[1] == \
-        b"\x04" + bytes.fromhex(P32)
+        b"\x00\x20" + bytes.fromhex(P32)
     assert codec.parse("bc1p0xlxvlhemja6c4dqv22uapctqupfhlxm9h8z3k2e72q4k9hcz7vqzk5jj0")[1] == \
-        b"\x05" + bytes.fromhex("79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
-    # A v16 two-byte program: the hashed form, still 33 bytes.
-    other = codec.parse("BC1SW50QGDZ25J")[1]
-    assert other[0] == script.WITNESS_OTHER and len(other) == 33
+        b"\x51\x20" + bytes.fromhex("79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+    # A v16 two-byte program: its script padded.
+    assert codec.parse("BC1SW50QGDZ25J")[1] == bytes.fromhex("6002751e") + bytes(30)
+    # A v1 40-byte program is longer than a key: hashed, still 34 bytes.
+    long_key = codec.parse(
+        "bc1pw508d6qejxtdg4y5r3zarvary0c5xw7kw508d6qejxtdg4y5r3zarvary0c5xw7kt5nd6y")[1]
+    assert long_key[0] == script.HASHED and len(long_key) == 34 and long_key[-1] == 0
+
+
+def test_key_script_refuses_what_is_not_a_key() -> None:
+    good = script.script_key(bytes.fromhex("0014" + H160))
+    assert good is not None and script.key_script(good) == bytes.fromhex("0014" + H160)
+    with pytest.raises(ValueError, match="not a key"):
+        script.key_script(good[:-1] + b"\x01")
+    with pytest.raises(ValueError, match="34 bytes"):
+        script.key_script(good[:-1])
+    with pytest.raises(ValueError, match="not a key"):
+        script.key_script(bytes.fromhex("0015") + bytes(32))
 
 
 def test_regtest_segwit_uses_bcrt_and_rejects_mainnet_hrp() -> None:
@@ -208,7 +225,7 @@ def test_regtest_segwit_uses_bcrt_and_rejects_mainnet_hrp() -> None:
     reg = network("regtest")
     text = script.script_address(spk, reg)
     assert text is not None and text.startswith("bcrt1q")
-    assert UtxoAddressCodec(reg).parse(text)[1] == b"\x03" + h160 + bytes(12)
+    assert UtxoAddressCodec(reg).parse(text)[1] == spk + bytes(12)
     with pytest.raises(InvalidAddress, match="hrp 'bc' is not regtest's 'bcrt'"):
         UtxoAddressCodec(reg).parse("bc1q3x4ummath24m42a64wa2hw4th24m42a6rul9r7")
     with pytest.raises(InvalidAddress, match="hrp 'bcrt' is not bitcoin's"):
@@ -249,7 +266,8 @@ def test_litecoin_old_p2sh_form_becomes_the_m_form_of_the_same_script() -> None:
     codec = UtxoAddressCodec("litecoin")
     old = codec.parse("3EExK1K1TF3v7zsFtQHt14XqexCwgmXM1y")
     new = codec.parse("MLT6ctiyQMuLvW99zHHDphnEyeoPivQPBX")
-    assert old == new == ("MLT6ctiyQMuLvW99zHHDphnEyeoPivQPBX", b"\x02" + bytes.fromhex(H160) + bytes(12))
+    assert old == new == ("MLT6ctiyQMuLvW99zHHDphnEyeoPivQPBX",
+                          bytes.fromhex(f"a914{H160}87") + bytes(11))
 
 
 def test_upper_case_bech32_is_accepted_and_lower_cased() -> None:
@@ -313,11 +331,26 @@ def test_scripts_that_are_no_address_have_no_key(spk: str) -> None:
     assert script.script_address(raw, network("bitcoin")) is None
 
 
-def test_key_address_refuses_hashed_and_segwit_on_dogecoin() -> None:
-    key = script.script_key(bytes.fromhex("6002751e"))
+def test_key_address_of_short_and_hashed_witness_keys_and_dogecoin() -> None:
+    key = script.script_key(bytes.fromhex("5128" + "75" * 40))
     assert key is not None
     with pytest.raises(ValueError, match="cannot be turned back"):
         script.key_address(key, network("bitcoin"))
-    wpkh = b"\x03" + bytes.fromhex(H160) + bytes(12)
+    short = script.script_key(bytes.fromhex("6002751e"))
+    assert short is not None and script.key_address(short, network("bitcoin")) == "bc1sw50qgdz25j"
+    wpkh = bytes.fromhex("0014" + H160) + bytes(12)
     with pytest.raises(ValueError, match="dogecoin has no address"):
         script.key_address(wpkh, network("dogecoin"))
+
+
+@given(st.text(max_size=100) | st.text(alphabet="qpzry9x8gf2tvdw0s3jn54khce6mua7l1bcrtBC",
+                                       max_size=70))
+@settings(max_examples=500, deadline=None)
+def test_any_text_parses_or_raises_invalid_address(text: str) -> None:
+    for name in ("bitcoin", "regtest", "litecoin", "dogecoin"):
+        try:
+            address, key = UtxoAddressCodec(name).parse(text)
+        except InvalidAddress:
+            continue
+        assert len(key) == script.KEY_SIZE
+        assert UtxoAddressCodec(name).parse(address) == (address, key)

@@ -66,6 +66,18 @@ LEGACY_TX = Tx(
     version=1)
 LEGACY_TXID = "592ca79d200b5e6a27f5ce4feab86aea5af6c9f4fef4665743a8f40c5aaf1dbd"
 
+# BIP143's signed native P2WPKH example: its wtxid is the identifier other wallets' tests
+# assert (Trust Wallet), the txid embit computes, the outpoints and amounts the BIP states.
+BIP143_SIGNED = (
+    "01000000000102fff7f7881a8099afa6940d42d1e7f6362bec38171ea3edf433541db4e4ad969f000000004948"
+    "30450221008b9d1dc26ba6a9cb62127b02742fa9d754cd3bebf337f7a55d114c8e5cdd30be022040529b194ba3"
+    "f9281a99f2b1c0a19c0489bc22ede944ccf4ecbab4cc618ef3ed01eeffffffef51e1b804cc89d182d279655c3a"
+    "a89e815b1b309fe287d9b2b55d57b90ec68a0100000000ffffffff02202cb206000000001976a9148280b37df3"
+    "78db99f66f85c95a783a76ac7a6d5988ac9093510d000000001976a9143bde42dbee7e4dbe6a21b2d50ce2f016"
+    "7faa815988ac000247304402203609e17b84f6a7d30c80bfa610b5b4542f32a8a0d5447a12fb1366d7f01cc44a"
+    "0220573a954c4518331561406f90300e8f3358f51928d43c212a8caed02de67eebee0121025476c2e83188368d"
+    "a1ff3e292e7acafcdb3566bb0ad253f62fc70f07aeee635711000000")
+
 BTC = AssetSymbol("BTC")
 MAIN = network("bitcoin")
 
@@ -105,6 +117,21 @@ def test_transaction_ids_match_an_independent_implementation() -> None:
     assert seg.txid(0) == SEGWIT_TXID and seg.wtxid(0) == SEGWIT_WTXID and seg.has_witness(0)
     leg = parse_transaction(LEGACY_TX.serialize(), LEGACY_TXID)
     assert leg.txid(0) == leg.wtxid(0) == LEGACY_TXID and not leg.has_witness(0)
+
+
+def test_bip143_signed_example() -> None:
+    tx = parse_transaction(BIP143_SIGNED,
+                           "e8151a2af31c368a35053ddd4bdb285a8595c769a3ad83e0fa02314a602d4609")
+    assert tx.wtxid(0) == "c36c38370907df2324d9ce9d149d191192f338b37665a82e78e76a12c909b762"
+    assert [o.value for o in tx.outputs(0)] == [112_340_000, 223_450_000]
+    assert tx.keys == [
+        bytes.fromhex("76a9148280b37df378db99f66f85c95a783a76ac7a6d5988ac") + bytes(9),
+        bytes.fromhex("76a9143bde42dbee7e4dbe6a21b2d50ce2f0167faa815988ac") + bytes(9)]
+    assert tx.spends(0) == (
+        Outpoint("9f96ade4b41d5433f4eda31e1738ec2b36f6e7d1420d94a6af99801a88f7f7ff", 0),  # type: ignore[arg-type]
+        Outpoint("8ac60eb9575db5b2d987e29f301b5b819ea83a5c6579d282d189cc04b8e151ef", 1),  # type: ignore[arg-type]
+    )
+    assert tx.signals_rbf(0)  # first input's nSequence is 0xffffffee
 
 
 def test_outputs_inputs_and_rbf_of_a_transaction() -> None:
@@ -197,6 +224,18 @@ def test_spenders_finds_double_spends_in_a_block() -> None:
     assert b.txs.spenders([*seen, other]) == {seen[0]: 1, seen[1]: 1}
     assert b.txs.spenders([Outpoint("00" * 32, 0xFFFFFFFF)]) == {}  # type: ignore[arg-type]
     assert b.txs.spenders([]) == {}
+    # Past 64 outpoints the map of every input answers: the same answer.
+    many = [Outpoint(f"{i:064x}", i) for i in range(70)]  # type: ignore[arg-type]
+    assert b.txs.spenders([*many, *seen]) == {seen[0]: 1, seen[1]: 1}
+    assert b.txs.spenders([Outpoint("00" * 32, 0xFFFFFFFF), *many]) == {}  # type: ignore[arg-type]
+    assert b.txs.spenders(seen[:1]) == {seen[0]: 1}  # the map, once built, answers few too
+
+
+def test_zero_value_outputs_are_dust_even_without_a_threshold() -> None:
+    tx = Tx([In(bytes([9]) * 32, 0)], [Out(0, p2tr(bytes(32))), Out(1, p2tr(bytes(32)))])
+    result = scan(parse_transaction(tx.serialize()), {key_of(p2tr(bytes(32)))}, MAIN, asset=BTC)
+    assert [(t.locator, t.amount) for t in result.transfers] == [("vout:1", 1)]
+    assert result.dust_ignored == 1
 
 
 def test_coinbase_outputs_are_reported() -> None:
@@ -364,3 +403,24 @@ def test_mainnet_like_block_parses_with_the_writers_txids() -> None:
         assert b.txs.wtxid(i) == txs[i].wtxid_hex()
         assert [o.value for o in b.txs.outputs(i)] == [o.value for o in txs[i].outs]
         assert b.txs.signals_rbf(i) == any(x.sequence < 0xFFFFFFFE for x in txs[i].ins)
+
+
+_TX_BYTES = SEGWIT_TX.serialize()
+
+
+@given(st.one_of(st.binary(max_size=300),
+                 st.tuples(st.integers(0, len(_TX_BYTES)), st.integers(0, len(_TX_BYTES) * 8 - 1))
+                 .map(lambda cut_bit: bytes(
+                     b ^ (1 << (cut_bit[1] % 8)) if i == cut_bit[1] // 8 else b
+                     for i, b in enumerate(_TX_BYTES))[:max(cut_bit[0], 1)])))
+@settings(max_examples=400, deadline=None)
+def test_any_bytes_as_a_transaction_raise_only_node_answer_invalid(raw: bytes) -> None:
+    try:
+        txs = parse_transaction(raw)
+    except NodeAnswerInvalid:
+        return
+    # Whatever parsed can be read back without an error.
+    txs.spends(0)
+    txs.outputs(0)
+    txs.signals_rbf(0)
+    txs.wtxid(0)
