@@ -71,8 +71,12 @@ def build_pool(cfg: ChainConfig, *, transports: Mapping[str, Transport] | None =
 class EvmChainSource:
     """Read access to one EVM chain through its endpoint pool."""
 
-    def __init__(self, cfg: ChainConfig, pool: EndpointPool[EvmRpcClient] | None = None) -> None:
+    def __init__(self, cfg: ChainConfig, pool: EndpointPool[EvmRpcClient] | None = None, *,
+                 check_bloom: bool = True) -> None:
+        """``check_bloom=False`` believes empty ``eth_getLogs`` answers: only for a benchmark
+        measuring what the bloom check costs, never in production (deposits can be lost)."""
         self._cfg = cfg
+        self._check_bloom = check_bloom
         self._chain = str(cfg.id)
         self._pool = pool if pool is not None else build_pool(cfg)
         self._assets = parse.Assets.from_config(cfg)
@@ -171,8 +175,9 @@ class EvmChainSource:
             what="header by hash")
 
     async def canonical_hashes(self, heights: Sequence[int]) -> dict[str, dict[int, BlockHash]]:
-        """For each alive endpoint that answered, the hash it has at each of ``heights`` in its
-        canonical chain (heights it has no block at are left out). For confirm quorums."""
+        """For each identified endpoint (alive or lagging) that answered, the hash it has at
+        each of ``heights`` in its canonical chain (heights it has no block at are left out).
+        For confirmation quorums: a lagging endpoint may still vouch for an older block."""
         await self._ensure_started()
         wanted = sorted(set(heights))
         if not wanted:
@@ -187,7 +192,7 @@ class EvmChainSource:
             return out
 
         answers = await self._pool.ask_each(lambda c: c.batch_decoded(calls, decode),
-                                            what="canonical hashes")
+                                            self._pool.identified(), what="canonical hashes")
         return {n: a for n, a in answers.items() if not isinstance(a, ChainError)}
 
     # ------------------------------------------------------------ contents
@@ -246,6 +251,7 @@ class EvmChainSource:
         per_block = 1 + with_logs + with_traces
         assets = self._assets
         log_filter = self._log_filter
+        check_bloom = self._check_bloom
 
         def decode(replies: list[Any]
                    ) -> tuple[list[parse.ScannedBlock], list[parse.ScannedBlock]]:
@@ -263,8 +269,9 @@ class EvmChainSource:
                     at += 1
                     logs = replies[at]
                     parse.scan_logs(logs, scanned, watched, assets)
-                    bloom = verify.parse_bloom(scanned.logs_bloom, "block.logsBloom")
-                    if not verify.check_logs_answer(logs, bloom, log_filter):
+                    if check_bloom and not verify.check_logs_answer(
+                            logs, verify.parse_bloom(scanned.logs_bloom, "block.logsBloom"),
+                            log_filter):
                         doubtful.append(scanned)
                 if with_traces:
                     at += 1

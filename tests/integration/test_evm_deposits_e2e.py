@@ -606,4 +606,5 @@ async def test_ready_and_processed_height(env_factory: Callable[..., Awaitable[E
                 status, body = await http_get(f"{env.metrics}{path}")
                 assert status == 200, f"{path} answered {status}: {body}"
             _, body = await http_get(f"{env.metrics}/readyz")
-            assert json.loads(body) == {"ready": True, "reasons": []}
+            assert json.loads(body) == {"ready": True, "reasons": [],
+                                        "endpoints": {"eth": {"anvil": "alive"}}}

@@ -8,7 +8,7 @@ import pytest
 
 from tests.chainsim import addr, transfer
 from watcher.core.chainstate import ChainState, SnapshotError
-from watcher.core.deposits import DepositTracker
+from watcher.core.deposits import DepositTracker, quorum_agreed
 from watcher.core.window import Extend
 from watcher.types import (
     AssetSymbol,
@@ -152,3 +152,56 @@ def test_apply_refuses_contents_of_other_blocks() -> None:
     st = ChainState(ETH, 8, required)
     with pytest.raises(ValueError, match="do not match"):
         st.apply(Extend((ref(1),)), [BlockContents(ref(2), ())], lambda t: None)
+
+
+# ------------------------------------------------------------------ confirmation quorum
+
+
+A1, B1 = ref(1, "a"), ref(1, "b")
+A2 = ref(2, "a")
+
+
+@pytest.mark.parametrize(("reports", "quorum", "agreed"), [
+    ({"x": {1: A1.hash}}, 1, {A1.hash}),
+    ({"x": {1: A1.hash}, "y": {1: A1.hash}}, 2, {A1.hash}),
+    # one endpoint on a fork: no quorum of two for either branch
+    ({"x": {1: A1.hash}, "y": {1: B1.hash}}, 2, set()),
+    # one endpoint did not answer for that height
+    ({"x": {1: A1.hash, 2: A2.hash}, "y": {2: A2.hash}}, 2, {A2.hash}),
+    ({"x": {1: A1.hash}, "y": {1: A1.hash}, "z": {1: B1.hash}}, 2, {A1.hash}),
+    ({}, 1, set()),
+])
+def test_quorum_agreed(reports: dict[str, dict[int, BlockHash]], quorum: int,
+                       agreed: set[BlockHash]) -> None:
+    assert quorum_agreed(reports, [A1, A2, B1], quorum) == agreed
+
+
+def test_quorum_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="quorum"):
+        quorum_agreed({}, [A1], 0)
+
+
+def test_a_deep_deposit_without_quorum_is_held_pending_then_confirmed_once_agreed() -> None:
+    t = DepositTracker(ETH, required)
+    t.add_block(BlockContents(A1, (transfer("0xt1", addr(1), 10**18),)), lambda _: None)
+    assert t.due(2) == [] and t.due(3) == [A1]
+    # first seen already deep enough, but not agreed: pending, never confirmed
+    assert [(e.type, e.confirmations) for e in t.evaluate(5, agreed=frozenset())] == [(P, 5)]
+    assert t.evaluate(6, agreed=frozenset({B1.hash})) == []
+    assert t.due(6) == [A1]
+    assert [(e.type, e.confirmations) for e in t.evaluate(6, agreed={A1.hash})] == [(C, 6)]
+    assert t.due(7) == [] and t.evaluate(7, agreed=frozenset()) == []
+
+
+def test_chain_state_due_after_a_decision() -> None:
+    st = ChainState(ETH, 16, required)
+    c1 = BlockContents(A1, (transfer("0xt1", addr(1), 10**18),))
+    st.apply(Extend((A1,)), [c1], lambda _: None, agreed=frozenset())
+    assert st.due_after(None, (), required) == []          # 1 confirmation of 3
+    a2, a3 = ref(2, "a"), ref(3, "a")
+    assert st.due_after(Extend((a2, a3)), [BlockContents(a2, ()), BlockContents(a3, ())],
+                        required) == [A1]
+    # a token deposit in the new block itself needs 1: due at once
+    c3 = BlockContents(a3, (transfer("0xt3", addr(1), 5, asset="USDC", locator="log:0"),))
+    assert st.due_after(Extend((a2, a3)), [BlockContents(a2, ()), c3], required) == [A1, a3]
+    assert st.reevaluate(frozenset()) == []

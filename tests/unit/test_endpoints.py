@@ -219,3 +219,22 @@ def test_policy_rejects_negative_values() -> None:
         EndpointPolicy(lag_tolerance_blocks=-1)
     with pytest.raises(ValueError, match="cool-downs"):
         EndpointPolicy(cooldown_s=-1)
+
+
+OBSERVATIONS = st.sampled_from([OK, MISMATCH, UNREACH, HEAD, fsm.HeadSeen(3), FAIL_R, FAIL_F,
+                                REJECT, BEHIND, INSYNC])
+
+
+@given(st.lists(OBSERVATIONS, max_size=40))
+def test_only_an_identity_check_brings_a_set_aside_endpoint_back(
+        observations: list[fsm.Observation]) -> None:
+    v = fsm.initial(0.0)
+    for t, obs in enumerate(observations, start=1):
+        before = v
+        v = fsm.transition(v, obs, float(t))
+        if before.state in (S.UNVERIFIED, S.UNREACHABLE, S.WRONG_CHAIN, S.MISBEHAVING) \
+                and v.state in (S.ALIVE, S.LAGGING):
+            assert obs == OK
+        if v.state is not before.state:
+            assert v.since == float(t)
+        assert v.head is None or v.state in (S.ALIVE, S.LAGGING)

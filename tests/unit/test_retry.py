@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -58,6 +59,21 @@ async def test_no_sleep_ends_past_the_deadline() -> None:
         await RetryPolicy(max_attempts=5, deadline_s=0.05, backoff_base_s=1.0,
                           backoff_cap_s=1.0).run(flaky)
     assert flaky.calls == 1 and time.monotonic() - started < 0.5
+
+
+async def test_an_attempt_still_running_at_the_deadline_is_cut_short() -> None:
+    calls = 0
+
+    async def slow() -> str:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(5)
+        return "late"
+
+    started = time.monotonic()
+    with pytest.raises(ChainError, match="deadline") as info:
+        await RetryPolicy(max_attempts=3, deadline_s=0.1).without_waiting().run(slow)
+    assert info.value.kind is R and calls == 1 and time.monotonic() - started < 1.0
 
 
 async def test_backoff_waits_are_real_when_waiting_is_on() -> None:

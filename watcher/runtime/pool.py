@@ -109,6 +109,12 @@ class EndpointPool(Generic[C]):
         """Each endpoint's state, since when, its last head and its last problem."""
         return dict(self._views)
 
+    def identified(self) -> list[str]:
+        """Endpoints identified and answering (alive or lagging), in the configured order:
+        the ones whose view of the chain may be compared (a quorum asks them all)."""
+        polled = fsm.head_polled(self._views)
+        return [n for n in self._order if n in polled]
+
     def serving(self) -> list[str]:
         """Endpoints that may answer now, the followed one first."""
         return fsm.serving_order(self._views, self._followed, self._order)

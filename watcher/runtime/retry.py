@@ -3,7 +3,8 @@
 A :class:`RetryPolicy` runs an attempt again only on a RETRIABLE
 :class:`watcher.errors.ChainError` (a :class:`NodeAnswerInvalid` is one), with
 exponential backoff and full jitter, bounded both by ``max_attempts`` and by
-``deadline_s`` (no sleep is started that would end past the deadline). Any
+``deadline_s`` (no sleep is started that would end past the deadline, and an
+attempt still running at the deadline is cancelled: a RETRIABLE error). Any
 other error, a FINAL one included, is raised at once and unchanged; when the
 attempts or the time run out the last error is raised as it is, never wrapped
 in tenacity's ``RetryError``. Every retry is reported to ``on_retry`` (the pool
@@ -17,6 +18,7 @@ Kafka retries (``watcher/kafka``) are not node calls and are not done here.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -76,6 +78,20 @@ class RetryPolicy:
             if on_retry is not None and isinstance(exc, ChainError):
                 on_retry(exc)
 
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.deadline_s
+
+        async def bounded() -> T:
+            # The deadline bounds the attempts too, not only the sleeps between them.
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await attempt()
+            except TimeoutError:
+                if loop.time() < deadline:
+                    raise  # the attempt's own timeout, not ours
+                raise ChainError(ErrorKind.RETRIABLE,
+                                 f"no answer within the {self.deadline_s:g} s deadline") from None
+
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.deadline_s),
             wait=(wait_random_exponential(multiplier=self.backoff_base_s, max=self.backoff_cap_s)
@@ -84,5 +100,5 @@ class RetryPolicy:
             before_sleep=before_sleep,
             reraise=True,
         )
-        result: T = await retrying(attempt)
+        result: T = await retrying(bounded)
         return result
