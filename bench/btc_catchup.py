@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import Any
 
 from chains.bitcoin.address import UtxoAddressCodec
+from chains.bitcoin.script import KEY_SIZE
 from chains.bitcoin.source import BitcoinChainSource
 from tests.support.btc_wallet import RegtestWallet, regtest_payee
 from watcher.config import parse
@@ -128,7 +129,7 @@ def main() -> None:
             kinds = ("p2wpkh", "p2tr")
             watched = [regtest_payee(kinds[i % 2], f"bench-{i}") for i in range(args.watched)]
             codec = UtxoAddressCodec("regtest")
-            index = AddressIndex(33)
+            index = AddressIndex(KEY_SIZE)
             for p in watched:
                 index.add(codec.parse(p.address)[1])
             start = int(info.rpc("getblockcount")) + 1

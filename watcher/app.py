@@ -29,7 +29,7 @@ def build_family(cfg: ChainConfig) -> tuple[ChainSource, AddressCodec, int]:
     if cfg.family is Family.BITCOIN:
         from chains.bitcoin.source import build_family as build_bitcoin
 
-        # Keys are 33 bytes (type byte + 32-byte witness program), see chains.bitcoin.script.
+        # Key width from the codec (chains.bitcoin.script.KEY_SIZE: padded scriptPubKeys).
         return build_bitcoin(cfg)
     raise ConfigError(f"chains.{cfg.id}.family", f"family {cfg.family.value!r} is not supported yet")
 

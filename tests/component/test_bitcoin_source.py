@@ -15,6 +15,7 @@ import pytest
 
 from chains.bitcoin.address import UtxoAddressCodec
 from chains.bitcoin.rpc import BitcoinRpcClient, HeaderInfo
+from chains.bitcoin.script import KEY_SIZE
 from chains.bitcoin.source import BitcoinChainSource
 from tests.support import btcblocks as bb
 from tests.support.btc_wallet import segwit_address
@@ -154,7 +155,7 @@ def source_of(*nodes: FakeNode, **chain: Any) -> BitcoinChainSource:
 
 
 def watched(*programs: bytes) -> AddressIndex:
-    index = AddressIndex(33)
+    index = AddressIndex(KEY_SIZE)
     for p in programs:
         index.add(CODEC.parse(address_of(p))[1])
     return index
