@@ -107,6 +107,8 @@ class BitcoinChainSource:
         self._raw_outpoints: dict[blocks.Outpoint, Outpoint] = {}
         self._mempool_known: frozenset[TxId] | None = None
         """The txids of the previous successful poll (None: no baseline yet)."""
+        self._mempool_endpoint: str | None = None
+        """The endpoint that poll listed."""
         self._mempool_fetched = MEMPOOL_TXS_FETCHED.labels(self._chain)
         self._mempool_unreadable = MEMPOOL_TXS_UNREADABLE.labels(self._chain)
 
@@ -260,13 +262,13 @@ class BitcoinChainSource:
                            for op, i in sorted(txs.spenders(wanted).items(), key=_by_spender))
         return BlockContents(ref=ref, transfers=result.transfers, spends=spends)
 
-    def _scan(self, txs: blocks.Transactions, watched: WatchedAddressLookup
-              ) -> blocks.ScanResult:
+    def _scan(self, txs: blocks.Transactions, watched: WatchedAddressLookup, *,
+              count_dust: bool = True) -> blocks.ScanResult:
         result = blocks.scan(txs, watched, self._net, asset=self._cfg.native_symbol,
                              decimals=self._cfg.native_decimals,
                              dust_threshold=self._cfg.dust_threshold)
-        if result.dust_ignored:
-            self._dust.inc(result.dust_ignored)
+        if result.dust_ignored and count_dust:
+            self._dust.inc(result.dust_ignored)  # counted once: in its block, not its mempool
         return result
 
     # ------------------------------------------------------------ mempool
@@ -283,12 +285,14 @@ class BitcoinChainSource:
         read, so a transaction missing from the list was missing at that tip already."""
         await self._ensure_started()
 
-        async def listing(c: BitcoinRpcClient) -> tuple[list[TxId], BlockHash]:
+        async def listing(c: BitcoinRpcClient) -> tuple[list[TxId], BlockHash, str]:
             txids = await c.mempool_txids()
-            return txids, await c.best_block_hash()
+            return txids, await c.best_block_hash(), c.name
 
-        txids, tip = await self._pool.ask(listing, what="mempool listing")
-        previous = frozenset() if full or self._mempool_known is None else self._mempool_known
+        txids, tip, endpoint = await self._pool.ask(listing, what="mempool listing")
+        # Another node's mempool is no baseline for this one's: a failover is a resync.
+        full = full or self._mempool_known is None or endpoint != self._mempool_endpoint
+        previous: frozenset[TxId] = frozenset() if full else (self._mempool_known or frozenset())
         current = frozenset(txids)
         new = [t for t in dict.fromkeys(txids) if t not in previous]
         added: list[UnconfirmedTx] = []
@@ -306,6 +310,7 @@ class BitcoinChainSource:
                     added.append(tx)
         present = current - left
         self._mempool_known = present
+        self._mempool_endpoint = endpoint
         return MempoolChange(added=tuple(added), gone=tuple(sorted(previous - present)),
                              tip=tip, present=present if full else None)
 
@@ -316,7 +321,8 @@ class BitcoinChainSource:
         try:
             txs = blocks.parse_transaction(raw, expect_txid=txid)
             spends = tuple(Outpoint(o.txid, o.vout) for o in txs.spends(0))
-            return UnconfirmedTx(txid=txid, transfers=self._scan(txs, watched).transfers,
+            result = self._scan(txs, watched, count_dust=False)
+            return UnconfirmedTx(txid=txid, transfers=result.transfers,
                                  spends=spends, rbf=txs.signals_rbf(0))
         except (NodeAnswerInvalid, ValueError):
             self._mempool_unreadable.inc()

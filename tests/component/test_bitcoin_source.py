@@ -22,7 +22,7 @@ from tests.support.btc_wallet import segwit_address
 from watcher.config import ChainConfig, Endpoint, parse
 from watcher.core.addresses import AddressIndex
 from watcher.core.endpoints import EndpointState
-from watcher.errors import ChainError, ChainIdentityMismatch
+from watcher.errors import ChainError, ChainIdentityMismatch, ErrorKind
 from watcher.metrics import REGISTRY
 from watcher.runtime.pool import EndpointPool
 from watcher.runtime.retry import RetryPolicy
@@ -315,3 +315,23 @@ async def test_an_unreadable_mempool_transaction_is_left_out_and_counted() -> No
     node.fetched.clear()
     assert (await src.mempool(watched(ALICE), full=False)).added == ()
     assert node.fetched == []  # not fetched again at every poll
+
+
+async def test_a_mempool_listed_by_another_endpoint_is_a_resync() -> None:
+    chain = Chain(1)
+    a, b = FakeNode("a", chain), FakeNode("b", chain)
+    only_a = mempool_tx(1, ALICE, 11_000, rbf=True)
+    only_b = mempool_tx(2, ALICE, 12_000, rbf=True)
+    a.mempool_raw[only_a.txid_hex()] = only_a.serialize()
+    b.mempool_raw[only_b.txid_hex()] = only_b.serialize()
+    src = source_of(a, b)
+    first = await src.mempool(watched(ALICE), full=False)  # no baseline yet: a full listing
+    assert first.present == frozenset({TxId(only_a.txid_hex())})
+
+    async def down() -> list[TxId]:
+        raise ChainError(ErrorKind.RETRIABLE, "connection refused", "a")
+    a.mempool_txids = down  # type: ignore[method-assign]
+    second = await src.mempool(watched(ALICE), full=False)
+    # b's mempool is not a diff against a's: everything is listed again, nothing "gone".
+    assert second.present == frozenset({TxId(only_b.txid_hex())})
+    assert [t.txid for t in second.added] == [only_b.txid_hex()] and second.gone == ()
