@@ -14,6 +14,9 @@ Every difference between the two nodes lives in this module and in
   :meth:`main_chain_header` answers None for either;
 * heights past the tip: Core's ``-8 Block height out of range``, btcd's
   ``-1 Block number out of range``; both end :meth:`block_hashes` early;
+* ``getblock``'s raw form: verbosity ``0`` everywhere but on nodes where the
+  parameter is still the boolean ``verbose`` (Dogecoin Core 1.14, forked from
+  Core 0.14), learnt in :meth:`identify` on the genesis block;
 * error transport: btcd answers errors with HTTP 200 and an ``error`` member,
   the legacy Core server with HTTP 500 (404 for an unknown method) and the
   same JSON body; the body is the answer whatever the status.
@@ -143,6 +146,9 @@ class BitcoinRpcClient:
         self._ids = itertools.count(1)
         self._latency: dict[str, Any] = {}
         self._dialect: Dialect | None = None
+        self._raw_block_flag: int | bool = 0
+        """``getblock``'s second parameter for raw hex: verbosity 0 (Core 0.15+, Litecoin,
+        btcd), or ``false`` where it is still the boolean ``verbose`` (Dogecoin 1.14)."""
 
     @property
     def name(self) -> str:
@@ -272,6 +278,18 @@ class BitcoinRpcClient:
                 f"chain {self._chain}: endpoint {self._name} serves genesis {got}, "
                 f"not that of network {self._network} ({expected})")
         self._dialect = await self._learn_dialect()
+        self._raw_block_flag = await self._learn_raw_block_flag(got)
+
+    async def _learn_raw_block_flag(self, genesis: str) -> int | bool:
+        """Asks for the (small) genesis block raw with verbosity 0, else with ``false``."""
+        try:
+            await self.call("getblock", [genesis, 0])
+            return 0
+        except BitcoinRpcError as exc:
+            if exc.kind is ErrorKind.RETRIABLE:
+                raise
+        await self.call("getblock", [genesis, False])  # its error, if any, is the answer
+        return False
 
     async def _learn_dialect(self) -> Dialect:
         try:
@@ -382,7 +400,7 @@ class BitcoinRpcClient:
         """The serialized block (``getblock <hash> 0``, served for side-chain blocks too),
         None when the node does not have it. The caller checks its hash and merkle root."""
         try:
-            result = await self.call("getblock", [block_hash, 0])
+            result = await self.call("getblock", [block_hash, self._raw_block_flag])
         except BitcoinRpcError as exc:
             if exc.reason is Reason.NOT_FOUND:
                 return None
@@ -395,7 +413,8 @@ class BitcoinRpcClient:
     async def raw_blocks(self, hashes: Sequence[BlockHash]) -> list[bytes | None]:
         """Several serialized blocks in one batch POST (as :meth:`raw_block` each): fewer
         round trips when blocks are small; keep batches small for full-size blocks."""
-        replies = await self.batch([("getblock", [h, 0]) for h in hashes])
+        flag = self._raw_block_flag
+        replies = await self.batch([("getblock", [h, flag]) for h in hashes])
         out: list[bytes | None] = []
         for reply in replies:
             if isinstance(reply, BitcoinRpcError):

@@ -241,3 +241,21 @@ async def test_fee_estimate_before_identify_is_refused() -> None:
             assert not isinstance(err.value, NodeAnswerInvalid)
         finally:
             await c.close()
+
+
+async def test_raw_block_form_of_a_node_where_getblock_takes_a_boolean() -> None:
+    """Dogecoin Core 1.14: ``getblock <hash> 0`` is a type error there; identify learns to
+    ask ``getblock <hash> false`` instead."""
+    dogecoin_genesis = BlockHash(
+        "1a91e3dace36e2be3bf030a65679fe821aa1d6ef92e7c9902eb318182c355691")
+    async with serve_core("dogecoin-v1.14.json") as core:
+        c = client(core, network="dogecoin")
+        try:
+            await c.identify()
+            assert c.dialect is Dialect.CORE
+            raw = await c.raw_block(dogecoin_genesis)
+            assert raw is not None and len(raw) == 285
+            assert core.requests[-1]["params"] == [dogecoin_genesis, False]
+            assert await c.raw_blocks([dogecoin_genesis]) == [raw]
+        finally:
+            await c.close()

@@ -45,8 +45,9 @@ class FakeCore:
                          "error": {"code": -28, "message": "Loading block index\u2026"}}
         method = call.get("method")
         params = call.get("params", [])
+        wanted = json.dumps(params)  # strict: in Python 0 == False, not on the wire
         for ex in self.exchanges:
-            if ex["method"] == method and ex["params"] == params:
+            if ex["method"] == method and json.dumps(ex["params"]) == wanted:
                 if "error" in ex:
                     status = 404 if ex["error"]["code"] == -32601 else 500
                     return status, {"result": None, "error": ex["error"], "id": rid}
