@@ -297,6 +297,8 @@ class BitcoinRpcClient:
         except BitcoinRpcError as exc:
             if exc.reason is Reason.METHOD_NOT_FOUND:
                 return Dialect.BTCD  # btcd: "Command unimplemented" (it has getinfo instead)
+            if exc.kind is ErrorKind.FINAL:
+                return Dialect.CORE  # refused, not absent: only fee estimation depends on it
             raise
         if isinstance(info, dict) and "btcd" in str(info.get("subversion", "")).lower():
             return Dialect.BTCD

@@ -99,6 +99,11 @@ class Driver:
 
     def _reorg(self) -> None:
         depth = self.rng.randint(1, 2)
+        # A block holding the pending deposits, and time for the watcher (when it is up) to
+        # announce it: the reorg must undo announced deposits, not only unseen blocks.
+        self.node.rpc("generate", 1)
+        self.log.blocks_mined += 1
+        time.sleep(self.rng.uniform(0.3, 1.0))
         height = int(self.node.rpc("getblockcount"))
         self.node.rpc("invalidateblock", self.node.rpc("getblockhash", height - depth + 1))
         pool = set(self.node.rpc("getrawmempool"))
