@@ -43,6 +43,17 @@ class UtxoAddressCodec:
             raise InvalidAddress(f"address must be text, got {type(text).__name__}")
         if not text:
             raise InvalidAddress("empty address")
+        hrp = self._net.bech32_hrp
+        if hrp is not None and text.startswith(hrp + "1"):
+            # Most likely bech32: decode it first (half the cost of a failed base58 attempt
+            # before it), but let a base58 text that happens to start so still parse.
+            try:
+                return self._parse_segwit(text)
+            except InvalidAddress as segwit_error:
+                try:
+                    return self._parse_base58(base58check_decode(text))
+                except InvalidAddress:
+                    raise segwit_error from None
         try:
             payload = base58check_decode(text)
         except InvalidAddress as b58_error:

@@ -398,9 +398,22 @@ def _walk(buf: bytes, off: int, count: int, what: str) -> tuple[int, Transaction
         body_end = off
         if segwit:
             for _ in range(n_in):
-                b = buf[off]
-                if b < 0xFD:
-                    items = b
+                items = buf[off]
+                # P2WPKH's two items (signature, key) and P2TR's one, unrolled: most inputs.
+                if items == 2:
+                    b = buf[off + 1]
+                    if b < 0xFD:
+                        p = off + 2 + b
+                        b = buf[p]
+                        if b < 0xFD:
+                            off = p + 1 + b
+                            continue
+                elif items == 1:
+                    b = buf[off + 1]
+                    if b < 0xFD:
+                        off += 2 + b
+                        continue
+                if items < 0xFD:
                     off += 1
                 else:
                     items, off = varint(buf, off)
@@ -434,8 +447,8 @@ def merkle_root(txids: list[bytes]) -> bytes:
     while len(level) > 1:
         if len(level) & 1:
             level = [*level, level[-1]]
-        level = [sha(sha(level[i] + level[i + 1]).digest()).digest()
-                 for i in range(0, len(level), 2)]
+        pairs = iter(level)
+        level = [sha(sha(a + b).digest()).digest() for a, b in zip(pairs, pairs, strict=False)]
     return level[0]
 
 

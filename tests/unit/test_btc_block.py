@@ -343,11 +343,16 @@ def test_big_compact_sizes_are_read() -> None:
     # 253 outputs need a 3-byte count; a 300-byte script a 3-byte length.
     outs = [Out(i + 1, p2wpkh(i.to_bytes(20, "big"))) for i in range(253)]
     outs.append(Out(7, b"\x6a\x4d\x2c\x01" + bytes(300)))
-    tx = Tx([In(bytes([5]) * 32, 0, bytes(300), 0, [bytes(300)])], outs)
+    tx = Tx([In(bytes([5]) * 32, 0, bytes(300), 0, [bytes(300)]),
+             In(bytes([6]) * 32, 1, b"", 0, [bytes(300), bytes(5)]),
+             In(bytes([7]) * 32, 2, b"", 0, [bytes(5), bytes(300)]),
+             In(bytes([8]) * 32, 3, b"", 0, [b"", bytes(1000), bytes(70000)])], outs)
     txs = parse_transaction(tx.serialize(), tx.txid_hex())
     assert txs.output_count == 254 and txs.outputs(0)[-1].script == outs[-1].script
     assert txs.keys[:253] == [key_of(o.script) for o in outs[:253]] and txs.keys[253] == b""
     assert txs.signals_rbf(0)
+    assert txs.wtxid(0) == tx.wtxid_hex()
+    assert [o.vout for o in txs.spends(0)] == [0, 1, 2, 3]
 
 
 # ------------------------------------------------------------------ properties
