@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.btc_wallet import RegtestWallet
 from tests.support.services import (
     AnvilFactory,
     AnvilService,
@@ -43,6 +44,13 @@ def kafka(services: ServiceManager) -> KafkaService:
 @pytest.fixture(scope="session")
 def btcd(services: ServiceManager) -> BtcdService:
     return services.btcd()
+
+
+@pytest.fixture(scope="session")
+def btc_wallet(btcd: BtcdService) -> RegtestWallet:
+    """Signs regtest transactions with the mining key; one per session, so that no two
+    tests spend the same coin."""
+    return RegtestWallet(btcd)
 
 
 @pytest.fixture(scope="session")

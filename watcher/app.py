@@ -18,7 +18,7 @@ from watcher.config import ChainConfig, Family, WatcherConfig
 from watcher.core.addresses import AddressIndex
 from watcher.errors import ChainError, ConfigError, SinkError
 from watcher.metrics import REGISTRY
-from watcher.ports import AddressCodec, ChainSource
+from watcher.ports import AddressCodec, ChainSource, MempoolSource
 from watcher.runtime.follower import ChainFollower, FollowerStatus
 from watcher.runtime.gc_tuning import tune_for_throughput
 from watcher.runtime.health import HealthServer
@@ -34,7 +34,24 @@ def build_family(cfg: ChainConfig) -> tuple[ChainSource, AddressCodec, int]:
         from chains.evm.adapter import EvmAddressCodec, build_source
 
         return build_source(cfg), EvmAddressCodec(), 20
+    if cfg.family is Family.BITCOIN:
+        from chains.bitcoin.source import build_family as build_bitcoin
+
+        # Key width from the codec (chains.bitcoin.script.KEY_SIZE: padded scriptPubKeys).
+        return build_bitcoin(cfg)
     raise ConfigError(f"chains.{cfg.id}.family", f"family {cfg.family.value!r} is not supported yet")
+
+
+def build_mempool(cfg: ChainConfig, source: ChainSource) -> MempoolSource | None:
+    """The chain's mempool when watching it is on (a UTXO family's source is one)."""
+    if not cfg.mempool.enabled:
+        return None
+    from chains.bitcoin.source import BitcoinChainSource
+
+    if not isinstance(source, BitcoinChainSource):
+        raise ConfigError(f"chains.{cfg.id}.mempool.enabled",
+                          f"family {cfg.family.value!r} has no mempool to watch")
+    return source
 
 
 @dataclass
@@ -91,8 +108,11 @@ class App:
             # A term of leadership gets a fresh sink: one fenced by a takeover never writes
             # again, and a fresh one fences whoever held the chain before.
             sink = KafkaTransactionalSink(cfg.kafka, f"{cfg.kafka.transactional_id_prefix}-{cid}", cid)
-            f = ChainFollower(cfg.chains[ChainId(cid)], sources[cid], sink, self.indexes[cid], codecs[cid],
-                              cfg.kafka.topics.deposits)
+            ccfg = cfg.chains[ChainId(cid)]
+            f = ChainFollower(ccfg, sources[cid], sink, self.indexes[cid], codecs[cid],
+                              cfg.kafka.topics.deposits, mempool=build_mempool(ccfg, sources[cid]),
+                              mempool_drop_after_s=float(ccfg.mempool.drop_after_s),
+                              mempool_interval_s=ccfg.mempool.poll_interval_ms / 1000)
             self.followers[cid] = f
             statuses[cid] = f.status  # the health server reads this same mapping
             return f

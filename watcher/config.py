@@ -51,10 +51,21 @@ class TraceMode(StrEnum):
 class Endpoint:
     name: str
     url: str
+    username: str | None = None
+    """HTTP basic auth, read from the environment or a secret file, never from the YAML."""
+    password: str | None = None
 
     def __repr__(self) -> str:
         # URLs often carry API keys in the path or query; only the name is safe to print.
         return f"Endpoint(name={self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class MempoolConfig:
+    enabled: bool
+    poll_interval_ms: int
+    drop_after_s: int
+    """A seen transaction gone from the mempool this long (and not mined) is reverted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +124,10 @@ class ChainConfig:
     rpc_timeout_ms: int
     rpc_max_attempts: int
     lag_tolerance_blocks: int
+    dust_threshold: int = 0
+    """Outputs below this many base units are ignored (and counted); UTXO chains only."""
+    mempool: MempoolConfig = MempoolConfig(enabled=False, poll_interval_ms=1000,
+                                           drop_after_s=86_400)
     confirm_quorum: int = 1
     """Endpoints that must report a deposit's block hash at its height in their canonical
     chain before ``deposit.confirmed`` (1: the followed endpoint alone, no extra request)."""
@@ -186,8 +201,9 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> WatcherC
         raise ConfigError("<file>", f"{p} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError("<root>", "must be a mapping")
-    apply_env_overrides(raw, os.environ if environ is None else environ)
-    return parse(raw, base_dir=p.parent)
+    env = os.environ if environ is None else environ
+    apply_env_overrides(raw, env)
+    return parse(raw, base_dir=p.parent, environ=env)
 
 
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -213,7 +229,11 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None
         node[path[-1]] = parsed
 
 
-def parse(raw: Mapping[str, Any], base_dir: Path = Path()) -> WatcherConfig:
+def parse(raw: Mapping[str, Any], base_dir: Path = Path(),
+          environ: Mapping[str, str] | None = None) -> WatcherConfig:
+    """Validates a raw mapping; ``environ`` (default: the process's) and ``base_dir`` (for
+    relative paths) are where endpoint credentials are read from."""
+    env = os.environ if environ is None else environ
     r = _Reader(raw, "")
     r.only({"kafka", "chains", "metrics", "addresses_file", "logging", "leadership",
             "shutdown_grace_s"})
@@ -225,7 +245,7 @@ def parse(raw: Mapping[str, Any], base_dir: Path = Path()) -> WatcherConfig:
     for cid in chains_raw.raw:
         if not isinstance(cid, str) or not _CHAIN_ID_RE.match(cid):
             raise ConfigError(f"chains.{cid}", "chain id must match [a-z][a-z0-9_-]{0,31}")
-        chains[ChainId(cid)] = _parse_chain(ChainId(cid), chains_raw.section(cid))
+        chains[ChainId(cid)] = _parse_chain(ChainId(cid), chains_raw.section(cid), base_dir, env)
     metrics = r.section("metrics", required=False)
     metrics.only({"host", "port"})
     logging_ = r.section("logging", required=False)
@@ -288,11 +308,12 @@ def _parse_kafka(r: _Reader) -> KafkaConfig:
     )
 
 
-def _parse_chain(cid: ChainId, r: _Reader) -> ChainConfig:
+def _parse_chain(cid: ChainId, r: _Reader, base_dir: Path, environ: Mapping[str, str]
+                 ) -> ChainConfig:
     r.only({"family", "chain_id", "network", "endpoints", "poll_interval_ms", "start_block",
             "reorg_window", "finality", "native_asset", "tokens", "confirmations", "traces",
             "batch_size", "blocks_per_request", "max_concurrency", "rpc_timeout_ms", "rpc_max_attempts",
-            "lag_tolerance_blocks", "confirm_quorum"})
+            "lag_tolerance_blocks", "dust_threshold", "mempool", "confirm_quorum"})
     family_text = r.text("family")
     try:
         family = Family(family_text)
@@ -302,8 +323,16 @@ def _parse_chain(cid: ChainId, r: _Reader) -> ChainConfig:
     if family is Family.EVM and chain_id is None:
         raise ConfigError(r.key("chain_id"), "required for an evm chain (checked against the node)")
     network = r.opt_text("network")
-    if family is Family.BITCOIN and network is None:
-        raise ConfigError(r.key("network"), "required for a bitcoin chain (e.g. bitcoin, testnet, regtest)")
+    if family is Family.BITCOIN:
+        known = _bitcoin_networks()
+        if network is None:
+            raise ConfigError(r.key("network"),
+                              f"required for a bitcoin chain; one of {', '.join(known)}")
+        if network not in known:
+            raise ConfigError(r.key("network"),
+                              f"unknown network {network!r}; one of {', '.join(known)}")
+    elif network is not None:
+        raise ConfigError(r.key("network"), "only for a bitcoin chain (an evm chain has chain_id)")
 
     endpoints_raw = r.items("endpoints")
     if not endpoints_raw:
@@ -311,15 +340,30 @@ def _parse_chain(cid: ChainId, r: _Reader) -> ChainConfig:
     endpoints: list[Endpoint] = []
     for i, item in enumerate(endpoints_raw):
         er = _Reader(item, r.key(f"endpoints[{i}]"))
-        er.only({"name", "url"})
+        er.only({"name", "url", *_CREDENTIAL_KEYS})
         url = er.text("url")
-        parts = urlsplit(url)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError:
+            # Never echo the text: a malformed URL may still hold a password.
+            raise ConfigError(er.key("url"), "must be an http(s) URL with a host") from None
+        if parts.scheme not in {"http", "https"} or not host:
             raise ConfigError(er.key("url"), "must be an http(s) URL with a host")
+        if "@" in parts.netloc:
+            raise ConfigError(er.key("url"),
+                              "must not embed credentials (user:password@); use username_env "
+                              "or username_file and password_env or password_file")
         name = er.text("name", f"endpoint{i}")
         if not re.match(r"^[A-Za-z0-9_.-]{1,40}$", name):
             raise ConfigError(er.key("name"), "1-40 characters of [A-Za-z0-9_.-] (used as a metric label)")
-        endpoints.append(Endpoint(name=name, url=url))
+        username = _secret(er, "username", base_dir, environ)
+        password = _secret(er, "password", base_dir, environ)
+        if (username is None) != (password is None):
+            missing = "password" if password is None else "username"
+            raise ConfigError(er.key(f"{missing}_env"),
+                              f"{missing}_env or {missing}_file is required with the other credential")
+        endpoints.append(Endpoint(name=name, url=url, username=username, password=password))
     if len({e.name for e in endpoints}) != len(endpoints):
         raise ConfigError(r.key("endpoints"), "endpoint names must be unique")
     confirm_quorum = r.integer("confirm_quorum", 1, lo=1)
@@ -390,6 +434,16 @@ def _parse_chain(cid: ChainId, r: _Reader) -> ChainConfig:
     except ValueError:
         raise ConfigError(r.key("traces"), "must be auto, on or off") from None
 
+    dust_threshold = r.integer("dust_threshold", 546 if family is Family.BITCOIN else 0,
+                               lo=0, hi=21_000_000 * 100_000_000)
+    mp = r.section("mempool", required=False)
+    mp.only({"enabled", "poll_interval_ms", "drop_after_s"})
+    mempool = MempoolConfig(enabled=mp.flag("enabled", False),
+                            poll_interval_ms=mp.integer("poll_interval_ms", 1000, lo=50, hi=600_000),
+                            drop_after_s=mp.integer("drop_after_s", 86_400, lo=1, hi=30 * 86_400))
+    if mempool.enabled and family is not Family.BITCOIN:
+        raise ConfigError(mp.key("enabled"), "mempool watching is for bitcoin chains only")
+
     return ChainConfig(
         id=cid,
         family=family,
@@ -413,8 +467,46 @@ def _parse_chain(cid: ChainId, r: _Reader) -> ChainConfig:
         rpc_timeout_ms=r.integer("rpc_timeout_ms", 10_000, lo=100, hi=300_000),
         rpc_max_attempts=r.integer("rpc_max_attempts", 5, lo=1, hi=100),
         lag_tolerance_blocks=r.integer("lag_tolerance_blocks", 0, lo=0, hi=10_000),
+        dust_threshold=dust_threshold,
+        mempool=mempool,
         confirm_quorum=confirm_quorum,
     )
+
+
+_CREDENTIAL_KEYS = ("username_env", "username_file", "password_env", "password_file")
+
+
+def _bitcoin_networks() -> tuple[str, ...]:
+    from chains.bitcoin.networks import NETWORKS
+
+    return tuple(sorted(NETWORKS))
+
+
+def _secret(er: _Reader, what: str, base_dir: Path, environ: Mapping[str, str]) -> str | None:
+    """A credential from ``<what>_env`` (an environment variable's name) or ``<what>_file``
+    (a mounted secret, relative to the config file); None when neither is given. The value
+    itself never appears in an error."""
+    env_name = er.opt_text(f"{what}_env")
+    file_name = er.opt_text(f"{what}_file")
+    if env_name is not None and file_name is not None:
+        raise ConfigError(er.key(f"{what}_env"), f"give {what}_env or {what}_file, not both")
+    if env_name is not None:
+        value = environ.get(env_name)
+        if not value:
+            raise ConfigError(er.key(f"{what}_env"),
+                              f"environment variable {env_name} is not set or empty")
+        return value
+    if file_name is not None:
+        path = base_dir / file_name
+        try:
+            value = path.read_text(encoding="utf-8").strip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(er.key(f"{what}_file"), f"cannot read {path}: {reason}") from None
+        if not value:
+            raise ConfigError(er.key(f"{what}_file"), f"{path} is empty")
+        return value
+    return None
 
 
 def _parse_rule(conf: _Reader, asset: str) -> ConfirmationRule:

@@ -91,6 +91,7 @@ LEADERSHIP_CHANGES = Counter("watcher_leadership_changes_total",
                              "Leadership acquired or lost by this replica", ["chain", "change"],
                              registry=REGISTRY)
 
+
 # ---- endpoint pool, verified answers, cross-checked confirmations (issue #6, pool)
 
 ENDPOINT_STATE = Gauge("watcher_endpoint_state",
@@ -113,3 +114,19 @@ OPERATOR_RESUMES = Counter("watcher_operator_resumes_total",
                            "Halted chains resumed by an operator (`watcher halt resume`), counted "
                            "by the instance that loads the resumed checkpoint",
                            ["chain"], registry=REGISTRY)
+
+# ---- Bitcoin family: RPC client and UTXO chain source (issue #7, btcrpc)
+
+DUST_OUTPUTS_IGNORED = Counter("watcher_dust_outputs_ignored_total",
+                               "Outputs paying watched addresses below the chain's dust_threshold: "
+                               "no deposit event", ["chain"], registry=REGISTRY)
+BLOCK_BYTES_FETCHED = Counter("watcher_block_bytes_fetched_total",
+                              "Bytes of raw blocks fetched from nodes (verbosity 0)",
+                              ["chain"], registry=REGISTRY)
+MEMPOOL_TXS_FETCHED = Counter("watcher_mempool_transactions_fetched_total",
+                              "Mempool transactions fetched and parsed (only new ones per poll)",
+                              ["chain"], registry=REGISTRY)
+MEMPOOL_TXS_UNREADABLE = Counter("watcher_mempool_transactions_unreadable_total",
+                                 "Mempool transactions left out because they could not be parsed "
+                                 "or were not the transaction asked for", ["chain"],
+                                 registry=REGISTRY)

@@ -7,4 +7,7 @@ cd "$(dirname "$0")/../.."
 python3 deploy/local/devstack.py install
 echo "== catch-up"; .venv/bin/python -m bench.catchup
 echo "== latency"; .venv/bin/python -m bench.latency
+echo "== bitcoin catch-up (btcd regtest)"; .venv/bin/python -m bench.btc_catchup
 echo "== address index memory"; .venv/bin/python -m bench.address_memory --sizes 1000000,10000000
+echo "== address index memory, 34-byte UTXO keys"; .venv/bin/python -m bench.address_memory --sizes 10000000 --impls index --key-size 34
+echo "== bitcoin block scan"; .venv/bin/python -m bench.btc_scan

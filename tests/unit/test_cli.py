@@ -15,10 +15,15 @@ from watcher.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_check_config_accepts_the_shipped_example(capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_accepts_the_shipped_example(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BTC_RPC_USER", "watcher-example")
+    monkeypatch.setenv("BTC_RPC_PASSWORD", "example-password")
     assert main(["check-config", "-c", str(ROOT / "config" / "example.yaml")]) == 0
     out = capsys.readouterr().out
     assert "eth: family=evm" in out and "configuration ok" in out
+    assert "btc: family=bitcoin" in out
+    assert "example-password" not in out
     assert "geth-0" not in out  # endpoint URLs (which may hold API keys) are never printed
 
 
@@ -81,6 +86,7 @@ def test_kafka_down_is_exit_3_at_once_without_library_chatter() -> None:
 def test_addresses_file_of_several_chains_is_read_for_the_one_asked(tmp_path: Path) -> None:
     raw = yaml.safe_load((ROOT / "config" / "local.yaml").read_text())
     raw["chains"]["polygon"] = {**raw["chains"]["eth"], "chain_id": 137}
+    raw["chains"].pop("btc", None)  # its credential files are relative to config/, not tmp
     raw["addresses_file"] = str(tmp_path / "addresses.yaml")
     (tmp_path / "addresses.yaml").write_text(
         "eth: ['0xa0Ee7A142d267C1f36714E4a8F75612F20a79720']\n"

@@ -38,11 +38,20 @@ def with_(path: str, value: Any) -> dict[str, Any]:
 
 DELETE = object()
 
+# The shipped example reads its Bitcoin endpoints' credentials from these variables.
+EXAMPLE_ENV = {"BTC_RPC_USER": "watcher-example", "BTC_RPC_PASSWORD": "example-password"}
+
+
+@pytest.fixture(autouse=True)
+def _example_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in EXAMPLE_ENV.items():
+        monkeypatch.setenv(name, value)
+
 
 @pytest.mark.parametrize("name", ["example.yaml", "local.yaml"])
 def test_shipped_configs_load(name: str) -> None:
-    cfg = load(ROOT / "config" / name, environ={})
-    assert cfg.chains
+    cfg = load(ROOT / "config" / name, environ=EXAMPLE_ENV)
+    assert set(cfg.chains) == {"eth", "btc"}
 
 
 def test_example_values() -> None:

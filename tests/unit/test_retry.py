@@ -52,13 +52,14 @@ async def test_other_errors_are_not_retried(error: BaseException) -> None:
 
 
 async def test_no_sleep_ends_past_the_deadline() -> None:
-    # Backoff starts at 1 s but the deadline is 50 ms: give up after one attempt, at once.
-    flaky = Flaky(ChainError(R, "a"), ChainError(R, "b"))
+    # Backoff draws up to 1 s but the deadline is 50 ms: a wait that would end past the
+    # deadline is never taken (a draw under 50 ms, 5 % of the time, allows one more try).
+    flaky = Flaky(ChainError(R, "a"), ChainError(R, "b"), ChainError(R, "c"))
     started = time.monotonic()
     with pytest.raises(ChainError):
         await RetryPolicy(max_attempts=5, deadline_s=0.05, backoff_base_s=1.0,
                           backoff_cap_s=1.0).run(flaky)
-    assert flaky.calls == 1 and time.monotonic() - started < 0.5
+    assert flaky.calls <= 2 and time.monotonic() - started < 0.5
 
 
 async def test_an_attempt_still_running_at_the_deadline_is_cut_short() -> None:

@@ -4,6 +4,7 @@ end of the drain, a follower's failure is raised; the config bounds the grace pe
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from pathlib import Path
 
@@ -61,6 +62,8 @@ async def test_a_failing_follower_is_raised() -> None:
 def config_with(tmp_path: Path, **top: object) -> Path:
     raw = yaml.safe_load((ROOT / "config" / "local.yaml").read_text())
     raw.update(top)
+    # Relative paths in it (the btc chain's credential files) resolve beside the copy.
+    shutil.copytree(ROOT / "config" / "local", tmp_path / "local", dirs_exist_ok=True)
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(raw))
     return p
