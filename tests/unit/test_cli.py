@@ -1,4 +1,4 @@
-"""The CLI: a bad configuration stops the start with the key and the reason, exit code 2."""
+"""The CLI: one line and a documented exit code on every error; secrets masked in its output."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from watcher.cli import main
+from watcher.errors import ErrorKind, SinkError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,7 +19,84 @@ def test_check_config_accepts_the_shipped_example(capsys: pytest.CaptureFixture[
     assert main(["check-config", "-c", str(ROOT / "config" / "example.yaml")]) == 0
     out = capsys.readouterr().out
     assert "eth: family=evm" in out and "configuration ok" in out
-    assert "geth-0" not in out  # endpoint URLs (which may hold API keys) are never printed
+    effective = yaml.safe_load(out.split("eth: family=evm")[0])
+    assert effective["chains"]["eth"]["endpoints"][0] == {"name": "primary", "url": "http://geth-0.geth:8545"}
+    assert effective["chains"]["eth"]["finality_mode"] == "finalized"
+    assert effective["kafka"]["sasl_password"] is None
+
+
+SECRET_URL_CONFIG = """
+kafka: {bootstrap_servers: "127.0.0.1:9092", security_protocol: SASL_SSL, sasl_mechanism: PLAIN,
+        sasl_username: svc}
+chains:
+  eth:
+    family: evm
+    chain_id: 1
+    endpoints:
+      - {name: infura, url: "https://mainnet.infura.io/v3/0123456789abcdef0123456789abcdef"}
+      - {name: creds, url: "https://rpcuser:Rpc-Pa55word@node.internal:8545/?apikey=QueryKey99"}
+    native_asset: {symbol: ETH, decimals: 18}
+"""
+
+
+def test_check_config_masks_every_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "secret.yaml"
+    path.write_text(SECRET_URL_CONFIG)
+    monkeypatch.setenv("WATCHER__KAFKA__SASL_PASSWORD", "Sasl-Secret-From-Env")
+    assert main(["check-config", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    for secret in ("Sasl-Secret-From-Env", "0123456789abcdef0123456789abcdef", "rpcuser",
+                   "Rpc-Pa55word", "QueryKey99"):
+        assert secret not in out
+    effective = yaml.safe_load(out.split("eth: family=evm")[0])
+    assert effective["kafka"]["sasl_password"] == "***"
+    assert [e["url"] for e in effective["chains"]["eth"]["endpoints"]] == [
+        "https://mainnet.infura.io/v3/***", "https://***@node.internal:8545/?apikey=***"]
+
+
+def test_usage_error_is_one_line_exit_2() -> None:
+    proc = subprocess.run([sys.executable, "-m", "watcher.cli", "tail"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("watcher: ")
+    assert "--config" in proc.stderr
+
+
+def test_missing_file_exits_2_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "watcher.cli", "check-config", "-c",
+                           str(tmp_path / "absent.yaml")], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("watcher: config <file>: cannot read") and "Traceback" not in proc.stderr
+
+
+def test_runtime_failure_exits_1_with_secrets_masked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import watcher.tail
+
+    async def unreachable(*_: object, **__: object) -> int:
+        raise SinkError(ErrorKind.RETRIABLE, "cannot reach https://rpcuser:Rpc-Pa55word@node.internal:8545")
+
+    monkeypatch.setattr(watcher.tail, "tail", unreachable)
+    path = tmp_path / "secret.yaml"
+    path.write_text(SECRET_URL_CONFIG)
+    monkeypatch.setenv("WATCHER__KAFKA__SASL_PASSWORD", "Sasl-Secret-From-Env")
+    assert main(["tail", "-c", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err == "watcher: [retriable] cannot reach https://***@node.internal:8545\n"
+
+
+def test_internal_error_exits_4_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import watcher.cli
+
+    def broken(*_: object) -> int:
+        raise KeyError("chains")
+
+    monkeypatch.setattr(watcher.cli, "_check_config", broken)
+    assert main(["check-config", "-c", str(ROOT / "config" / "example.yaml")]) == 4
+    assert capsys.readouterr().err == "watcher: internal error: KeyError: 'chains'\n"
 
 
 @pytest.mark.parametrize("command", ["run", "check-config"])
