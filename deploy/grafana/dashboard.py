@@ -37,6 +37,7 @@ DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 C = 'chain=~"$chain"'
 """The chain selector every expression applies (the dashboard's ``chain`` variable)."""
 RI = "$__rate_interval"
+RANGE = "$__range"
 
 Kind = Literal["timeseries", "stat", "state"]
 
@@ -102,8 +103,9 @@ ROWS: tuple[tuple[str, bool, tuple[Spec, ...]], ...] = (
         Spec("Block-to-event latency", quantiles("watcher_detection_latency_seconds", "chain", "{{chain}}"),
              unit="s", description="Block timestamp to committed deposit event: the payments SLO."),
         Spec("Reversals after confirmation", (
-            q(f"sum by (chain) (increase(watcher_deposits_reverted_after_confirmation_total{{{C}}}[$__range]))",
-              "{{chain}}"),), kind="stat", width=8,
+            q("sum by (chain) (increase("
+              f"watcher_deposits_reverted_after_confirmation_total{{{C}}}[{RANGE}]))", "{{chain}}"),),
+             kind="stat", width=8,
              description="Confirmed deposits reverted in the selected range: credit may need reversal "
                          "(alert: WatcherDepositReversedAfterCredit)."),
         Spec("Deposits inside the reorg window", (
@@ -119,10 +121,11 @@ ROWS: tuple[tuple[str, bool, tuple[Spec, ...]], ...] = (
     ("Reorgs and finality", False, (
         Spec("Reorgs", (q(f"sum by (chain) (increase(watcher_reorgs_total{{{C}}}[{RI}]))", "{{chain}}"),)),
         Spec("Reorg depth", (
-            q(f"histogram_quantile(0.99, sum by (chain, le) (increase(watcher_reorg_depth_blocks_bucket{{{C}}}[$__range])))",
-              "{{chain}} p99 in range"),), unit="none", kind="stat"),
+            q("histogram_quantile(0.99, sum by (chain, le) "
+              f"(increase(watcher_reorg_depth_blocks_bucket{{{C}}}[{RANGE}])))", "{{chain}} p99 in range"),),
+             unit="none", kind="stat"),
         Spec("Reorgs beyond the window (halts)", (
-            q(f"sum by (chain) (increase(watcher_reorg_beyond_window_total{{{C}}}[$__range]))", "{{chain}}"),),
+            q(f"sum by (chain) (increase(watcher_reorg_beyond_window_total{{{C}}}[{RANGE}]))", "{{chain}}"),),
              kind="stat", description="Any value above 0 halted the chain (WatcherReorgBeyondWindow)."),
     )),
     ("Endpoints and RPC", False, (

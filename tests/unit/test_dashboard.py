@@ -38,8 +38,9 @@ def test_dashboard_shape() -> None:
     ids = [p["id"] for p in board["panels"]] + [q["id"] for r in rows for q in r["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     titles = {p["title"] for p in board["panels"]} | {q["title"] for r in rows for q in r["panels"]}
-    for wanted in ("Node head and processed height", "Lag (blocks)", "Lag (seconds)", "Block-to-event latency",
-                   "Reorgs", "Reorg depth", "Endpoint states", "RPC errors / s", "RPC retries / s",
+    for wanted in ("Node head and processed height", "Lag (blocks)", "Lag (seconds)",
+                   "Block-to-event latency", "Reorgs", "Reorg depth", "Endpoint states", "RPC errors / s",
+                   "RPC retries / s",
                    "Deposit events by type", "Reversals after confirmation", "Kafka commit latency",
                    "Kafka transactions by outcome", "Watched addresses", "Registrations and dead letters",
                    "Stuck withdrawals", "Withdrawal events by type", "Hot-wallet balance (base units)",

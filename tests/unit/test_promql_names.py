@@ -142,7 +142,8 @@ def test_panels_on_pending_metrics_say_which_slice() -> None:
                 names |= metric_names(promql_parser.parse(substitute(t["expr"])))
             for name in names & PENDING.keys():
                 said = f"{row_title} {inner.get('title', '')} {inner.get('description', '')}"
-                assert PENDING[name] in said, f"panel {inner['title']!r} uses {name} without naming {PENDING[name]}"
+                assert PENDING[name] in said, \
+                    f"panel {inner['title']!r} uses {name} without naming {PENDING[name]}"
 
 
 def test_chain_variable_reads_a_declared_metric() -> None:
