@@ -1,0 +1,122 @@
+"""The narrow interfaces between the runtime and the outside world.
+
+One protocol per chain family (implemented in ``chains/<family>``) and one for
+the transactional sink (implemented over Kafka in ``watcher/kafka``). The
+runtime sees nothing else of a node or a broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from watcher.types import Address, AddressKey, BlockContents, BlockHash, BlockRef, ChainHead
+
+
+class WatchedAddressLookup(Protocol):
+    def __contains__(self, key: object) -> bool: ...
+
+
+class AddressCodec(Protocol):
+    """Parses a chain family's address text into canonical text and an index key."""
+
+    def parse(self, text: str) -> tuple[Address, AddressKey]:
+        """Raises :class:`watcher.errors.InvalidAddress` with the reason."""
+        ...
+
+
+class NodeClient(Protocol):
+    """One endpoint of one chain, as its chain family asks it: the only part of endpoint
+    handling a family supplies.
+
+    The chain-agnostic :class:`watcher.runtime.pool.EndpointPool` owns every client of a
+    chain: it verifies identity, polls heads, keeps one explicit state per endpoint
+    (:mod:`watcher.core.endpoints`), picks which endpoint answers, retries and fails over.
+    A family's client adds its own request methods (blocks, logs, raw transactions) beside
+    these three; each raises only :class:`watcher.errors.ChainError` (classified at the
+    family's edge), :class:`watcher.errors.NodeAnswerInvalid` for an answer that fails a
+    check, or :class:`watcher.errors.ChainIdentityMismatch`.
+    """
+
+    @property
+    def name(self) -> str:
+        """The configured endpoint name: the only way it is ever named in logs and labels."""
+        ...
+
+    async def identify(self) -> None:
+        """Checks that this endpoint serves the configured chain (EVM chain id, UTXO genesis
+        hash or network). Raises :class:`ChainIdentityMismatch` when it serves another one,
+        a RETRIABLE :class:`ChainError` when it cannot be asked."""
+        ...
+
+    async def head(self) -> ChainHead:
+        """The endpoint's tip (and finalized height where the chain has one)."""
+        ...
+
+    async def close(self) -> None:
+        ...
+
+
+class ChainSource(Protocol):
+    """Read access to one chain through one or more nodes.
+
+    Every answer is checked by the adapter before it is returned: hashes are
+    recomputed or compared with what was asked for, and shapes validated.
+    Errors are raised as :class:`watcher.errors.ChainError`.
+    """
+
+    async def verify_identity(self) -> None:
+        """Raises :class:`watcher.errors.ChainIdentityMismatch` if a node serves another chain."""
+        ...
+
+    async def head(self) -> ChainHead:
+        """The tip of the best in-sync node; a lagging node is never the answer."""
+        ...
+
+    async def headers(self, start: int, count: int) -> list[BlockRef]:
+        """Headers ``start .. start+count-1`` from one node, possibly fewer at its tip.
+
+        The caller checks parent links; heights are only a way to ask.
+        """
+        ...
+
+    async def header_by_hash(self, block_hash: BlockHash) -> BlockRef | None:
+        ...
+
+    async def contents(
+        self, refs: Sequence[BlockRef], watched: WatchedAddressLookup
+    ) -> list[BlockContents]:
+        """Transfers to watched addresses in each block, fetched by hash, in the order given."""
+        ...
+
+    async def close(self) -> None:
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    topic: str
+    key: bytes
+    value: bytes | None
+
+
+class TransactionalSink(Protocol):
+    """Publishes records and the chain's checkpoint as one atomic step."""
+
+    async def start(self) -> None:
+        """Fences any older instance with the same transactional id."""
+        ...
+
+    async def load_checkpoint(self, name: str) -> bytes | None:
+        """The last committed checkpoint; call after :meth:`start` so open transactions of a
+        fenced instance are aborted and cannot hold back the read."""
+        ...
+
+    async def commit(self, records: Sequence[OutRecord], checkpoint_name: str,
+                     checkpoint: bytes) -> None:
+        """All records and the checkpoint become visible together, or none does."""
+        ...
+
+    async def stop(self) -> None:
+        ...

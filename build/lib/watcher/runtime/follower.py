@@ -1,0 +1,369 @@
+"""The per-chain loop: ask the node, let the core decide, publish and checkpoint at once.
+
+Each step reads the committed state, fetches what the window's decision needs,
+applies it in memory, and commits the resulting events together with the new
+state snapshot in one Kafka transaction. If the commit fails the in-memory
+state is thrown away and reloaded from the last committed checkpoint, so the
+published stream and the checkpoint can never disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+import structlog
+
+from watcher import metrics
+from watcher.config import ChainConfig, FinalityMode
+from watcher.core.chainstate import ChainState, SnapshotError
+from watcher.core.window import BeyondWindow, BrokenBranch, Extend, NeedParent, Rewind, linked_prefix
+from watcher.errors import ChainError, ErrorKind, SinkError
+from watcher.events import deposit_record
+from watcher.ports import AddressCodec, ChainSource, OutRecord, TransactionalSink
+from watcher.types import AddressKey, BlockContents, BlockRef, ChainHead, DepositEventType, Transfer
+
+log = structlog.get_logger("watcher.follower")
+
+
+class LabelledAddresses(Protocol):
+    def __contains__(self, key: object) -> bool: ...
+    def label(self, key: bytes) -> str | None: ...
+
+
+class StepOutcome(StrEnum):
+    PROGRESS = "progress"
+    """Blocks were committed and the node is further ahead: step again at once."""
+    CAUGHT_UP = "caught_up"
+    IDLE = "idle"
+    LAGGING_NODE = "lagging_node"
+    HALTED = "halted"
+
+
+@dataclass
+class FollowerStatus:
+    started: bool = False
+    started_at: float = 0.0
+    halted_reason: str | None = None
+    fenced: bool = False
+    last_ok_at: float = 0.0
+    processed_height: int | None = None
+    head_height: int | None = None
+    last_error: str | None = None
+    caught_up: bool = False
+    committed_events: int = 0
+    listeners: list[Callable[[], None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    added: tuple[BlockRef, ...]
+    contents: tuple[BlockContents, ...]
+
+
+class ChainFollower:
+    def __init__(self, cfg: ChainConfig, source: ChainSource, sink: TransactionalSink,
+                 addresses: LabelledAddresses, codec: AddressCodec, deposits_topic: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.sink = sink
+        self.addresses = addresses
+        self.codec = codec
+        self.topic = deposits_topic
+        self.clock = clock
+        self.status = FollowerStatus()
+        self.state: ChainState | None = None
+        self._checkpoint_name = f"chain:{cfg.id}"
+        self._prefetch: asyncio.Task[_Batch | None] | None = None
+        self._node_behind = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        # Fence first: an older instance's open transaction is aborted by this, and only
+        # then can the checkpoint be read up to the true end.
+        await self.sink.start()
+        await self.source.verify_identity()
+        self.status.started = True
+        self.status.started_at = self.clock()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        poll = self.cfg.poll_interval_ms / 1000
+        while not stop.is_set():
+            outcome = await self.step()
+            if outcome is StepOutcome.HALTED and self.status.fenced:
+                return
+            if outcome is StepOutcome.PROGRESS:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), poll)
+        await self._cancel_prefetch()
+
+    async def close(self) -> None:
+        await self._cancel_prefetch()
+
+    # ------------------------------------------------------------ one step
+
+    async def step(self) -> StepOutcome:
+        chain = self.cfg.id
+        if self.status.halted_reason is not None:
+            return StepOutcome.HALTED
+        try:
+            return await self._step()
+        except SinkError as exc:
+            await self._cancel_prefetch()
+            self.state = None
+            metrics.CYCLE_ERRORS.labels(chain, exc.kind.value).inc()
+            self.status.last_error = str(exc)
+            if exc.kind is ErrorKind.FENCED:
+                self.status.fenced = True
+                self._halt("fenced: another instance owns this chain's transactional id")
+                return StepOutcome.HALTED
+            log.warning("commit failed; state reloaded from the last checkpoint", chain=chain,
+                        error=str(exc))
+            return StepOutcome.IDLE
+        except ChainError as exc:
+            await self._cancel_prefetch()
+            metrics.CYCLE_ERRORS.labels(chain, exc.kind.value).inc()
+            self.status.last_error = str(exc)
+            log.warning("node error", chain=chain, kind=exc.kind.value, error=str(exc))
+            return StepOutcome.IDLE
+        except SnapshotError as exc:
+            # Halted in _load_state; nothing can be decided without the committed state.
+            log.critical("checkpoint unreadable; chain halted", chain=chain, error=str(exc))
+            return StepOutcome.HALTED
+        except BrokenBranch as exc:
+            await self._cancel_prefetch()
+            metrics.CYCLE_ERRORS.labels(chain, "broken_branch").inc()
+            self.status.last_error = str(exc)
+            log.warning("node answered a branch that does not link; retrying", chain=chain,
+                        error=str(exc))
+            return StepOutcome.IDLE
+
+    async def _step(self) -> StepOutcome:
+        chain = self.cfg.id
+        if self.state is None:
+            self.state = await self._load_state()
+        state = self.state
+        head = await self.source.head()
+        self._observe_head(head)
+        tip = state.tip
+        bound = log.bind(chain=chain, height=tip.number if tip else None,
+                         block_hash=tip.hash if tip else None)
+
+        if tip is not None:
+            if head.number < tip.number:
+                # Never a reorg: a node behind what we already verified is just behind. Said
+                # once per episode, not at every poll; readiness and the lag metrics carry on.
+                if not self._node_behind:
+                    bound.warning("node is behind the processed tip; waiting for it",
+                                  node_head=head.number)
+                    self._node_behind = True
+                self.status.last_error = f"node head {head.number} is behind processed {tip.number}"
+                return StepOutcome.LAGGING_NODE
+            if self._node_behind:
+                bound.info("node caught up with the processed tip", node_head=head.number)
+                self._node_behind = False
+            if head.hash == tip.hash:
+                state.window.set_finalized(self._finalized(head, tip))
+                self._mark_ok(caught_up=True)
+                return StepOutcome.CAUGHT_UP
+
+        batch = await self._next_batch(head, state)
+        if batch is None:
+            return StepOutcome.IDLE
+        if isinstance(batch, BeyondWindow):
+            metrics.REORG_BEYOND_WINDOW.labels(chain).inc()
+            self._halt(f"reorg beyond the window: {batch.reason} (branch starts at "
+                       f"{batch.branch_start.number} {batch.branch_start.hash})")
+            bound.critical("reorg beyond the window or below finality; chain halted",
+                           reason=batch.reason, branch_start=batch.branch_start.number,
+                           window_bottom=batch.window_bottom.number)
+            return StepOutcome.HALTED
+
+        decision, contents = batch
+        applied = state.apply(decision, contents, self._label_of)
+        now = self.clock()
+        records: list[OutRecord] = [deposit_record(self.topic, chain, ev, now)
+                                    for ev in applied.events]
+        new_tip = state.tip
+        assert new_tip is not None
+        # Only now is the window known to be the node's chain up to new_tip, so only now may
+        # finality advance; taking it from the node's head before the branch was checked would
+        # flag a reorg that happened while we were down as a finality violation.
+        state.window.set_finalized(self._finalized(head, new_tip))
+        # Start fetching the next range while this one commits.
+        self._start_prefetch(new_tip, head)
+        await self.sink.commit(records, self._checkpoint_name, state.snapshot())
+
+        for ev in applied.events:
+            metrics.DEPOSIT_EVENTS.labels(chain, ev.type.value).inc()
+            if ev.type is DepositEventType.REVERTED and \
+                    ev.previous_type is DepositEventType.CONFIRMED:
+                metrics.REVERTED_AFTER_CONFIRMATION.labels(chain).inc()
+                bound.error("deposit reverted after it was confirmed",
+                            deposit_id=ev.deposit.deposit_id, block_hash=ev.deposit.block.hash)
+            if ev.type is not DepositEventType.REVERTED and ev.deposit.block.timestamp:
+                metrics.DETECTION_LATENCY.labels(chain).observe(
+                    max(0.0, now - ev.deposit.block.timestamp))
+        if applied.reorg_depth:
+            metrics.REORGS.labels(chain).inc()
+            metrics.REORG_DEPTH.labels(chain).observe(applied.reorg_depth)
+            bound.warning("reorg", depth=applied.reorg_depth, new_tip=new_tip.number,
+                          new_tip_hash=new_tip.hash)
+        metrics.BLOCKS_PROCESSED.labels(chain).inc(len(decision.added))
+        metrics.PROCESSED_HEIGHT.labels(chain).set(new_tip.number)
+        metrics.LAG_BLOCKS.labels(chain).set(max(0, head.number - new_tip.number))
+        if new_tip.timestamp:
+            metrics.LAG_SECONDS.labels(chain).set(max(0.0, now - new_tip.timestamp))
+        metrics.TRACKED_DEPOSITS.labels(chain).set(len(state.tracker))
+        self.status.committed_events += len(records)
+        self.status.processed_height = new_tip.number
+        behind = head.number > new_tip.number
+        self._mark_ok(caught_up=not behind)
+        return StepOutcome.PROGRESS if behind else StepOutcome.CAUGHT_UP
+
+    # ------------------------------------------------------------ fetching
+
+    async def _next_batch(self, head: ChainHead, state: ChainState
+                          ) -> tuple[Extend | Rewind, tuple[BlockContents, ...]] | BeyondWindow | None:
+        tip = state.tip
+        prefetched = await self._take_prefetch()
+        if prefetched is not None and tip is not None and prefetched.added and \
+                prefetched.added[0].parent_hash == tip.hash:
+            return Extend(prefetched.added), prefetched.contents
+
+        if tip is None:
+            start = self.cfg.start_block if self.cfg.start_block is not None else head.number
+            if start > head.number:
+                return None  # the configured start is not mined yet: nothing below it counts
+            count = max(1, min(self.cfg.batch_size, head.number - start + 1))
+        else:
+            start = tip.number + 1
+            count = min(self.cfg.batch_size, head.number - tip.number)
+        branch: list[BlockRef] = []
+        if count > 0:
+            branch = linked_prefix(await self.source.headers(start, count))
+        if not branch:
+            # Same height, other hash (or the node lost the range): start from its head.
+            ref = await self.source.header_by_hash(head.hash)
+            if ref is None:
+                return None
+            branch = [ref]
+
+        decision = state.window.decide(branch)
+        walked = 0
+        while isinstance(decision, NeedParent):
+            walked += 1
+            if walked > state.window.size + 1:
+                raise BrokenBranch("walked back further than the window without a fork point")
+            parent = await self.source.header_by_hash(decision.parent_hash)
+            if parent is None:
+                raise ChainError(ErrorKind.RETRIABLE,
+                                 f"node lacks block {decision.parent_hash} it named as a parent")
+            if parent.hash != decision.parent_hash or parent.number != decision.number:
+                raise BrokenBranch(f"asked for {decision.parent_hash}, got {parent.hash}")
+            branch.insert(0, parent)
+            decision = state.window.decide(branch)
+        if isinstance(decision, BeyondWindow):
+            return decision
+        contents = await self.source.contents(decision.added, self.addresses)
+        return decision, tuple(contents)
+
+    def _start_prefetch(self, tip: BlockRef, head: ChainHead) -> None:
+        remaining = head.number - tip.number
+        if remaining <= 0 or self._prefetch is not None:
+            return
+        self._prefetch = asyncio.create_task(
+            self._fetch_range(tip, min(self.cfg.batch_size, remaining)))
+
+    async def _fetch_range(self, tip: BlockRef, count: int) -> _Batch | None:
+        try:
+            refs = linked_prefix(await self.source.headers(tip.number + 1, count))
+            if not refs or refs[0].parent_hash != tip.hash:
+                return None
+            contents = await self.source.contents(refs, self.addresses)
+            return _Batch(tuple(refs), tuple(contents))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # and reports any error with its own counting and classification.
+            return None
+
+    async def _take_prefetch(self) -> _Batch | None:
+        task, self._prefetch = self._prefetch, None
+        if task is None:
+            return None
+        return await task
+
+    async def _cancel_prefetch(self) -> None:
+        task, self._prefetch = self._prefetch, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # ------------------------------------------------------------ helpers
+
+    async def _load_state(self) -> ChainState:
+        cfg = self.cfg
+        data = await self.sink.load_checkpoint(self._checkpoint_name)
+        if data is None:
+            log.info("no checkpoint; starting fresh", chain=cfg.id, start_block=cfg.start_block)
+            return ChainState(cfg.id, cfg.reorg_window, self._required_for)
+        try:
+            state = ChainState.restore(data, cfg.id, cfg.reorg_window, self._required_for)
+        except SnapshotError as exc:
+            self._halt(f"checkpoint unreadable: {exc}")
+            raise
+        tip = state.tip
+        log.info("resumed from checkpoint", chain=cfg.id, height=tip.number if tip else None,
+                 block_hash=tip.hash if tip else None, tracked=len(state.tracker))
+        if tip is not None:
+            self.status.processed_height = tip.number
+            metrics.PROCESSED_HEIGHT.labels(cfg.id).set(tip.number)
+        return state
+
+    def _required_for(self, asset: str, amount: int) -> int:
+        return self.cfg.rule_for(asset).required_for(amount)
+
+    def _label_of(self, t: Transfer) -> str | None:
+        try:
+            _, key = self.codec.parse(t.to_address)
+        except Exception:
+            return None
+        return self.addresses.label(AddressKey(key))
+
+    def _finalized(self, head: ChainHead, verified_tip: BlockRef) -> int | None:
+        """Finality over blocks verified to be the node's; never above our own tip."""
+        if self.cfg.finality_mode is FinalityMode.FINALIZED:
+            if head.finalized_number is None:
+                return None
+            return min(head.finalized_number, verified_tip.number)
+        return verified_tip.number - self.cfg.finality_depth
+
+    def _observe_head(self, head: ChainHead) -> None:
+        self.status.head_height = head.number
+        metrics.NODE_HEAD.labels(self.cfg.id).set(head.number)
+        if self.state is not None and self.state.window.finalized_number is not None:
+            metrics.FINALIZED_HEIGHT.labels(self.cfg.id).set(max(self.state.window.finalized_number, 0))
+        if self.state is not None and self.state.tip is not None:
+            metrics.LAG_BLOCKS.labels(self.cfg.id).set(max(0, head.number - self.state.tip.number))
+
+    def _mark_ok(self, caught_up: bool) -> None:
+        self.status.last_ok_at = self.clock()
+        self.status.caught_up = caught_up
+        self.status.last_error = None
+        for listener in self.status.listeners:
+            listener()
+
+    def _halt(self, reason: str) -> None:
+        self.status.halted_reason = reason
+        metrics.CHAIN_HALTED.labels(self.cfg.id).set(1)
+
