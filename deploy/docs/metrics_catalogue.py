@@ -43,7 +43,7 @@ class Row:
 def rows() -> Iterator[Row]:
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
-            kind = value._type  # prometheus_client keeps these on the wrapper, not in describe()
+            kind = str(value._type)  # prometheus_client keeps these on the wrapper, not in describe()
             name = value._name + ("_total" if kind == "counter" else "")
             yield Row(name, kind, tuple(value._labelnames), value._documentation)
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from watcher.config import parse
+from watcher.types import ChainId
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "chain-watcher"
@@ -122,7 +123,7 @@ def test_token_contracts_stay_strings_in_the_rendered_config(tmp_path: Path) -> 
     (cm,) = by_kind(render(tmp_path), "ConfigMap")
     raw = yaml.safe_load(cm["data"]["watcher.yaml"])
     assert raw["chains"]["eth"]["tokens"][0]["contract"] == "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"
-    assert parse(raw).chains["eth"].tokens[0].symbol == "USDC"
+    assert parse(raw).chains[ChainId("eth")].tokens[0].symbol == "USDC"
 
 
 def test_pod_is_locked_down_probed_and_drains_within_its_grace(tmp_path: Path) -> None:
