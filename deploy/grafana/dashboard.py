@@ -94,7 +94,11 @@ ROWS: tuple[tuple[str, bool, tuple[Spec, ...]], ...] = (
             unit="ops", width=6, height=5),
         Spec("Follower cycle errors", (
             q(f"sum by (chain, kind) (increase(watcher_cycle_errors_total{{{C}}}[{RI}]))",
-              "{{chain}} {{kind}}"),), width=12, height=5),
+              "{{chain}} {{kind}}"),), width=6, height=5),
+        Spec("Leading replicas", (q(f"sum by (chain) (watcher_leader{{{C}}})", "{{chain}}"),),
+             kind="stat", width=6, height=5,
+             description="Replicas leading each chain: 1 when healthy (0: nobody follows, it pages "
+                         "as lag); leadership of issue #8, with leadership.enabled."),
     )),
     ("Deposits", False, (
         Spec("Deposit events by type", (
@@ -151,7 +155,9 @@ ROWS: tuple[tuple[str, bool, tuple[Spec, ...]], ...] = (
             q(f"sum by (chain, endpoint, check) (increase(watcher_node_answers_rejected_total{{{C}}}[{RI}]))",
               "{{chain}}/{{endpoint}} {{check}}"),
             q(f"sum by (chain) (increase(watcher_confirm_quorum_disagreements_total{{{C}}}[{RI}]))",
-              "{{chain}} quorum disagreements")), width=12,
+              "{{chain}} quorum disagreements"),
+            q(f"sum by (chain) (watcher_confirm_quorum_held_deposits{{{C}}})", "{{chain}} deposits held")),
+             width=12,
              description="Answers failing a check, and confirmations held for lack of quorum "
                          "(endpoint pool, issue #6)."),
     )),

@@ -29,10 +29,12 @@ PENDING: dict[str, str] = {
     "watcher_endpoint_state": "#6",
     "watcher_node_answers_rejected_total": "#6",
     "watcher_confirm_quorum_disagreements_total": "#6",
+    "watcher_confirm_quorum_held_deposits": "#6",
     # issue #7, UTXO chains' mempool
     "watcher_mempool_deposits_total": "#7",
     "watcher_mempool_tracked_transactions": "#7",
-    # issue #8, withdrawals
+    # issue #8, withdrawals (leadership landed on main separately)
+    "watcher_leader": "#8",
     "watcher_withdrawal_events_total": "#8",
     "watcher_withdrawals_stuck": "#8",
     "watcher_withdrawals_waiting_funds": "#8",
