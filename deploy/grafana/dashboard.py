@@ -1,10 +1,10 @@
 """The watcher's Grafana dashboard, as code (grafana-foundation-sdk's typed builders).
 
-    .venv/bin/python deploy/grafana/dashboard.py          # rewrites watcher-dashboard.json
-    .venv/bin/python deploy/grafana/dashboard.py --check  # exit 1 if the committed JSON is stale
+    .venv/bin/python deploy/grafana/dashboard.py          # rewrites watcher-dashboard.json (+ chart copy)
+    .venv/bin/python deploy/grafana/dashboard.py --check  # exit 1 if a committed copy is stale
 
-The committed ``watcher-dashboard.json`` is what is imported into Grafana (or shipped by
-the Helm chart as a ``grafana_dashboard`` ConfigMap); tests check that regenerating gives
+The committed ``watcher-dashboard.json`` is what is imported into Grafana (the Helm chart
+ships a copy as a ``grafana_dashboard`` ConfigMap); tests check that regenerating gives
 the same bytes and that every metric an expression names is one ``watcher/metrics.py``
 declares (or one of an explicit list of metrics of slices not landed yet). Rows of those
 slices are collapsed and titled "slice #N not landed yet".
@@ -32,6 +32,8 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 
 OUT = Path(__file__).with_name("watcher-dashboard.json")
+CHART_COPY = Path(__file__).resolve().parents[1] / "helm" / "chain-watcher" / "files" / OUT.name
+"""The Helm chart ships the same JSON as a Grafana sidecar ConfigMap (charts read only their own files)."""
 UID = "chain-watcher"
 DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 C = 'chain=~"$chain"'
@@ -269,12 +271,13 @@ def render() -> str:
 def main(argv: Sequence[str]) -> int:
     text = render()
     if "--check" in argv:
-        if not OUT.exists() or OUT.read_text(encoding="utf-8") != text:
-            print(f"{OUT} is stale: run deploy/grafana/dashboard.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT}")
+        stale = [p for p in (OUT, CHART_COPY) if not p.exists() or p.read_text(encoding="utf-8") != text]
+        for path in stale:
+            print(f"{path} is stale: run deploy/grafana/dashboard.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path in (OUT, CHART_COPY):
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
     return 0
 
 

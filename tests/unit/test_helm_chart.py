@@ -129,7 +129,7 @@ def test_one_deployment_per_chain_with_its_own_configuration(tmp_path: Path) -> 
 
 
 def test_token_contracts_stay_strings_in_the_rendered_config(tmp_path: Path) -> None:
-    (cm,) = by_kind(render(tmp_path), "ConfigMap")
+    (cm,) = [c for c in by_kind(render(tmp_path), "ConfigMap") if "watcher.yaml" in c["data"]]
     raw = yaml.safe_load(cm["data"]["watcher.yaml"])
     assert raw["chains"]["eth"]["tokens"][0]["contract"] == "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"
     assert watcher_parse(raw).chains[ChainId("eth")].tokens[0].symbol == "USDC"
@@ -166,13 +166,13 @@ def test_two_replicas_need_leadership(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert "chains.eth.replicas > 1 needs config.leadership.enabled: true" in out.stderr
     docs = render(tmp_path, None, "chains.eth.replicas=2", "config.leadership.enabled=true")
-    (cm,) = by_kind(docs, "ConfigMap")
+    (cm,) = [c for c in by_kind(docs, "ConfigMap") if "watcher.yaml" in c["data"]]
     assert yaml.safe_load(cm["data"]["watcher.yaml"])["leadership"] == {"enabled": True}
 
 
 def test_drain_grace_is_written_to_the_config_when_asked(tmp_path: Path) -> None:
     docs = render(tmp_path, None, "drain.setConfigKey=true", "drain.graceSeconds=50")
-    (cm,) = by_kind(docs, "ConfigMap")
+    (cm,) = [c for c in by_kind(docs, "ConfigMap") if "watcher.yaml" in c["data"]]
     assert yaml.safe_load(cm["data"]["watcher.yaml"])["shutdown_grace_s"] == 50
     (dep,) = by_kind(docs, "Deployment")
     assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 55
@@ -194,6 +194,16 @@ def test_prometheus_rule_is_the_shipped_alerts_with_the_runbook_base(tmp_path: P
         pytest.fail("promtool not found: `make test` installs Debian's prometheus package")
     out = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_dashboard_config_map_is_the_generated_dashboard(tmp_path: Path) -> None:
+    generated = (ROOT / "deploy" / "grafana" / "watcher-dashboard.json").read_text(encoding="utf-8")
+    assert (CHART / "files" / "watcher-dashboard.json").read_text(encoding="utf-8") == generated, \
+        "copy deploy/grafana/watcher-dashboard.json to deploy/helm/chain-watcher/files/"
+    maps = {c["metadata"]["name"]: c for c in by_kind(render(tmp_path), "ConfigMap")}
+    board = maps["w-chain-watcher-dashboard"]
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(board["data"]["chain-watcher.json"]) == json.loads(generated)
 
 
 def test_service_and_monitor_scrape_the_metrics_port(tmp_path: Path) -> None:
