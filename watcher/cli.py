@@ -43,6 +43,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_CONFIG, f"watcher: {message} (see: {self.prog} --help)\n")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="watcher", description=__doc__.split("\n\n")[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -60,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true",
                       help="start at the oldest retained event instead of new ones only")
     tail.add_argument("--json", action="store_true", help="print each record's raw JSON value")
-    tail.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N events")
+    tail.add_argument("--limit", type=_positive, default=None, metavar="N", help="stop after N events")
     return parser
 
 
@@ -112,8 +122,6 @@ def _check_config(cfg: config_mod.WatcherConfig) -> int:
 def _tail(cfg: config_mod.WatcherConfig, args: argparse.Namespace) -> int:
     from watcher.tail import Filter, TailOptions, tail
 
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError("--limit", "must be >= 1")
     opts = TailOptions(
         filter=Filter(chains=frozenset(args.chain), types=frozenset(args.types), address=args.address),
         json=args.json, from_beginning=args.from_beginning, limit=args.limit)

@@ -63,6 +63,15 @@ def test_usage_error_is_one_line_exit_2() -> None:
     assert "--config" in proc.stderr
 
 
+@pytest.mark.parametrize("limit", ["0", "many"])
+def test_bad_limit_is_a_usage_error(limit: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["tail", "-c", str(ROOT / "config" / "local.yaml"), "--limit", limit])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("watcher: argument --limit:") and err.count("\n") == 1
+
+
 def test_missing_file_exits_2_without_traceback(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "watcher.cli", "check-config", "-c",
                            str(tmp_path / "absent.yaml")], capture_output=True, text=True, timeout=60,
