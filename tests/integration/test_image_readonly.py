@@ -37,8 +37,15 @@ def bwrap() -> str:
 
 def build_prefix(tmp: Path) -> tuple[Path, Path]:
     """(installed wheel prefix, prepared bitcoinlib data directory)."""
-    dist, prefix, bcl = tmp / "dist", tmp / "watcher", tmp / "bitcoinlib"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
+    dist, prefix, bcl, src = tmp / "dist", tmp / "watcher", tmp / "bitcoinlib", tmp / "src"
+    # What the Dockerfile copies into its build stage, and nothing else (setuptools also
+    # writes its build/ folder there rather than into the work tree).
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for package in ("watcher", "chains"):
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)],
                    check=True, capture_output=True, timeout=300)
     (wheel,) = dist.glob("chain_watcher-*.whl")
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(prefix),
