@@ -2,6 +2,11 @@
 # `make down`: stops the watcher, then every service `make up` started.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+traffic_pid=.stack/run/traffic.pid
+if [ -f "$traffic_pid" ]; then
+  kill -TERM "$(cat "$traffic_pid")" 2>/dev/null && echo "traffic: stopped"
+  rm -f "$traffic_pid"
+fi
 pidfile=.stack/run/watcher.pid
 if [ -f "$pidfile" ]; then
   pid=$(cat "$pidfile")

@@ -31,5 +31,14 @@ curl -fsS http://127.0.0.1:9308/readyz >/dev/null || {
 }
 echo "watcher: ready — metrics http://127.0.0.1:9308/metrics, Prometheus http://127.0.0.1:9090"
 .venv/bin/python deploy/local/demo.py
+traffic_pid=$run/traffic.pid
+if [ -f "$traffic_pid" ] && kill -0 "$(cat "$traffic_pid")" 2>/dev/null; then
+  echo "traffic: already running (pid $(cat "$traffic_pid"))"
+else
+  nohup .venv/bin/python deploy/local/traffic.py > .stack/logs/traffic.log 2>&1 &
+  echo $! > "$traffic_pid"
+  echo "traffic: a deposit every 3 s, a new registration every 30 s, a reorg every 75 s (log .stack/logs/traffic.log)"
+fi
 echo
-echo "Stack and watcher are running. Stop everything with: make down"
+echo "Stack and watcher are running. Watch the events: .venv/bin/watcher tail -c config/local.yaml"
+echo "Stop everything with: make down"

@@ -1,4 +1,4 @@
-"""The CLI: a bad configuration stops the start with the key and the reason, exit code 2."""
+"""The CLI: one line and a documented exit code on every error; secrets masked in its output."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from watcher.cli import main
+from watcher.errors import ErrorKind, SinkError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,8 +24,109 @@ def test_check_config_accepts_the_shipped_example(capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     assert "eth: family=evm" in out and "configuration ok" in out
     assert "btc: family=bitcoin" in out
-    assert "example-password" not in out
-    assert "geth-0" not in out  # endpoint URLs (which may hold API keys) are never printed
+    assert "example-password" not in out  # the btc RPC password, from the environment
+    effective = yaml.safe_load(out.split("eth: family=evm")[0])
+    assert effective["chains"]["eth"]["endpoints"][0] == {"name": "primary", "url": "http://geth-0.geth:8545",
+                                                          "username": None, "password": None}
+    assert effective["chains"]["eth"]["finality_mode"] == "finalized"
+    assert effective["kafka"]["sasl_password"] is None
+
+
+SECRET_URL_CONFIG = """
+kafka: {bootstrap_servers: "127.0.0.1:9092", security_protocol: SASL_SSL, sasl_mechanism: PLAIN,
+        sasl_username: svc}
+chains:
+  eth:
+    family: evm
+    chain_id: 1
+    endpoints:
+      - {name: infura, url: "https://mainnet.infura.io/v3/0123456789abcdef0123456789abcdef"}
+      - {name: keyed, url: "https://node.internal:8545/?apikey=QueryKey99"}
+    native_asset: {symbol: ETH, decimals: 18}
+  btc:
+    family: bitcoin
+    network: regtest
+    endpoints:
+      - {name: core, url: "http://core.internal:8332", username_env: T_BTC_USER,
+         password_env: T_BTC_PASSWORD}
+    native_asset: {symbol: BTC, decimals: 8}
+"""
+
+
+def test_check_config_masks_every_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "secret.yaml"
+    path.write_text(SECRET_URL_CONFIG)
+    monkeypatch.setenv("WATCHER__KAFKA__SASL_PASSWORD", "Sasl-Secret-From-Env")
+    monkeypatch.setenv("T_BTC_USER", "rpcuser")
+    monkeypatch.setenv("T_BTC_PASSWORD", "Rpc-Pa55word")
+    assert main(["check-config", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    for secret in ("Sasl-Secret-From-Env", "0123456789abcdef0123456789abcdef", "rpcuser",
+                   "Rpc-Pa55word", "QueryKey99"):
+        assert secret not in out
+    effective = yaml.safe_load(out.split("eth: family=evm")[0])
+    assert effective["kafka"]["sasl_password"] == "***"
+    assert [e["url"] for e in effective["chains"]["eth"]["endpoints"]] == [
+        "https://mainnet.infura.io/v3/***", "https://node.internal:8545/?apikey=***"]
+    assert effective["chains"]["btc"]["endpoints"][0]["password"] == "***"
+
+
+def test_usage_error_is_one_line_exit_2() -> None:
+    proc = subprocess.run([sys.executable, "-m", "watcher.cli", "tail"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("watcher: ")
+    assert "--config" in proc.stderr
+
+
+@pytest.mark.parametrize("limit", ["0", "many"])
+def test_bad_limit_is_a_usage_error(limit: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["tail", "-c", str(ROOT / "config" / "local.yaml"), "--limit", limit])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("watcher: argument --limit:") and err.count("\n") == 1
+
+
+def test_missing_file_exits_2_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "watcher.cli", "check-config", "-c",
+                           str(tmp_path / "absent.yaml")], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("watcher: config <file>: cannot read") and "Traceback" not in proc.stderr
+
+
+def test_runtime_failure_exits_1_with_secrets_masked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import watcher.tail
+
+    async def unreachable(*_: object, **__: object) -> int:
+        raise SinkError(ErrorKind.RETRIABLE, "cannot reach https://rpcuser:Rpc-Pa55word@node.internal:8545")
+
+    monkeypatch.setattr(watcher.tail, "tail", unreachable)
+    monkeypatch.setenv("T_BTC_USER", "rpcuser")
+    monkeypatch.setenv("T_BTC_PASSWORD", "Rpc-Pa55word")
+    path = tmp_path / "secret.yaml"
+    path.write_text(SECRET_URL_CONFIG)
+    monkeypatch.setenv("WATCHER__KAFKA__SASL_PASSWORD", "Sasl-Secret-From-Env")
+    assert main(["tail", "-c", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err == "watcher: [retriable] cannot reach https://***@node.internal:8545\n"
+
+
+def test_internal_error_exits_4_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import watcher.cli
+
+    def broken(*_: object) -> int:
+        raise KeyError("chains")
+
+    monkeypatch.setattr(watcher.cli, "_check_config", broken)
+    monkeypatch.setenv("BTC_RPC_USER", "watcher-example")
+    monkeypatch.setenv("BTC_RPC_PASSWORD", "example-password")
+    assert main(["check-config", "-c", str(ROOT / "config" / "example.yaml")]) == 4
+    assert capsys.readouterr().err == "watcher: internal error: KeyError: 'chains'\n"
 
 
 @pytest.mark.parametrize("command", ["run", "check-config"])
