@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import rlp
-from eth_keys import keys
-from eth_keys.exceptions import BadSignature, ValidationError
-from eth_utils import keccak, to_checksum_address
+from eth_keys.datatypes import Signature
+from eth_keys.exceptions import BadSignature
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
+from eth_utils.exceptions import ValidationError
 
 from watcher.core.withdrawals import Fees
 from watcher.errors import SignerError
@@ -31,6 +32,31 @@ NATIVE_GAS_LIMIT = 21_000
 ERC20_TRANSFER_SELECTOR = keccak(b"transfer(address,uint256)")[:4]
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _UINT256_MAX = 2**256 - 1
+
+
+def rlp_encode(item: object) -> bytes:
+    """Recursive-length prefix encoding of bytes, non-negative integers and lists of them."""
+    if isinstance(item, bool):
+        raise TypeError("RLP has no booleans")
+    if isinstance(item, int):
+        if item < 0:
+            raise ValueError("RLP integers are non-negative")
+        item = item.to_bytes((item.bit_length() + 7) // 8, "big")  # 0 is the empty string
+    if isinstance(item, bytes):
+        if len(item) == 1 and item[0] < 0x80:
+            return item
+        return _rlp_length(len(item), 0x80) + item
+    if isinstance(item, list):
+        body = b"".join(rlp_encode(x) for x in item)
+        return _rlp_length(len(body), 0xC0) + body
+    raise TypeError(f"RLP cannot encode {type(item).__name__}")
+
+
+def _rlp_length(n: int, offset: int) -> bytes:
+    if n < 56:
+        return bytes([offset + n])
+    nb = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([offset + 55 + len(nb)]) + nb
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +87,10 @@ class Eip1559Tx:
                 self.gas_limit, self.to, self.value, self.data, []]
 
     def signing_hash(self) -> bytes:
-        return keccak(bytes([TX_TYPE_EIP1559]) + rlp.encode(self._fields()))
+        return keccak(bytes([TX_TYPE_EIP1559]) + rlp_encode(self._fields()))
 
     def encode_signed(self, y_parity: int, r: int, s: int) -> bytes:
-        return bytes([TX_TYPE_EIP1559]) + rlp.encode([*self._fields(), y_parity, r, s])
+        return bytes([TX_TYPE_EIP1559]) + rlp_encode([*self._fields(), y_parity, r, s])
 
     @property
     def fees(self) -> Fees:
@@ -122,7 +148,7 @@ async def sign(tx: Eip1559Tx, signer: Signer) -> SignedEvmTx:
         raise SignerError(f"signer {signer.name} returned a signature out of range (or high s)")
     expected = signer.public_key
     try:
-        recovered = keys.Signature(vrs=(sig.y_parity, sig.r, sig.s)).recover_public_key_from_msg_hash(digest)
+        recovered = Signature(vrs=(sig.y_parity, sig.r, sig.s)).recover_public_key_from_msg_hash(digest)
     except (BadSignature, ValidationError):
         raise SignerError(f"signer {signer.name} returned a signature that recovers no key") from None
     if recovered.to_bytes() != expected:

@@ -239,8 +239,8 @@ def _evaluate(obj: dict[str, Any], now_ms: int, policy: IntakePolicy,
         return reject(RejectReason.LIMIT_EXCEEDED, f"amount is above the per-request limit of "
                                                    f"{asset.per_request_limit} for {asset.symbol}",
                       asset.decimals)
-    state = states.get(chain_rule.chain)
-    used = state.used_today(asset.symbol, now_ms) if state is not None else 0
+    book = states.get(chain_rule.chain)
+    used = book.used_today(asset.symbol, now_ms) if book is not None else 0
     if used + amount > asset.daily_limit:
         return reject(RejectReason.LIMIT_EXCEEDED, f"amount would exceed the rolling 24-hour limit of "
                                                    f"{asset.daily_limit} for {asset.symbol} "

@@ -14,8 +14,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from eth_keys import keys
-from eth_keys.exceptions import ValidationError
+from eth_keys.datatypes import PrivateKey
+from eth_utils.exceptions import ValidationError
 
 from watcher.errors import SignerError
 from watcher.ports import RecoverableSignature
@@ -39,7 +39,7 @@ class _Secret:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str:
         raise TypeError("a secret is not serialisable")
 
 
@@ -69,7 +69,7 @@ class HotKeySigner:
         self._name = name
         self._secret = _Secret(key)
         try:
-            self._public = keys.PrivateKey(key).public_key.to_bytes()
+            self._public = PrivateKey(key).public_key.to_bytes()
         except ValidationError:
             raise SignerError(f"hot key {name} is not a valid secp256k1 key") from None
 
@@ -101,7 +101,7 @@ class HotKeySigner:
     async def sign_digest(self, digest: bytes) -> RecoverableSignature:
         if len(digest) != 32:
             raise SignerError(f"hot key {self._name}: a digest has 32 bytes, got {len(digest)}")
-        sig = keys.PrivateKey(self._secret.reveal()).sign_msg_hash(digest)
+        sig = PrivateKey(self._secret.reveal()).sign_msg_hash(digest)
         return RecoverableSignature(r=sig.r, s=sig.s, y_parity=sig.v)
 
     def __repr__(self) -> str:
