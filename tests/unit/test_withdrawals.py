@@ -468,3 +468,13 @@ def test_inputs_binding_is_canonical() -> None:
         InputsBinding(("b:0", "a:0"))
     with pytest.raises(ValueError, match="non-empty"):
         InputsBinding(())
+
+
+def test_a_nonce_another_sender_used_on_chain_is_never_handed_out() -> None:
+    # Found by the property test: a block showing nonce 0 used by another sender, seen before
+    # any request was bound, must move the counter, or the request waits forever for a proof
+    # that is in a block already looked at.
+    b = book_with_next(0)
+    b.block_added(1, BlockHash("0xb1"), [Spend("nonce:0", TxId("other-wallet"))])
+    b.accept(request())
+    assert b.funds(R1, True)[0] == Bind(R1, NonceBinding(1), 0)

@@ -517,6 +517,7 @@ class WithdrawalBook:
         for s in spends:
             rid = self._by_key.get(s.key)
             if rid is None:
+                self._nonce_seen(s.key)
                 continue
             w = self._w[rid]
             ours = any(a.txid == s.txid for a in w.attempts)
@@ -634,6 +635,16 @@ class WithdrawalBook:
             self._put(replace(w, sent_height=height))
             return [Broadcast(rid, tx.txid, tx.raw, again=True)]
         return [Sign(rid, w.binding, want, _last_announced(w))]
+
+    def _nonce_seen(self, key: str) -> None:
+        # A nonce of the hot wallet used on chain by no request of ours (another sender of the
+        # same key): the counter moves past it now, so no request is bound to a nonce the chain
+        # already shows consumed (its proof would be in a block we have already looked at).
+        if not key.startswith("nonce:") or self.nonces.next is None:
+            return
+        n = int(key.removeprefix("nonce:"))
+        if n >= self.nonces.next:
+            self.nonces.next = n + 1
 
     def _put(self, w: Withdrawal) -> None:
         rid = w.request.request_id
