@@ -1,0 +1,111 @@
+"""The ``withdrawals`` configuration section: valid ones load, bad ones name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from watcher.config import HotKeySource, WithdrawalAssetLimits, apply_env_overrides, parse
+from watcher.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+PUBLIC_B64 = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
+
+SECTION = f"""
+requesters:
+  ledger: "{PUBLIC_B64}"
+chains:
+  eth:
+    confirmations: 12
+    stuck_blocks: 6
+    max_fee_per_gas: "300000000000"
+    max_priority_fee_per_gas: "3000000000"
+    token_gas_limit: 90000
+    hot_key: {{file: /run/secrets/eth-hot-key}}
+    assets:
+      ETH: {{per_request_limit: "5000000000000000000", daily_limit: "50000000000000000000"}}
+      USDC: {{per_request_limit: 100000000000, daily_limit: 1000000000000}}
+"""
+
+
+def raw(**chain_over: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "config" / "example.yaml").read_text())
+    w = yaml.safe_load(SECTION)
+    w["chains"]["eth"].update(chain_over)
+    doc["withdrawals"] = w
+    return doc
+
+
+def test_section_loads() -> None:
+    cfg = parse(raw())
+    assert cfg.withdrawals is not None
+    assert cfg.withdrawals.requesters["ledger"].hex() == (
+        "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8")
+    eth = cfg.withdrawals.chains["eth"]  # type: ignore[index]
+    assert (eth.confirmations, eth.stuck_blocks, eth.max_fee, eth.max_tip, eth.token_gas_limit) == (
+        12, 6, 300 * 10**9, 3 * 10**9, 90_000)
+    assert eth.hot_key == HotKeySource(file=Path("/run/secrets/eth-hot-key"), env=None)
+    assert eth.assets["USDC"] == WithdrawalAssetLimits(10**11, 10**12)  # type: ignore[index]
+
+
+def test_absent_section_means_deposits_only() -> None:
+    doc = raw()
+    del doc["withdrawals"]
+    assert parse(doc).withdrawals is None
+
+
+def test_key_variable_name_from_the_environment() -> None:
+    doc = raw(hot_key={})
+    apply_env_overrides(doc, {"WATCHER__WITHDRAWALS__CHAINS__ETH__HOT_KEY__ENV": "ETH_HOT_KEY"})
+    w = parse(doc).withdrawals
+    assert w is not None and w.chains["eth"].hot_key == HotKeySource(None, "ETH_HOT_KEY")  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("over", "key", "reason"), [
+    ({"hot_key": {"key": "0x4c08"}}, "withdrawals.chains.eth.hot_key.key", "unknown key"),
+    ({"hot_key": {}}, "withdrawals.chains.eth.hot_key", "exactly one of file"),
+    ({"hot_key": {"file": "/a", "env": "B"}}, "withdrawals.chains.eth.hot_key", "exactly one of file"),
+    ({"hot_key": {"env": "0x4c0883a69102937d"}}, "withdrawals.chains.eth.hot_key.env", "variable name"),
+    ({"assets": {"DAI": {"per_request_limit": 1, "daily_limit": 1}}}, "withdrawals.chains.eth.assets.DAI",
+     "unknown asset"),
+    ({"assets": {}}, "withdrawals.chains.eth.assets", "at least one asset"),
+    ({"assets": {"ETH": {"per_request_limit": 10, "daily_limit": 5}}},
+     "withdrawals.chains.eth.assets.ETH.daily_limit", "at least per_request_limit"),
+    ({"assets": {"ETH": {"per_request_limit": 1.5, "daily_limit": 5}}},
+     "withdrawals.chains.eth.assets.ETH.per_request_limit", "integers in base units"),
+    ({"assets": {"ETH": {"daily_limit": 5}}}, "withdrawals.chains.eth.assets.ETH.per_request_limit",
+     "missing"),
+    ({"max_priority_fee_per_gas": "400000000000"}, "withdrawals.chains.eth.max_priority_fee_per_gas",
+     "must not exceed"),
+    ({"max_fee_rate": 50}, "withdrawals.chains.eth.max_fee_rate", "unknown key"),
+    ({"confirmations": 0}, "withdrawals.chains.eth.confirmations", ">= 1"),
+    ({"confirmations": 129}, "withdrawals.chains.eth.confirmations", "<= 128"),
+])
+def test_bad_chain_sections_name_the_key(over: dict[str, Any], key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse(raw(**over))
+    assert exc.value.key == key
+    assert reason in exc.value.reason
+
+
+@pytest.mark.parametrize(("requesters", "key", "reason"), [
+    ({}, "withdrawals.requesters", "at least one"),
+    ({"ledger": "not base64!"}, "withdrawals.requesters.ledger", "base64"),
+    ({"ledger": "AAAA"}, "withdrawals.requesters.ledger", "32 bytes, got 3"),
+])
+def test_bad_requesters(requesters: dict[str, str], key: str, reason: str) -> None:
+    doc = raw()
+    doc["withdrawals"]["requesters"] = requesters
+    with pytest.raises(ConfigError) as exc:
+        parse(doc)
+    assert (exc.value.key, reason in exc.value.reason) == (key, True)
+
+
+def test_unknown_chain() -> None:
+    doc = raw()
+    doc["withdrawals"]["chains"]["sol"] = doc["withdrawals"]["chains"]["eth"]
+    with pytest.raises(ConfigError, match=r"withdrawals\.chains\.sol: not a configured chain"):
+        parse(doc)
