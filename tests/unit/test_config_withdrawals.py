@@ -8,8 +8,12 @@ from typing import Any
 import pytest
 import yaml
 
-from watcher.config import HotKeySource, WithdrawalAssetLimits, apply_env_overrides, parse
+from chains.evm.adapter import EvmAddressCodec
+from chains.evm.tx import sender_of
+from watcher.config import Family, HotKeySource, WithdrawalAssetLimits, apply_env_overrides, parse
+from watcher.core.withdrawals import Fees, MachineConfig
 from watcher.errors import ConfigError
+from watcher.withdrawals.policy import hot_key_signer, intake_policy, machine_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_B64 = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
@@ -109,3 +113,19 @@ def test_unknown_chain() -> None:
     doc["withdrawals"]["chains"]["sol"] = doc["withdrawals"]["chains"]["eth"]
     with pytest.raises(ConfigError, match=r"withdrawals\.chains\.sol: not a configured chain"):
         parse(doc)
+
+
+def test_policy_machine_config_and_signer_from_the_section(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    key.write_text("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318")
+    cfg = parse(raw(hot_key={"file": str(key)}))
+    assert cfg.withdrawals is not None
+    policy = intake_policy(cfg.withdrawals, cfg.chains, {"eth": EvmAddressCodec()})  # type: ignore[dict-item]
+    usdc = policy.chains["eth"].assets["USDC"]
+    # The example's USDC contract, EIP-55 canonical; USDT is configured but not allow-listed.
+    assert (usdc.token_contract, usdc.decimals) == ("0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48", 6)
+    assert set(policy.chains["eth"].assets) == {"ETH", "USDC"}
+    assert policy.chains["eth"].assets["ETH"].token_contract is None
+    cw = cfg.withdrawals.chains["eth"]  # type: ignore[index]
+    assert machine_config(cw, Family.EVM) == MachineConfig(12, 6, Fees(300 * 10**9, 3 * 10**9), True)
+    assert sender_of(hot_key_signer(cw).public_key) == "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23"
