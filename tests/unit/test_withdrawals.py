@@ -478,3 +478,15 @@ def test_a_nonce_another_sender_used_on_chain_is_never_handed_out() -> None:
     b.block_added(1, BlockHash("0xb1"), [Spend("nonce:0", TxId("other-wallet"))])
     b.accept(request())
     assert b.funds(R1, True)[0] == Bind(R1, NonceBinding(1), 0)
+
+
+def test_summary_counts_states_and_stuck_payments() -> None:
+    b = broadcast(height=10)
+    b.accept(request("w-2"))
+    b.funds(RequestId("w-2"), False)
+    assert b.summary(14).stuck == 0
+    s = b.summary(15)
+    assert (s.stuck, s.by_state[S.BROADCAST], s.by_state[S.WAITING_FUNDS], s.by_state[S.CONFIRMED]) == (
+        1, 1, 1, 0)
+    b.nonce_counts(0, 0)  # counter at 1, chain at 0, nonce 0 held: in step
+    assert b.summary(15).nonce_gap == 0

@@ -362,6 +362,13 @@ class RollingAmounts:
 # ---------------------------------------------------------------- the book
 
 
+@dataclass(frozen=True, slots=True)
+class BookSummary:
+    by_state: dict[WithdrawalState, int]
+    stuck: int
+    nonce_gap: int
+
+
 class SnapshotError(ValueError):
     """A withdrawal snapshot that cannot be read, or belongs to another chain."""
 
@@ -397,6 +404,17 @@ class WithdrawalBook:
 
     def used_today(self, asset: AssetSymbol, now_ms: int) -> int:
         return self.limits.used(asset, now_ms)
+
+    def summary(self, height: int) -> BookSummary:
+        """Counts for the gauges: by state, stuck payments, the last nonce gap."""
+        by_state = dict.fromkeys(WithdrawalState, 0)
+        stuck = 0
+        for w in self._w.values():
+            by_state[w.state] += 1
+            if (w.state in (WithdrawalState.BROADCAST, WithdrawalState.REPLACED) and w.inclusion is None
+                    and w.sent_height is not None and height - w.sent_height >= self.cfg.stuck_blocks):
+                stuck += 1
+        return BookSummary(by_state, stuck, self.nonces.last_gap)
 
     # --------------------------------------------------------- observations
 
