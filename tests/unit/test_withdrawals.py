@@ -490,3 +490,10 @@ def test_summary_counts_states_and_stuck_payments() -> None:
         1, 1, 1, 0)
     b.nonce_counts(0, 0)  # counter at 1, chain at 0, nonce 0 held: in step
     assert b.summary(15).nonce_gap == 0
+
+
+def test_a_replacement_signed_after_inclusion_is_never_sent() -> None:
+    b = broadcast()
+    b.block_added(12, BlockHash("0xb12"), [Spend("nonce:0", TxId("t1"))])
+    assert b.signed(R1, tx("t2", fees=Fees(110, 11))) == []
+    assert [t.txid for t in b.get(R1).attempts] == ["t1"]  # type: ignore[union-attr]

@@ -464,7 +464,7 @@ class WithdrawalBook:
         if tx.binding != w.binding:
             raise BindingViolation(f"a transaction for {request_id} spends another binding")
         if w.state in TERMINAL or w.inclusion is not None:
-            raise BindingViolation(f"request {request_id} is already {w.state}")
+            return []  # a block already holds a payment for the binding: this one is never sent
         if any(a.txid == tx.txid for a in w.attempts):
             return []
         prev = w.latest
