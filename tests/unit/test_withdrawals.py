@@ -497,3 +497,14 @@ def test_a_replacement_signed_after_inclusion_is_never_sent() -> None:
     b.block_added(12, BlockHash("0xb12"), [Spend("nonce:0", TxId("t1"))])
     assert b.signed(R1, tx("t2", fees=Fees(110, 11))) == []
     assert [t.txid for t in b.get(R1).attempts] == ["t1"]  # type: ignore[union-attr]
+
+
+def test_settled_withdrawals_are_forgotten_at_finality_but_stay_duplicates() -> None:
+    b = broadcast()
+    b.block_added(12, BlockHash("0xb12"), [Spend("nonce:0", TxId("t1"))])
+    assert events(b.tip(14, 11)) == [T.CONFIRMED]
+    assert b.tip(15, 11) == [] and b.get(R1) is not None  # not final yet: kept
+    assert b.tip(16, 12) == []
+    assert b.get(R1) is None
+    assert b.digest_of("w-1") == "d-w-1"
+    assert b"t1" not in WithdrawalBook.restore(b.snapshot(), ETH, CFG).snapshot()

@@ -569,6 +569,8 @@ class WithdrawalBook:
         out: list[Decision] = []
         for w in list(self._w.values()):
             if w.state in TERMINAL and w.inclusion is not None:
+                if finalized is not None and w.inclusion.block_number <= finalized:
+                    self._forget(w)
                 continue
             inc = w.inclusion
             if inc is not None and inc.ours:
@@ -653,6 +655,16 @@ class WithdrawalBook:
             self._put(replace(w, sent_height=height))
             return [Broadcast(rid, tx.txid, tx.raw, again=True)]
         return [Sign(rid, w.binding, want, _last_announced(w))]
+
+    def _forget(self, w: Withdrawal) -> None:
+        # Settled in a final block: nothing can change it any more. Only its digest stays (the
+        # duplicate rule), so the snapshot committed with every step holds what is in flight.
+        rid = w.request.request_id
+        if w.binding is not None:
+            for k in w.binding.spend_keys():
+                if self._by_key.get(k) == rid:
+                    del self._by_key[k]
+        del self._w[rid]
 
     def _nonce_seen(self, key: str) -> None:
         # A nonce of the hot wallet used on chain by no request of ours (another sender of the
