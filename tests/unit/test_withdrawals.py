@@ -508,3 +508,19 @@ def test_settled_withdrawals_are_forgotten_at_finality_but_stay_duplicates() -> 
     assert b.get(R1) is None
     assert b.digest_of("w-1") == "d-w-1"
     assert b"t1" not in WithdrawalBook.restore(b.snapshot(), ETH, CFG).snapshot()
+
+
+def test_events_come_before_any_commit_of_the_same_observation() -> None:
+    # Found by the property test: a rebind (Commit) of one request listed before the
+    # confirmation of another made the confirmation durable without its event.
+    b = book_with_next()
+    b.accept(request("w-1"))
+    b.accept(request("w-2"))
+    b.funds(RequestId("w-1"), True)
+    b.funds(RequestId("w-2"), True)
+    b.signed(RequestId("w-1"), tx("t1", nonce=0))
+    b.signed(RequestId("w-2"), tx("t2", nonce=1))
+    b.block_added(10, BlockHash("0xb10"), [Spend("nonce:0", TxId("other")), Spend("nonce:1", TxId("t2"))])
+    ds = b.tip(12, 10)
+    assert kinds(ds) == ["Emit", "Commit", "CheckFunds"]
+    assert events(ds) == [T.CONFIRMED]

@@ -363,6 +363,13 @@ class RollingAmounts:
 
 
 @dataclass(frozen=True, slots=True)
+class Changes:
+    header: bytes
+    records: dict[RequestId, bytes]
+    """Request id -> its latest record; the runtime keys them ``<chain>:<request_id>``."""
+
+
+@dataclass(frozen=True, slots=True)
 class BookSummary:
     by_state: dict[WithdrawalState, int]
     stuck: int
@@ -377,8 +384,10 @@ class WithdrawalBook:
     """Every withdrawal of one chain and the hot wallet's counters.
 
     Each method is one observation; it returns the decisions in the order they must
-    be carried out. A :class:`Commit` in the list is a barrier: the snapshot (and the
-    events emitted before it) must be durable before anything after it is done.
+    be carried out. A :class:`Commit` in the list is a barrier: the snapshot as it is
+    now, with the events emitted so far, must be durable before anything after it is
+    done. Every :class:`Emit` of an observation comes before its first ``Commit``, so a
+    committed state never claims an event that was not committed with it.
     """
 
     def __init__(self, chain: ChainId, cfg: MachineConfig) -> None:
@@ -389,6 +398,7 @@ class WithdrawalBook:
         self._w: dict[RequestId, Withdrawal] = {}
         self._digests: dict[RequestId, str] = {}
         self._by_key: dict[str, RequestId] = {}
+        self._dirty: set[RequestId] = set()
 
     # --------------------------------------------------------- reading
 
@@ -424,6 +434,7 @@ class WithdrawalBook:
         if rid in self._digests:
             raise ValueError(f"request {rid} is already accepted")
         self._digests[rid] = request.digest
+        self._dirty.add(rid)
         self.limits.add(request.asset, request.amount, request.received_ms)
         self._w[rid] = Withdrawal(request, WithdrawalState.ACCEPTED)
         return [Emit(WithdrawalEvent(WithdrawalEventType.ACCEPTED, request)), Commit(),
@@ -582,7 +593,7 @@ class WithdrawalBook:
                 out.append(CheckFunds(w.request.request_id))
             elif w.state in (WithdrawalState.BROADCAST, WithdrawalState.REPLACED, WithdrawalState.SIGNED):
                 out.extend(self._stuck(w, height))
-        return out
+        return _events_first(out)
 
     def resume(self) -> list[Decision]:
         """After a restart from a snapshot: what was under way is taken up again, the
@@ -665,6 +676,7 @@ class WithdrawalBook:
                 if self._by_key.get(k) == rid:
                     del self._by_key[k]
         del self._w[rid]
+        self._dirty.add(rid)
 
     def _nonce_seen(self, key: str) -> None:
         # A nonce of the hot wallet used on chain by no request of ours (another sender of the
@@ -686,6 +698,7 @@ class WithdrawalBook:
             for k in w.binding.spend_keys():
                 self._by_key[k] = rid
         self._w[rid] = w
+        self._dirty.add(rid)
 
     # --------------------------------------------------------- persistence
 
@@ -698,6 +711,49 @@ class WithdrawalBook:
             "digests": self._digests,
             "withdrawals": [_w_out(w) for w in self._w.values()],
         })
+
+    def take_changes(self) -> Changes:
+        """What changed since the last call, for a compacted state topic: the small header
+        (nonce counter, rolling amounts) and one record per changed request (a settled one
+        shrinks to its digest). Commit them in the step's transaction, or the whole
+        :meth:`snapshot`; both restore the same book."""
+        records = {rid: self._record_of(rid) for rid in sorted(self._dirty)}
+        self._dirty.clear()
+        return Changes(self._header(), records)
+
+    def _header(self) -> bytes:
+        return orjson.dumps({
+            "version": SNAPSHOT_VERSION, "chain": self.chain, "next_nonce": self.nonces.next,
+            "limits": [[t, s, str(a)] for t, s, a in self.limits.entries],
+        })
+
+    def _record_of(self, rid: RequestId) -> bytes:
+        w = self._w.get(rid)
+        if w is None:
+            return orjson.dumps({"settled": [rid, self._digests[rid]]})
+        return orjson.dumps(_w_out(w))
+
+    @classmethod
+    def restore_parts(cls, header: bytes, records: Iterable[bytes], chain: ChainId,
+                      cfg: MachineConfig) -> WithdrawalBook:
+        """The book from the latest header and the latest record of every request."""
+        try:
+            head = orjson.loads(header)
+            head["digests"] = {}
+            head["withdrawals"] = []
+            for data in records:
+                x = orjson.loads(data)
+                if "settled" in x:
+                    rid, digest = x["settled"]
+                    head["digests"][rid] = digest
+                else:
+                    head["digests"][x["r"][0]] = x["r"][6]
+                    head["withdrawals"].append(x)
+            return cls.restore(orjson.dumps(head), chain, cfg)
+        except (KeyError, TypeError, ValueError, IndexError, orjson.JSONDecodeError) as exc:
+            if isinstance(exc, SnapshotError):
+                raise
+            raise SnapshotError(f"withdrawal state of {chain} is unreadable: {exc!r}") from exc
 
     @classmethod
     def restore(cls, data: bytes, chain: ChainId, cfg: MachineConfig) -> WithdrawalBook:
@@ -714,11 +770,20 @@ class WithdrawalBook:
             book._digests = {RequestId(str(k)): str(v) for k, v in raw["digests"].items()}
             for x in raw["withdrawals"]:
                 book._put(_w_in(x))
+            book._dirty.clear()
         except SnapshotError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError) as exc:
             raise SnapshotError(f"withdrawal snapshot of {chain} is unreadable: {exc!r}") from exc
         return book
+
+
+def _events_first(ds: list[Decision]) -> list[Decision]:
+    # Every state change of an observation is made before its decisions are returned, so any
+    # Commit in the list makes all of them durable: the events stating them must be emitted
+    # before it, or a crash right after that Commit would lose an event whose fact is
+    # already recorded as announced (found by the property test).
+    return [d for d in ds if isinstance(d, Emit)] + [d for d in ds if not isinstance(d, Emit)]
 
 
 def _last_announced(w: Withdrawal, before: SignedTx | None = None) -> TxId | None:
