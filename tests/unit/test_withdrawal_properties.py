@@ -170,7 +170,7 @@ class Sim:
         self.pending_events = []
 
     def run(self, ds: list[Decision]) -> None:
-        queue: deque[Decision] = _Checked(ds)
+        queue = _Checked(ds)
         while queue:
             if self.budget is not None:
                 if self.budget == 0:
@@ -182,17 +182,17 @@ class Sim:
             elif isinstance(d, Commit):
                 self.commit()
             elif isinstance(d, CheckFunds):
-                queue.extend(self.book.funds(d.request_id, self.funds_ok))
+                queue.nested(self.book.funds(d.request_id, self.funds_ok))
             elif isinstance(d, Bind):
                 pass
             elif isinstance(d, Sign):
-                queue.extend(self.sign(d))
+                queue.nested(self.sign(d))
             elif isinstance(d, Broadcast):
                 t = self.txs[TxId(d.raw.decode())]
                 assert t.txid == d.txid and t.rid == d.request_id
-                queue.extend(self.book.broadcast_result(d.request_id, d.txid, self.send(t), self.height))
+                queue.nested(self.book.broadcast_result(d.request_id, d.txid, self.send(t), self.height))
             elif isinstance(d, ReconcileNonce):
-                queue.extend(self.book.nonce_counts(self.chain_nonce(), self.pending_count()))
+                queue.nested(self.book.nonce_counts(self.chain_nonce(), self.pending_count()))
         self.commit()  # the end of one observation is one Kafka transaction
 
     def sign(self, d: Sign) -> list[Decision]:
@@ -238,16 +238,21 @@ class Sim:
         ds += self.book.tip(self.height, self.finalized)
         self.run(ds)
 
-    def restart(self) -> None:
+    def restart(self, budget: int | None = None) -> None:
+        """From the last commit; ``budget`` crashes the restart itself after that many steps."""
         snapshot, delivered = self.committed
-        self.budget = None
+        self.budget = budget
         self.book = WithdrawalBook.restore(snapshot, ETH, CFG)
         parts = WithdrawalBook.restore_parts(self.header, self.store.values(), ETH, CFG)
         assert normalized(parts.snapshot()) == normalized(snapshot)
         self.delivered = list(delivered)
         self.pending_events = []
-        self.run(self.book.resume())
-        self.sync()
+        try:
+            self.run(self.book.resume())
+            self.sync()
+        except _Crash:
+            self.restart()
+        self.budget = None
 
     def submit(self, rid: str) -> None:
         if rid not in self.submitted:
@@ -296,6 +301,14 @@ class _Checked(deque[Decision]):
         assert not any(isinstance(d, Emit) for d in ds[first_commit:]), ds
         super().extend(ds)
 
+    def nested(self, ds: Iterable[Decision]) -> None:
+        """Depth first: what an observation made while carrying out a decision returns is
+        carried out before the rest of the list."""
+        ds = list(ds)
+        self.extend(ds)
+        for _ in ds:
+            self.rotate(1)
+
 
 def normalized(snapshot: bytes) -> Any:
     doc = orjson.loads(snapshot)
@@ -338,7 +351,7 @@ def test_never_paid_twice_and_every_request_settles_once(actions: list[tuple[str
             elif name == "foreign":
                 sim.foreign(bool(arg))
             elif name == "restart":
-                sim.restart()
+                sim.restart(sim.budget)
             elif name == "crash":
                 crash_next = arg
             elif name == "base_fee":

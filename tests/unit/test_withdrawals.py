@@ -524,3 +524,24 @@ def test_events_come_before_any_commit_of_the_same_observation() -> None:
     ds = b.tip(12, 10)
     assert kinds(ds) == ["Emit", "Commit", "CheckFunds"]
     assert events(ds) == [T.CONFIRMED]
+
+
+def test_incremental_records_restore_the_same_book() -> None:
+    b = broadcast()
+    b.accept(request("w-2"))
+    store: dict[RequestId, bytes] = {}
+    ch = b.take_changes()
+    store.update(ch.records)
+    assert sorted(ch.records) == ["w-1", "w-2"]
+    assert b.take_changes().records == {}  # nothing changed since
+    b.block_added(12, BlockHash("0xb12"), [Spend("nonce:0", TxId("t1"))])
+    b.tip(14, None)
+    b.tip(15, 12)  # final: w-1 is forgotten, its record shrinks to the digest
+    ch = b.take_changes()
+    assert ch.records == {"w-1": b'{"settled":["w-1","d-w-1"]}'}
+    store.update(ch.records)
+    r = WithdrawalBook.restore_parts(ch.header, store.values(), ETH, CFG)
+    assert r.snapshot() == b.snapshot()
+    assert r.get(R1) is None and r.digest_of("w-1") == "d-w-1"
+    with pytest.raises(SnapshotError, match="unreadable"):
+        WithdrawalBook.restore_parts(ch.header, [b'{"settled":["w-1"]}'], ETH, CFG)

@@ -387,7 +387,12 @@ class WithdrawalBook:
     be carried out. A :class:`Commit` in the list is a barrier: the snapshot as it is
     now, with the events emitted so far, must be durable before anything after it is
     done. Every :class:`Emit` of an observation comes before its first ``Commit``, so a
-    committed state never claims an event that was not committed with it.
+    committed state never claims an event that was not committed with it, provided the
+    runtime works depth first: when carrying out a decision means calling another
+    observation (:meth:`funds` for :class:`CheckFunds`, :meth:`signed` after
+    :class:`Sign`, :meth:`broadcast_result` after :class:`Broadcast`, :meth:`nonce_counts`
+    after :class:`ReconcileNonce`), what that call returns is carried out before the rest
+    of the list. The end of each observation is a commit too (one Kafka transaction).
     """
 
     def __init__(self, chain: ChainId, cfg: MachineConfig) -> None:
