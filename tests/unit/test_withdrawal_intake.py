@@ -242,3 +242,25 @@ def test_rolling_daily_limit_survives_restarts_and_rolls() -> None:
     # Limits are per asset.
     assert isinstance(evaluate(signed(req(request_id="d", asset="USDC", amount="5")), 7_200_000,
                                POLICY, state), Accepted)
+
+
+def test_an_authenticated_refusal_stays_refused() -> None:
+    b = books()
+    _accept(b, signed(req(request_id="a", amount=str(2 * 10**18))), 0)
+    _accept(b, signed(req(request_id="b", amount=str(10**18))), 0)
+    v = evaluate(signed(req(request_id="c", amount="7")), 1_000, POLICY, b)
+    assert isinstance(v, Rejected) and v.reason is RejectReason.LIMIT_EXCEEDED and v.remember_in == ETH
+    b[ETH].reject(RequestId("c"), v.digest)
+    restored = {ETH: WithdrawalBook.restore(b[ETH].snapshot(), ETH, CFG)}
+    # A day later the limit has room, but the ledger took the refusal as final.
+    assert evaluate(signed(req(request_id="c", amount="7")), DAY_MS + 1, POLICY, restored) == Repeat(
+        ETH, RequestId("c"))
+    v = evaluate(signed(req(request_id="c", amount="8")), DAY_MS + 1, POLICY, restored)
+    assert isinstance(v, Rejected) and v.reason is RejectReason.DUPLICATE
+
+
+def test_unauthenticated_refusals_are_not_remembered() -> None:
+    for record in (signed(req(), SigningKey(bytes([1]) * 32)), signed(req(amount=15)),
+                   signed(req(chain="sol"))):
+        v = evaluate(record, 1, POLICY, books())
+        assert isinstance(v, Rejected) and v.remember_in is None

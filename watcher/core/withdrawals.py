@@ -414,7 +414,8 @@ class WithdrawalBook:
         return list(self._w.values())
 
     def digest_of(self, request_id: str) -> str | None:
-        """The accepted request's digest, for the duplicate rule (:mod:`watcher.withdrawals.intake`)."""
+        """The digest of the request accepted (or refused after authentication) under this id,
+        for the duplicate rule (:mod:`watcher.withdrawals.intake`)."""
         return self._digests.get(RequestId(request_id))
 
     def used_today(self, asset: AssetSymbol, now_ms: int) -> int:
@@ -444,6 +445,14 @@ class WithdrawalBook:
         self._w[rid] = Withdrawal(request, WithdrawalState.ACCEPTED)
         return [Emit(WithdrawalEvent(WithdrawalEventType.ACCEPTED, request)), Commit(),
                 CheckFunds(rid)]
+
+    def reject(self, request_id: RequestId, digest: str) -> list[Decision]:
+        """An authenticated request of this chain was refused: remembered, so that the same
+        request is a silent repeat from now on and never accepted later."""
+        if request_id not in self._digests:
+            self._digests[request_id] = digest
+            self._dirty.add(request_id)
+        return []
 
     def funds(self, request_id: RequestId, available: bool,
               inputs: Sequence[str] | None = None) -> list[Decision]:

@@ -5,7 +5,8 @@ The verdict is exactly one of
 * :class:`Accepted`   -- authenticated and valid; hand ``request`` to
   :meth:`watcher.core.withdrawals.WithdrawalBook.accept` of ``chain``;
 * :class:`Rejected`   -- a ``withdrawal.rejected`` event with the contract's ``reason``;
-* :class:`Repeat`     -- the exact request is already accepted: no event at all;
+* :class:`Repeat`     -- the exact request was already accepted (or refused after
+  authentication): no event at all;
 * :class:`DeadLetter` -- not a JSON object at all: to the dead-letter topic.
 
 Checks run in this order, and the first that fails decides: shape (``malformed``),
@@ -110,6 +111,11 @@ class Rejected:
     to_address: str | None = None
     amount: str | None = None
     decimals: int | None = None
+    remember_in: ChainId | None = None
+    """Set for an authenticated request of a configured chain: the runtime records it with
+    that chain's :meth:`WithdrawalBook.reject`, so that the same request sent again later
+    (when a limit has rolled, say) stays refused instead of being paid after the ledger
+    took the refusal as final."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +187,9 @@ def _evaluate(obj: dict[str, Any], now_ms: int, policy: IntakePolicy,
     rid = text("request_id")
     amount_text = text("amount")
 
-    def reject(reason: RejectReason, message: str, decimals: int | None = None) -> Rejected:
-        return Rejected(reason, message, digest,
+    def reject(reason: RejectReason, message: str, decimals: int | None = None,
+               remember_in: ChainId | None = None) -> Rejected:
+        return Rejected(reason, message, digest, remember_in=remember_in,
                         request_id=rid if rid is not None and REQUEST_ID_RE.match(rid) else None,
                         chain=text("chain"), asset=text("asset"), to_address=text("to_address"),
                         amount=amount_text if amount_text and AMOUNT_RE.match(amount_text) else None,
@@ -216,7 +223,7 @@ def _evaluate(obj: dict[str, Any], now_ms: int, policy: IntakePolicy,
             continue
         if known == digest:
             return Repeat(cid, RequestId(rid))
-        return reject(RejectReason.DUPLICATE, f"request_id {rid} was already accepted with other content")
+        return reject(RejectReason.DUPLICATE, f"request_id {rid} was already used with other content")
 
     chain_rule = policy.chains.get(obj["chain"])
     if chain_rule is None:
@@ -224,27 +231,29 @@ def _evaluate(obj: dict[str, Any], now_ms: int, policy: IntakePolicy,
     asset = chain_rule.assets.get(obj["asset"])
     if asset is None:
         return reject(RejectReason.UNKNOWN_ASSET,
-                      f"asset {obj['asset']!r} cannot be withdrawn on chain {chain_rule.chain}")
+                      f"asset {obj['asset']!r} cannot be withdrawn on chain {chain_rule.chain}",
+                      remember_in=chain_rule.chain)
     try:
         to_address, _ = chain_rule.codec.parse(obj["to_address"])
     except (InvalidAddress, ValueError) as exc:
         return reject(RejectReason.INVALID_ADDRESS, f"to_address is not a {chain_rule.chain} address: {exc}",
-                      asset.decimals)
+                      asset.decimals, chain_rule.chain)
     if len(amount_text) > MAX_AMOUNT_DIGITS or not AMOUNT_RE.match(amount_text):
         return reject(RejectReason.INVALID_AMOUNT, "amount must be a positive integer in base units, "
                                                    "digits only, no sign, leading zero or exponent",
-                      asset.decimals)
+                      asset.decimals, chain_rule.chain)
     amount = int(amount_text)
     if amount > asset.per_request_limit:
         return reject(RejectReason.LIMIT_EXCEEDED, f"amount is above the per-request limit of "
                                                    f"{asset.per_request_limit} for {asset.symbol}",
-                      asset.decimals)
+                      asset.decimals, chain_rule.chain)
     book = states.get(chain_rule.chain)
     used = book.used_today(asset.symbol, now_ms) if book is not None else 0
     if used + amount > asset.daily_limit:
         return reject(RejectReason.LIMIT_EXCEEDED, f"amount would exceed the rolling 24-hour limit of "
                                                    f"{asset.daily_limit} for {asset.symbol} "
-                                                   f"({used} already accepted)", asset.decimals)
+                                                   f"({used} already accepted)", asset.decimals,
+                      chain_rule.chain)
     request = Request(RequestId(rid), asset.symbol, asset.token_contract, to_address, amount,
                       asset.decimals, digest, now_ms)
     return Accepted(chain_rule.chain, request, signer)
