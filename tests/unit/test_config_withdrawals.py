@@ -129,3 +129,27 @@ def test_policy_machine_config_and_signer_from_the_section(tmp_path: Path) -> No
     cw = cfg.withdrawals.chains["eth"]  # type: ignore[index]
     assert machine_config(cw, Family.EVM) == MachineConfig(12, 6, Fees(300 * 10**9, 3 * 10**9), True)
     assert sender_of(hot_key_signer(cw).public_key) == "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23"
+
+
+def test_bitcoin_chain_section() -> None:
+    doc = raw()
+    doc["chains"]["btc"] = {"family": "bitcoin", "network": "regtest",
+                            "endpoints": [{"name": "btcd", "url": "http://127.0.0.1:18334"}],
+                            "native_asset": {"symbol": "BTC", "decimals": 8},
+                            "confirmations": {"default": 6}, "reorg_window": 32}
+    doc["withdrawals"]["chains"]["btc"] = {
+        "max_fee_rate": 200, "min_fee_rate": 2, "hot_key": {"env": "BTC_HOT_KEY"},
+        "assets": {"BTC": {"per_request_limit": 10**8, "daily_limit": 10**9}}}
+    w = parse(doc).withdrawals
+    assert w is not None
+    btc = w.chains["btc"]  # type: ignore[index]
+    assert (btc.max_fee, btc.min_fee, btc.max_tip, btc.confirmations, btc.token_gas_limit) == (
+        200, 2, 0, 6, 0)
+    assert machine_config(btc, Family.BITCOIN) == MachineConfig(6, 10, Fees(200, 0), False)
+    doc["withdrawals"]["chains"]["btc"]["max_fee_per_gas"] = 1
+    with pytest.raises(ConfigError, match="max_fee_per_gas: unknown key"):
+        parse(doc)
+    del doc["withdrawals"]["chains"]["btc"]["max_fee_per_gas"]
+    doc["withdrawals"]["chains"]["btc"]["min_fee_rate"] = 300
+    with pytest.raises(ConfigError, match="min_fee_rate: must not exceed max_fee_rate"):
+        parse(doc)
