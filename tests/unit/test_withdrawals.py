@@ -545,3 +545,20 @@ def test_incremental_records_restore_the_same_book() -> None:
     assert r.get(R1) is None and r.digest_of("w-1") == "d-w-1"
     with pytest.raises(SnapshotError, match="unreadable"):
         WithdrawalBook.restore_parts(ch.header, [b'{"settled":["w-1"]}'], ETH, CFG)
+
+
+def test_own_payment_reported_in_other_hex_case_is_still_ours() -> None:
+    b = bound()
+    b.signed(R1, tx("0xabCD"))
+    b.broadcast_result(R1, TxId("0xabCD"), BroadcastOutcome.OK, 10)
+    b.block_added(12, BlockHash("0xb12"), [Spend("nonce:0", TxId("0xabcd"))])
+    ds = b.tip(40, 30)  # deep and final: a "foreign" reading would re-bind and pay again
+    assert events(ds) == [T.CONFIRMED]
+    assert isinstance(ds[0], Emit) and ds[0].event.txid == "0xabCD"
+
+
+def test_bound_keys_for_coin_selection() -> None:
+    b = WithdrawalBook(ETH, UTXO)
+    b.accept(request("a"))
+    b.funds(RequestId("a"), True, ["tx1:1", "tx0:0"])
+    assert b.bound_keys() == {"in:tx0:0", "in:tx1:1"}

@@ -418,6 +418,11 @@ class WithdrawalBook:
         for the duplicate rule (:mod:`watcher.withdrawals.intake`)."""
         return self._digests.get(RequestId(request_id))
 
+    def bound_keys(self) -> frozenset[str]:
+        """Every binding key a request holds (``in:<txid>:<vout>``, ``nonce:<n>``): coin
+        selection must leave these outputs alone."""
+        return frozenset(self._by_key)
+
     def used_today(self, asset: AssetSymbol, now_ms: int) -> int:
         return self.limits.used(asset, now_ms)
 
@@ -563,10 +568,14 @@ class WithdrawalBook:
                 self._nonce_seen(s.key)
                 continue
             w = self._w[rid]
-            ours = any(a.txid == s.txid for a in w.attempts)
+            # Hex case must not turn our own payment into a "foreign" one: that would re-bind
+            # the request at finality and pay it a second time. The recorded form is kept.
+            own = next((a for a in w.attempts if a.txid.lower() == s.txid.lower()), None)
+            ours = own is not None
             if w.inclusion is not None and w.inclusion.ours and not ours:
                 continue
-            inc = Inclusion(s.txid, number, block_hash, ours, s.reverted and ours, s.fee_paid)
+            txid = own.txid if own is not None else s.txid
+            inc = Inclusion(txid, number, block_hash, ours, s.reverted and ours, s.fee_paid)
             self._put(replace(w, inclusion=inc))
         return []
 
