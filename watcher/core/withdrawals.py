@@ -499,8 +499,9 @@ class WithdrawalBook:
             return []
         prev = w.latest
         if prev is not None and not tx.fees.covers(prev.fees.bumped()):
-            raise BindingViolation(f"a replacement for {request_id} raises fees by less than "
-                                   f"{BUMP_PERCENT}%")
+            # A stale Sign (another replacement was recorded since it was decided): never sent,
+            # since a node would refuse it as underpriced; the stuck rule decides again.
+            return []
         if not self.cfg.fee_cap.covers(tx.fees):
             raise BindingViolation(f"a transaction for {request_id} exceeds the fee cap")
         state = w.state if w.state in (WithdrawalState.BROADCAST, WithdrawalState.REPLACED) \
