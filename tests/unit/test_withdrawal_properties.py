@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chains.evm.tx import quote_fees
@@ -330,7 +330,7 @@ ACTIONS = st.one_of(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ACTIONS, max_size=60))
 def test_never_paid_twice_and_every_request_settles_once(actions: list[tuple[str, int]]) -> None:
     sim = Sim()
