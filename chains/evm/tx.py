@@ -22,7 +22,7 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from eth_utils.exceptions import ValidationError
 
-from watcher.core.withdrawals import Fees
+from watcher.core.withdrawals import Fees, NonceBinding, Request, Sign, SignedTx
 from watcher.errors import SignerError
 from watcher.ports import Signer
 from watcher.types import Address, TxId
@@ -173,3 +173,25 @@ def quote_fees(base_fee: int, priority_fee: int, cap: Fees, minimum: Fees) -> Fe
     if not cap.covers(fees) or not fees.covers(minimum):
         return None
     return fees
+
+
+async def sign_withdrawal(request: Request, decision: Sign, *, chain_id: int, base_fee: int,
+                          priority_fee: int, cap: Fees, token_gas_limit: int,
+                          signer: Signer) -> SignedTx | None:
+    """Carries out a :class:`Sign` decision on an EVM chain: the payment of ``request``
+    (native, or ERC-20 ``transfer`` when it names a token) with the decision's nonce, fees
+    from the node's quote raised to the decision's minimum. None when the cap leaves no room
+    (the state machine decides again later)."""
+    if not isinstance(decision.binding, NonceBinding) or decision.request_id != request.request_id:
+        raise ValueError("an EVM payment is signed for its own request and nonce")
+    fees = quote_fees(base_fee, priority_fee, cap, decision.min_fees)
+    if fees is None:
+        return None
+    nonce = decision.binding.nonce
+    if request.token_contract is None:
+        tx = native_payment(chain_id, nonce, request.to_address, request.amount, fees)
+    else:
+        tx = erc20_payment(chain_id, nonce, request.token_contract, request.to_address, request.amount,
+                           fees, token_gas_limit)
+    signed = await sign(tx, signer)
+    return SignedTx(signed.txid, signed.raw, decision.binding, fees, tx.max_cost_of_gas)

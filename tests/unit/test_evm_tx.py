@@ -18,11 +18,12 @@ from chains.evm.tx import (
     quote_fees,
     rlp_encode,
     sign,
+    sign_withdrawal,
 )
-from watcher.core.withdrawals import Fees
-from watcher.errors import SignerError
+from watcher.core.withdrawals import BroadcastOutcome, Fees, NonceBinding, Request, RequestId, Sign
+from watcher.errors import ErrorKind, SignerError
 from watcher.ports import RecoverableSignature
-from watcher.types import Address
+from watcher.types import Address, AssetSymbol, TxId
 from watcher.withdrawals.signer import HotKeySigner
 
 KEY = bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318")
@@ -156,3 +157,48 @@ def test_bump_is_at_least_ten_percent_on_both() -> None:
     assert Fees(100, 10).bumped() == Fees(110, 11)
     assert Fees(101, 1).bumped() == Fees(112, 2)  # rounded up, and at least one more
     assert Fees(7, 0).bumped() == Fees(8, 0)
+
+
+def _request(asset: str, amount: int, token: Address | None) -> Request:
+    return Request(RequestId("w-1"), AssetSymbol(asset), token, TO, amount, 18, "d", 0)
+
+
+async def test_sign_decision_gives_the_golden_native_payment() -> None:
+    # Base fee 14.25 gwei and tip 1.5 gwei quote exactly the golden vector's 30 / 1.5 gwei.
+    d = Sign(RequestId("w-1"), NonceBinding(7), Fees(0, 0), None)
+    s = await sign_withdrawal(_request("ETH", 1_500_000_000_000_000_000, None), d, chain_id=31337,
+                              base_fee=14_250_000_000, priority_fee=1_500_000_000,
+                              cap=Fees(10**12, 10**10), token_gas_limit=65_000,
+                              signer=HotKeySigner("hot", KEY))
+    assert s is not None
+    assert (s.raw.hex(), s.txid, s.binding, s.fees, s.fee) == (
+        NATIVE_RAW, NATIVE_TXID, NonceBinding(7), FEES, 21_000 * 30_000_000_000)
+
+
+async def test_sign_decision_gives_the_golden_erc20_payment() -> None:
+    d = Sign(RequestId("w-1"), NonceBinding(8), Fees(30_000_000_000, 1_500_000_000), TxId("0xold"))
+    s = await sign_withdrawal(_request("USDC", 2_500_000, TOKEN), d, chain_id=31337, base_fee=1,
+                              priority_fee=1, cap=Fees(10**12, 10**10), token_gas_limit=65_000,
+                              signer=HotKeySigner("hot", KEY))
+    assert s is not None and (s.raw.hex(), s.txid) == (ERC20_RAW, ERC20_TXID)
+
+
+async def test_sign_decision_refuses_another_request_and_respects_the_cap() -> None:
+    signer = HotKeySigner("hot", KEY)
+    req = _request("ETH", 1, None)
+    with pytest.raises(ValueError, match="own request"):
+        await sign_withdrawal(req, Sign(RequestId("w-2"), NonceBinding(0), Fees(0, 0), None), chain_id=1,
+                              base_fee=1, priority_fee=1, cap=CAP, token_gas_limit=65_000, signer=signer)
+    over = Sign(RequestId("w-1"), NonceBinding(0), Fees(CAP.max_fee + 1, 1), TxId("0xold"))
+    assert await sign_withdrawal(req, over, chain_id=1, base_fee=1, priority_fee=1, cap=CAP,
+                                 token_gas_limit=65_000, signer=signer) is None
+
+
+@pytest.mark.parametrize(("kind", "outcome"), [
+    (None, BroadcastOutcome.OK), (ErrorKind.ALREADY_KNOWN, BroadcastOutcome.ALREADY_KNOWN),
+    (ErrorKind.UNDERPRICED, BroadcastOutcome.UNDERPRICED),
+    (ErrorKind.NONCE_TOO_LOW, BroadcastOutcome.CONSUMED),
+    (ErrorKind.RETRIABLE, BroadcastOutcome.RETRIABLE), (ErrorKind.FINAL, BroadcastOutcome.RETRIABLE),
+])
+def test_send_errors_classified_once(kind: ErrorKind | None, outcome: BroadcastOutcome) -> None:
+    assert BroadcastOutcome.of(kind) is outcome

@@ -41,7 +41,7 @@ from typing import Any, NewType
 
 import orjson
 
-from watcher.errors import WatcherError
+from watcher.errors import ErrorKind, WatcherError
 from watcher.types import Address, AssetSymbol, BlockHash, ChainId, EventId, TxId
 
 RequestId = NewType("RequestId", str)
@@ -84,6 +84,16 @@ class BroadcastOutcome(StrEnum):
     """EVM "nonce too low"; UTXO inputs missing or already spent."""
     RETRIABLE = "retriable"
     """Not handed over (timeout, no endpoint): the same bytes are sent again later."""
+
+    @classmethod
+    def of(cls, kind: ErrorKind | None) -> BroadcastOutcome:
+        """The outcome of a send that raised a :class:`ChainError` of ``kind`` (None: it
+        returned). A FINAL refusal (insufficient funds for gas, say) is sent again later
+        like a retriable one: the bytes are recorded and may be valid once funds arrive, and
+        nothing else may ever be signed for the binding."""
+        return {None: cls.OK, ErrorKind.ALREADY_KNOWN: cls.ALREADY_KNOWN,
+                ErrorKind.UNDERPRICED: cls.UNDERPRICED,
+                ErrorKind.NONCE_TOO_LOW: cls.CONSUMED}.get(kind, cls.RETRIABLE)
 
 
 class BindingViolation(WatcherError):
