@@ -6,6 +6,7 @@ temporary folder, installs itself into the cache if missing, and stops at sessio
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +20,11 @@ from tests.support.services import (
     PrometheusService,
     ServiceManager,
 )
+
+# config/example.yaml reads its Bitcoin RPC credentials from the environment, as production
+# does; tests that load it get example values (never real secrets).
+os.environ.setdefault("BTC_RPC_USER", "watcher-example")
+os.environ.setdefault("BTC_RPC_PASSWORD", "example-password")
 
 INTEGRATION_MARKER = "integration: runs against real services (Kafka, anvil, btcd, Prometheus)"
 

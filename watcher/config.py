@@ -11,6 +11,8 @@ Secrets (``sasl_password``) are meant to arrive this way, never in the file.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from collections.abc import Mapping
@@ -183,6 +185,7 @@ class WatcherConfig:
     shutdown_grace_s: int = 30
     """Seconds from SIGTERM to exit: the in-flight step may finish (its Kafka transaction
     committed) until shortly before; then it is cancelled and its transaction aborted."""
+    withdrawals: WithdrawalsConfig | None = None
 
 
 # ---------------------------------------------------------------- loading
@@ -236,7 +239,7 @@ def parse(raw: Mapping[str, Any], base_dir: Path = Path(),
     env = os.environ if environ is None else environ
     r = _Reader(raw, "")
     r.only({"kafka", "chains", "metrics", "addresses_file", "logging", "leadership",
-            "shutdown_grace_s"})
+            "shutdown_grace_s", "withdrawals"})
     kafka = _parse_kafka(r.section("kafka"))
     chains_raw = r.section("chains")
     if not chains_raw.raw:
@@ -264,6 +267,7 @@ def parse(raw: Mapping[str, Any], base_dir: Path = Path(),
         log_json=logging_.flag("json", True),
         shutdown_grace_s=r.integer("shutdown_grace_s", 30, lo=2, hi=3600),
         leadership=_parse_leadership(r.section("leadership", required=False)),
+        withdrawals=parse_withdrawals(r.raw.get("withdrawals"), chains),
     )
 
 
@@ -635,3 +639,135 @@ class _Reader:
         if not isinstance(value, bool):
             raise ConfigError(self.key(name), "must be true or false")
         return value
+
+
+# ---------------------------------------------------------------- withdrawals
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalAssetLimits:
+    per_request_limit: int
+    daily_limit: int
+    """Rolling 24 hours, in base units."""
+
+
+@dataclass(frozen=True, slots=True)
+class HotKeySource:
+    """Where the hot key is read from; the configuration names the place, never holds the key."""
+
+    file: Path | None
+    env: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChainWithdrawals:
+    chain: ChainId
+    confirmations: int
+    stuck_blocks: int
+    max_fee: int
+    """EVM: max fee per gas in wei. Bitcoin: max fee rate in sat/vB."""
+    max_tip: int
+    """EVM: max priority fee per gas in wei. Bitcoin: 0."""
+    min_fee: int
+    """Bitcoin: the fee-rate floor in sat/vB. EVM: 0."""
+    token_gas_limit: int
+    hot_key: HotKeySource
+    assets: Mapping[AssetSymbol, WithdrawalAssetLimits]
+    """The allow-list: only these assets may be withdrawn on the chain."""
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalsConfig:
+    requesters: Mapping[str, bytes]
+    """Requesting service name -> raw 32-byte Ed25519 public key."""
+    chains: Mapping[ChainId, ChainWithdrawals]
+
+
+def parse_withdrawals(raw: object, chains: Mapping[ChainId, ChainConfig]) -> WithdrawalsConfig | None:
+    """The optional ``withdrawals`` section; None when absent (deposits only)."""
+    if raw is None:
+        return None
+    r = _Reader(raw, "withdrawals")
+    r.only({"requesters", "chains"})
+    req = r.section("requesters")
+    if not req.raw:
+        raise ConfigError(req.prefix, "at least one requesting service's public key is required")
+    requesters: dict[str, bytes] = {}
+    for name in req.raw:
+        text = req.text(str(name))
+        try:
+            key = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(req.key(str(name)), "must be a base64 Ed25519 public key") from None
+        if len(key) != 32:
+            raise ConfigError(req.key(str(name)), f"an Ed25519 public key has 32 bytes, got {len(key)}")
+        requesters[str(name)] = key
+    chains_r = r.section("chains")
+    out: dict[ChainId, ChainWithdrawals] = {}
+    for cid in chains_r.raw:
+        chain = chains.get(ChainId(str(cid)))
+        if chain is None:
+            raise ConfigError(chains_r.key(str(cid)), "not a configured chain")
+        out[chain.id] = _parse_chain_withdrawals(chain, chains_r.section(str(cid)))
+    return WithdrawalsConfig(requesters=requesters, chains=out)
+
+
+def _required_amount(r: _Reader, name: str) -> int:
+    if r.raw.get(name) is None:
+        raise ConfigError(r.key(name), "missing")
+    return _amount(r.raw[name], r.key(name))
+
+
+def _parse_chain_withdrawals(chain: ChainConfig, r: _Reader) -> ChainWithdrawals:
+    evm = chain.family is Family.EVM
+    fee_keys = ({"max_fee_per_gas", "max_priority_fee_per_gas", "token_gas_limit"} if evm
+                else {"max_fee_rate", "min_fee_rate"})
+    r.only({"confirmations", "stuck_blocks", "hot_key", "assets"} | fee_keys)
+    if evm:
+        max_fee = _required_amount(r, "max_fee_per_gas")
+        max_tip = _required_amount(r, "max_priority_fee_per_gas")
+        if max_tip > max_fee:
+            raise ConfigError(r.key("max_priority_fee_per_gas"), "must not exceed max_fee_per_gas")
+        min_fee = 0
+    else:
+        max_fee = _required_amount(r, "max_fee_rate")
+        min_fee = _amount(r.raw.get("min_fee_rate", 1), r.key("min_fee_rate"))
+        max_tip = 0
+        if min_fee > max_fee:
+            raise ConfigError(r.key("min_fee_rate"), "must not exceed max_fee_rate")
+    key_r = r.section("hot_key")
+    key_r.only({"file", "env"})
+    key_file, key_env = key_r.opt_text("file"), key_r.opt_text("env")
+    if (key_file is None) == (key_env is None):
+        raise ConfigError(key_r.prefix, "exactly one of file (a mounted secret) or env (a variable name)")
+    if key_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key_env):
+        raise ConfigError(key_r.key("env"), "must be an environment variable name (the key itself "
+                                            "never goes in the configuration)")
+    known = {chain.native_symbol, *(t.symbol for t in chain.tokens)}
+    assets_r = r.section("assets")
+    if not assets_r.raw:
+        raise ConfigError(assets_r.prefix, "at least one asset must be allowed")
+    assets: dict[AssetSymbol, WithdrawalAssetLimits] = {}
+    for sym in assets_r.raw:
+        ar = assets_r.section(str(sym))
+        if sym not in known:
+            raise ConfigError(ar.prefix, f"unknown asset; configured: {', '.join(sorted(known))}")
+        ar.only({"per_request_limit", "daily_limit"})
+        per = _required_amount(ar, "per_request_limit")
+        daily = _required_amount(ar, "daily_limit")
+        if daily < per:
+            raise ConfigError(ar.key("daily_limit"), "must be at least per_request_limit")
+        assets[AssetSymbol(str(sym))] = WithdrawalAssetLimits(per, daily)
+    confirmations = r.integer("confirmations", chain.default_confirmations.max_required, lo=1,
+                              hi=chain.reorg_window)
+    return ChainWithdrawals(
+        chain=chain.id,
+        confirmations=confirmations,
+        stuck_blocks=r.integer("stuck_blocks", 10, lo=1, hi=100_000),
+        max_fee=max_fee,
+        max_tip=max_tip,
+        min_fee=min_fee,
+        token_gas_limit=r.integer("token_gas_limit", 100_000, lo=21_000, hi=10_000_000) if evm else 0,
+        hot_key=HotKeySource(file=Path(key_file) if key_file else None, env=key_env),
+        assets=assets,
+    )

@@ -95,3 +95,10 @@ class SinkError(WatcherError):
 
 class ReorgBeyondWindow(WatcherError):
     """A reorg deeper than the window or below finality: a critical condition, never absorbed."""
+
+
+class SignerError(WatcherError):
+    """The signer could not sign (key unreadable, HSM unreachable, wrong answer).
+
+    The message never holds the key, a digest's signature or a secret's path content.
+    """

@@ -130,3 +130,33 @@ MEMPOOL_TXS_UNREADABLE = Counter("watcher_mempool_transactions_unreadable_total"
                                  "Mempool transactions left out because they could not be parsed "
                                  "or were not the transaction asked for", ["chain"],
                                  registry=REGISTRY)
+
+# ---------------------------------------------------------------- withdrawals
+# Set by the withdrawal runtime; gauges from WithdrawalBook.summary() after each commit.
+
+WITHDRAWAL_REQUESTS = Counter(
+    "watcher_withdrawal_requests_total",
+    "Withdrawal requests by intake outcome: accepted, repeat, dead_letter or the rejection reason. "
+    "chain is a configured chain id or 'unknown', never the text of a request",
+    ["chain", "outcome"], registry=REGISTRY)
+WITHDRAWALS_BY_STATE = Gauge("watcher_withdrawals", "Withdrawals in the state, by state",
+                             ["chain", "state"], registry=REGISTRY)
+WITHDRAWALS_STUCK = Gauge("watcher_withdrawals_stuck",
+                          "Payments handed to the network and not mined within stuck_blocks",
+                          ["chain"], registry=REGISTRY)
+WITHDRAWAL_REPLACEMENTS = Counter("watcher_withdrawal_replacements_total",
+                                  "Fee-bumped replacements broadcast", ["chain"], registry=REGISTRY)
+WITHDRAWAL_NONCE_GAP = Gauge("watcher_withdrawal_nonce_gap",
+                             "Next nonce minus the reconciled one at the last reconciliation "
+                             "(positive: the counter had drifted above the chain)",
+                             ["chain"], registry=REGISTRY)
+HOT_WALLET_BALANCE = Gauge("watcher_hot_wallet_balance",
+                           "Hot wallet balance in base units (for dashboards only, never for payment "
+                           "decisions)", ["chain", "asset"], registry=REGISTRY)
+_WITHDRAWAL_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+WITHDRAWAL_TO_BROADCAST = Histogram("watcher_withdrawal_request_to_broadcast_seconds",
+                                    "From the request record's timestamp to the first broadcast",
+                                    ["chain"], buckets=_WITHDRAWAL_BUCKETS, registry=REGISTRY)
+WITHDRAWAL_TO_CONFIRMED = Histogram("watcher_withdrawal_request_to_confirmed_seconds",
+                                    "From the request record's timestamp to withdrawal.confirmed",
+                                    ["chain"], buckets=_WITHDRAWAL_BUCKETS, registry=REGISTRY)

@@ -197,3 +197,37 @@ class TransactionalSink(Protocol):
 
     async def stop(self) -> None:
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverableSignature:
+    """A secp256k1 ECDSA signature in low-s form with its recovery bit."""
+
+    r: int
+    s: int
+    y_parity: int
+
+
+class Signer(Protocol):
+    """The hot wallet's key, wherever it lives: a local secret, an HSM, a remote signer.
+
+    It signs 32-byte digests that the chain family computed (EVM: the EIP-1559 signing
+    hash; UTXO: a sighash), so the key never meets a transaction format and any signer
+    that can sign a digest fits. The caller checks that the signature recovers to
+    :attr:`public_key` before it records the transaction: a signer that answers wrongly is
+    never believed. Implementations never log, print or ``repr`` the key.
+    """
+
+    @property
+    def name(self) -> str:
+        """The configured name of the key: the only way it is named in logs and labels."""
+        ...
+
+    @property
+    def public_key(self) -> bytes:
+        """The 64-byte uncompressed public key (x || y, without the 0x04 prefix)."""
+        ...
+
+    async def sign_digest(self, digest: bytes) -> RecoverableSignature:
+        """Signs exactly 32 bytes; raises :class:`watcher.errors.SignerError` when it cannot."""
+        ...
