@@ -73,3 +73,17 @@ REGISTRATIONS = Counter("watcher_address_registrations_total",
                         "Registration records applied, by outcome", ["outcome"], registry=REGISTRY)
 DEAD_LETTERS = Counter("watcher_dead_letters_total", "Inputs sent to the dead-letter topic",
                        ["source"], registry=REGISTRY)
+
+# -- address-index snapshots and checkpoint topics (snapshots) ------------------------------
+ADDRESS_SNAPSHOT_RESTORES = Counter(
+    "watcher_address_snapshot_restores_total",
+    "Starts by how the address index was loaded: restored from a snapshot, or read in full "
+    "because the snapshot was missing, corrupt, stale, mismatched or unavailable",
+    ["chain", "outcome"], registry=REGISTRY)
+ADDRESS_SNAPSHOT_RESTORE_SECONDS = Gauge(
+    "watcher_address_snapshot_restore_seconds",
+    "Time the last start spent loading the chain's address snapshot (or finding it unusable)",
+    ["chain"], registry=REGISTRY)
+ADDRESS_SNAPSHOT_WRITES = Counter("watcher_address_snapshot_writes_total",
+                                  "Address-index snapshots written, by outcome",
+                                  ["chain", "outcome"], registry=REGISTRY)
