@@ -121,12 +121,15 @@ class AddressSnapshotStore:
         return assemble(manifest, found)
 
     async def _start(self, consumer: ManualConsumer) -> None:
-        partitions = await consumer.start()
+        probe = ManualConsumer(self._cfg, self._topic, timeout_s=self._timeout_s)
+        try:
+            partitions = await probe.start()
+        finally:
+            await probe.stop()
         if CHUNK_PARTITION not in partitions or MANIFEST_PARTITION not in partitions:
             raise SnapshotUnavailable(
                 f"topic {self._topic} has partitions {partitions}; snapshots need "
                 f"{SNAPSHOT_PARTITIONS} (recreate it, or configure kafka.topics.address_snapshots)")
-        await consumer.stop()
         await consumer.start([CHUNK_PARTITION])
 
     async def write(self, chain: str, key_size: int, count: int, key_chunks: Iterable[bytes],

@@ -399,7 +399,7 @@ class RegistrationFollower:
             if problem is not None:
                 log.warning("address snapshot %s of %s not used (%s): reading all registrations",
                             manifest.snapshot_id, chain, problem)
-                return None, "stale" if problem.startswith("taken") else "mismatch"
+                return None, "stale" if problem.startswith("older") else "mismatch"
             restored = await self._snap.store.read_chunks(manifest)
             index.load_packed(restored.keys, restored.labels)
         except asyncio.CancelledError:
@@ -419,11 +419,11 @@ class RegistrationFollower:
         assert self._snap is not None
         age_s = time.time() - m.created_ms / 1000
         if age_s > self._snap.max_age_s:
-            return f"taken {age_s:.0f}s ago, over max_age_s {self._snap.max_age_s:.0f}"
+            return f"older than max_age_s {self._snap.max_age_s:.0f}: taken {age_s:.0f}s ago"
         if m.key_size != index.key_size:
             return f"key size {m.key_size}, the index has {index.key_size}"
         if m.base != self._snap.base:
-            return "taken over another static addresses file"
+            return "it was taken over another static addresses file"
         for p, offset in m.offsets.items():
             if p not in partitions:
                 return f"partition {p} of the registrations topic no longer exists"
