@@ -127,8 +127,10 @@ async def settle(follower: RegistrationFollower, cfg: KafkaConfig) -> None:
     finally:
         await consumer.stop()
     async with asyncio.timeout(30):
-        while any(follower._positions.get(p, 0) < e for p, e in ends.items()):
-            await asyncio.sleep(0.05)  # polling: the follower has no per-offset event
+        for _ in range(100_000):  # polling: the follower has no per-offset event
+            if all(follower._positions.get(p, 0) >= e for p, e in ends.items()):
+                return
+            await asyncio.sleep(0.05)
 
 
 async def full_read(cfg: KafkaConfig) -> dict[str, dict[bytes, str | None]]:
