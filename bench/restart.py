@@ -95,8 +95,11 @@ async def child(bootstrap: str, size: int, mode: str) -> dict[str, Any]:
         async def write(self, **_: Any) -> None:
             return None
 
-    index = TimedIndex(KEY_SIZE)
     store = TimedStore(cfg, timeout_s=300)
+    if mode == "seed":
+        return {"mode": mode, "size": size,
+                "snapshot_write_s": round(await seed_snapshot(cfg, store, size), 2)}
+    index = TimedIndex(KEY_SIZE)
     snapshots = None if mode == "off" else SnapshotSettings(store, every_changes=10**12)
     follower = RegistrationFollower(cfg, {"eth": EvmAddressCodec()}, {"eth": index}, Dead(),
                                     timeout_s=120, snapshots=snapshots)
@@ -114,6 +117,33 @@ async def child(bootstrap: str, size: int, mode: str) -> dict[str, Any]:
         out["snapshot_write_s"] = round(time.perf_counter() - t, 2)
     await follower.stop()
     return out
+
+
+def offsets_file(size: int) -> Path:
+    return STATE / f"generated-{size}.json"
+
+
+async def seed_snapshot(cfg: Any, store: Any, size: int) -> float:
+    """Writes the snapshot a full read of the freshly generated topic would give, built from
+    the generator instead of from a full read (10 M registrations take many minutes to read
+    here). The offsets are the topic's end right after it was generated; the integration test
+    ``test_address_snapshots`` proves that snapshot plus tail equals a full read."""
+    from watcher.core.addresses import AddressIndex
+
+    meta = json.loads(offsets_file(size).read_text())
+    index = AddressIndex(KEY_SIZE)
+    index.load_packed(b"".join(raw for _, _, raw in generated(size, meta["seed"])))
+    labels = {}
+    for base, n, raw in generated(size, meta["seed"]):
+        for i in range((-base) % 10, n, 10):
+            labels[raw[i * KEY_SIZE:(i + 1) * KEY_SIZE]] = f"c-{base + i}"
+    index.load_packed(b"".join(index.packed_chunks()), labels)
+    t = time.perf_counter()
+    chunks = list(index.packed_chunks(1_000_000 // KEY_SIZE))
+    await store.write("eth", KEY_SIZE, len(index), chunks, index.labels(),
+                      {int(p): o for p, o in meta["offsets"].items()}, None, None)
+    print(json.dumps({"event": "seeded"}), flush=True)
+    return time.perf_counter() - t
 
 
 def run_child(bootstrap: str, size: int, mode: str) -> dict[str, Any]:
@@ -136,6 +166,17 @@ def run_child(bootstrap: str, size: int, mode: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- setup
 
 
+async def end_offsets(cfg: Any) -> dict[int, int]:
+    from watcher.kafka.client import ManualConsumer
+
+    consumer = ManualConsumer(cfg, cfg.topics.address_registrations, timeout_s=60)
+    await consumer.start()
+    try:
+        return await consumer.end_offsets()
+    finally:
+        await consumer.stop()
+
+
 async def topic_records(cfg: Any) -> int:
     from watcher.kafka.client import ManualConsumer
 
@@ -145,6 +186,15 @@ async def topic_records(cfg: Any) -> int:
         return sum((await consumer.end_offsets()).values())
     finally:
         await consumer.stop()
+
+
+def generated(size: int, seed: int) -> Any:
+    """The registrations :func:`produce_registrations` writes: (address digits, label) chunks."""
+    rng = random.Random(seed)
+    step = 100_000
+    for base in range(0, size, step):
+        n = min(step, size - base)
+        yield base, n, rng.randbytes(KEY_SIZE * n)
 
 
 def produce_registrations(bootstrap: str, topic: str, size: int, seed: int) -> float:
@@ -164,11 +214,8 @@ def produce_registrations(bootstrap: str, topic: str, size: int, seed: int) -> f
          "--producer-property", "acks=all"],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     assert proc.stdin is not None
-    rng = random.Random(seed)
-    step = 100_000
-    for base in range(0, size, step):
-        n = min(step, size - base)
-        blob = rng.randbytes(KEY_SIZE * n).hex()
+    for base, n, raw in generated(size, seed):
+        blob = raw.hex()
         lines = []
         for i in range(n):
             address = "0x" + blob[i * 40:(i + 1) * 40]
@@ -208,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure the full re-read (snapshot off) only up to this size")
     ap.add_argument("--tail", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=2, help="restores per size (snapshot on)")
-    ap.add_argument("--child", choices=["off", "on", "write"])
+    ap.add_argument("--child", choices=["off", "on", "write", "seed"])
     ap.add_argument("--bootstrap")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -231,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
             took = produce_registrations(bootstrap, cfg.topics.address_registrations,
                                          size - have, seed=size + have)
             print(f"{size:,}: produced {size - have:,} registrations in {took:.0f}s", flush=True)
+            if have == 0:
+                offsets = asyncio.run(end_offsets(cfg))
+                offsets_file(size).write_text(json.dumps({"seed": size, "offsets": offsets}))
         else:
             print(f"{size:,}: registration topic cached ({have:,} records)", flush=True)
         if size <= args.full_max:
@@ -239,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
         probe = run_child(bootstrap, size, "on")
         if not probe["restored"]:
-            written = run_child(bootstrap, size, "write")
+            how = "seed" if offsets_file(size).exists() else "write"
+            written = run_child(bootstrap, size, how)
             print(json.dumps(written), flush=True)
         asyncio.run(produce_tail(cfg, args.tail, seed=int(time.time())))
         for _ in range(args.repeat):

@@ -61,6 +61,7 @@ from watcher.types import Address, AddressKey
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_SOURCE = "address-registrations"
+SNAPSHOT_RETRY_S = 60.0
 MAX_LABEL_CHARS = 256
 MAX_ADDRESS_CHARS = 256
 _CHAIN_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -240,6 +241,8 @@ class RegistrationFollower:
         self._manifests: dict[str, Manifest | None] = dict.fromkeys(indexes)
         """Per chain: the snapshot its index was last restored from or written as."""
         self._snapshot_at: dict[str, float] = dict.fromkeys(indexes, time.monotonic())
+        self._not_before: dict[str, float] = dict.fromkeys(indexes, 0.0)
+        """Per chain: no snapshot before this (monotonic) time, after a failed write."""
         self._writer: asyncio.Task[None] | None = None
         self.restored: dict[str, bool] = dict.fromkeys(indexes, False)
         """Per chain: whether this start restored it from a snapshot."""
@@ -434,6 +437,8 @@ class RegistrationFollower:
 
     def _due(self, chain: str, now: float) -> bool:
         assert self._snap is not None
+        if now < self._not_before[chain]:
+            return False
         changes = self._changes[chain]
         if changes >= self._snap.every_changes:
             return True
@@ -477,7 +482,10 @@ class RegistrationFollower:
                 raise
             except Exception as exc:
                 ADDRESS_SNAPSHOT_WRITES.labels(chain, "failed").inc()
-                log.warning("address snapshot of %s not written (retried later): %s", chain, exc)
+                # Exporting millions of keys costs seconds: not again after every batch.
+                self._not_before[chain] = time.monotonic() + SNAPSHOT_RETRY_S
+                log.warning("address snapshot of %s not written (retried in %.0fs): %s", chain,
+                            SNAPSHOT_RETRY_S, exc)
                 continue
             self._manifests[chain] = manifest
             self._changes[chain] -= changes
