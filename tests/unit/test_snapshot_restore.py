@@ -69,7 +69,7 @@ def follower(store: FakeStore, chains: tuple[str, ...] = ("eth",), **kw: Any,
     f = RegistrationFollower(KafkaConfig("127.0.0.1:1", Topics(), "t", "t", "PLAINTEXT", None,
                                          None, None, None, 60_000),
                              {c: HexCodec() for c in chains}, indexes, Dead(),
-                             snapshots=SnapshotSettings(store, **kw))  # type: ignore[arg-type]
+                             snapshots=SnapshotSettings(store, **kw))
     return f, indexes
 
 
