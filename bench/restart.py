@@ -166,6 +166,12 @@ def run_child(bootstrap: str, size: int, mode: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- setup
 
 
+async def has_snapshot(cfg: Any) -> bool:
+    from watcher.kafka.addrsnapshots import AddressSnapshotStore
+
+    return await AddressSnapshotStore(cfg).read_manifest("eth") is not None
+
+
 async def end_offsets(cfg: Any) -> dict[int, int]:
     from watcher.kafka.client import ManualConsumer
 
@@ -287,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             row = run_child(bootstrap, size, "off")
             rows.append(row)
             print(json.dumps(row), flush=True)
-        probe = run_child(bootstrap, size, "on")
-        if not probe["restored"]:
+        if not asyncio.run(has_snapshot(cfg)):
             how = "seed" if offsets_file(size).exists() else "write"
             written = run_child(bootstrap, size, how)
             print(json.dumps(written), flush=True)
