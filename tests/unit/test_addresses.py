@@ -437,8 +437,13 @@ def test_packed_round_trip_equals_incremental_adds(key_size: int, count: int) ->
     built = AddressIndex(key_size)
     for i, key in enumerate(keys):
         built.add(key, f"l{i}" if i % 4 == 0 else None)
-    blob = b"".join(built.packed_chunks(slots_per_chunk=97))
+    chunks = list(built.packed_chunks(slots_per_chunk=97))
+    blob = b"".join(chunks)
     assert len(blob) == len(keys) * key_size
+    from_chunks = AddressIndex(key_size)
+    from_chunks.load_packed(chunks, built.labels())
+    check_invariants(from_chunks)
+    assert sorted(from_chunks) == sorted(keys)
     loaded = AddressIndex(key_size, small_set_limit=10)
     loaded.add(os.urandom(key_size) if key_size > 1 else b"\x00", "stale")  # replaced
     loaded.load_packed(blob, built.labels())
@@ -477,6 +482,8 @@ def test_load_packed_rejects_bad_input_and_keeps_the_index() -> None:
     index.add(A, "a")
     with pytest.raises(ValueError, match="multiple of 20"):
         index.load_packed(b"x" * 30)
+    with pytest.raises(ValueError, match="multiple of 20"):
+        index.load_packed([B, b"x" * 10, b"y" * 10])  # 40 bytes, cut inside a key
     with pytest.raises(ValueError, match="not in the packed keys"):
         index.load_packed(B + C, {D: "ghost"})
     with pytest.raises(TypeError, match="label must be str"):

@@ -19,7 +19,7 @@ from watcher.metrics import REGISTRY
 
 K1, K2, KF = b"\x01" * 20, b"\x02" * 20, b"\x0f" * 20
 NOW_MS = int(time.time() * 1000)
-TWO_KEYS = Restored(K1 + K2, {K2: "two"})
+TWO_KEYS = Restored((K1, K2), {K2: "two"})
 
 
 def manifest(chain: str = "eth", offsets: Mapping[int, int] | None = None, key_size: int = 20,
@@ -91,7 +91,7 @@ CASES: list[tuple[str, Any, Any, dict[str, Any], str]] = [
     ("partition gone", manifest(offsets={5: 1}), None, {}, "mismatch"),
     ("bad manifest", SnapshotCorrupt("manifest is not JSON"), None, {}, "corrupt"),
     ("bad chunk", manifest(), SnapshotCorrupt("chunk k0 does not match its digest"), {}, "corrupt"),
-    ("label of a key not there", manifest(), Restored(K1, {K2: "x"}), {}, "corrupt"),
+    ("label of a key not there", manifest(), Restored((K1,), {K2: "x"}), {}, "corrupt"),
     ("kafka away", OSError("no broker"), None, {}, "unavailable"),
 ]
 

@@ -27,7 +27,7 @@ label nothing and pay nothing for it.
 
 Bulk paths for snapshots (:meth:`AddressIndex.packed_chunks`,
 :meth:`AddressIndex.load_packed`): the keys leave and enter the table as one
-packed blob, ``key_size`` bytes per key, moved with ``map``/``accumulate``/
+packed blobs, ``key_size`` bytes per key, cut and hashed with ``re``/``map``/
 ``compress`` over C-level callables instead of a bytecode loop per key. A load
 rehashes every key (the slots of a snapshot are not portable: the hash secret
 is per process) into a table allocated once at its final size, with no
@@ -42,7 +42,7 @@ the core.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import compress
 
 EMPTY = 0
@@ -384,18 +384,22 @@ class AddressIndex:
             yield b"".join(map(table.__getitem__,
                                map(slice, starts, map(size.__add__, starts))))
 
-    def load_packed(self, blob: bytes, labels: Mapping[bytes, str] | None = None) -> None:
+    def load_packed(self, blob: bytes | Sequence[bytes],
+                    labels: Mapping[bytes, str] | None = None) -> None:
         """Replaces the whole content with the keys packed in ``blob`` (and their labels).
 
-        ``blob`` holds distinct keys, ``key_size`` bytes each, in any order (as the
-        chunks of :meth:`packed_chunks` joined). Raises ValueError (TypeError for a
-        label that is not a string) when its length is not a multiple of the key
-        size or a label names a key not in it; the index is then left as it was.
+        ``blob`` (one bytes, or a sequence of them, such as the chunks of
+        :meth:`packed_chunks`: no join, no copy) holds distinct keys, ``key_size``
+        bytes each, in any order. Raises ValueError (TypeError for a label that is
+        not a string) when a piece's length is not a multiple of the key size or a
+        label names a key not in it; the index is then left as it was.
         """
         size = self._key_size
-        if len(blob) % size:
-            raise ValueError(f"packed keys: {len(blob)} bytes is not a multiple of {size}")
-        n = len(blob) // size
+        pieces = [blob] if isinstance(blob, bytes | bytearray) else list(blob)
+        for piece in pieces:
+            if len(piece) % size:
+                raise ValueError(f"packed keys: {len(piece)} bytes is not a multiple of {size}")
+        n = sum(len(piece) for piece in pieces) // size
         saved = (self._keys, self._states, self._mask, self._limit, self._labels, self._used,
                  self._deleted, self._small)
         # The size incremental adds reach: the smallest table under the rebuild limit.
@@ -406,11 +410,12 @@ class AddressIndex:
         self._labels = {}
         self._deleted = 0
         self._used = n
-        if n:
-            self._place_all(blob, n)
+        for piece in pieces:
+            self._place_all(piece, len(piece) // size)
         self._small = None
         if self._small_limit > 0 and n <= self._small_limit:
-            self._small = set(_splitter(size)(blob))
+            split = _splitter(size)
+            self._small = {key for piece in pieces for key in split(piece)}
         try:
             for key, label in (labels or {}).items():
                 if type(label) is not str:

@@ -173,8 +173,9 @@ def parse_labels(payload: bytes, key_size: int, into: dict[bytes, str]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Restored:
-    keys: bytes
-    """Every key, packed ``key_size`` bytes each."""
+    keys: tuple[bytes, ...]
+    """Every key, packed ``key_size`` bytes each, in chunks (as read: not joined, which
+    would hold a second copy of millions of keys while the index is built)."""
     labels: dict[bytes, str]
 
 
@@ -208,14 +209,16 @@ def assemble(manifest: Manifest, chunks: Mapping[int, tuple[bytes | None, bytes 
             keys.append(value)
         else:
             parse_labels(value, manifest.key_size, labels)
-    blob = b"".join(keys)
-    if len(blob) != manifest.count * manifest.key_size:
-        raise SnapshotCorrupt(f"chunks hold {len(blob) // manifest.key_size} keys, the manifest "
+    if any(len(k) % manifest.key_size for k in keys):
+        raise SnapshotCorrupt(f"a key chunk is not a multiple of {manifest.key_size} bytes")
+    total = sum(len(k) for k in keys)
+    if total != manifest.count * manifest.key_size:
+        raise SnapshotCorrupt(f"chunks hold {total // manifest.key_size} keys, the manifest "
                               f"counts {manifest.count}")
     if len(labels) != manifest.labelled:
         raise SnapshotCorrupt(f"chunks hold {len(labels)} labels, the manifest counts "
                               f"{manifest.labelled}")
-    return Restored(blob, labels)
+    return Restored(tuple(keys), labels)
 
 
 def chunk_payloads(key_chunks: Iterable[bytes], labels: Mapping[bytes, str],
