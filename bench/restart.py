@@ -24,6 +24,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ async def child(bootstrap: str, size: int, mode: str) -> dict[str, Any]:
     class TimedIndex(AddressIndex):
         __slots__ = ()
 
-        def load_packed(self, blob: bytes, labels: Any = None) -> None:
+        def load_packed(self, blob: bytes | Sequence[bytes], labels: Any = None) -> None:
             t = time.perf_counter()
             try:
                 super().load_packed(blob, labels)
