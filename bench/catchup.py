@@ -92,7 +92,7 @@ async def watcher_catch_up(name: str, url: str, bootstrap: str, meta: dict[str, 
                            extra_watched: int = 0) -> tuple[CatchUp, set[str]]:
     prefix = f"bench-{name}-{os.getpid()}-{int(time.time())}"
     cfg = _config(url, bootstrap, meta, start, prefix, batch_size, concurrency, per_request)
-    await ensure_topics(cfg.kafka)
+    await ensure_topics(cfg.kafka, chains=list(cfg.chains))
     chain = cfg.chains["eth"]
     codec = EvmAddressCodec()
     index = AddressIndex(20)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import os
 import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -53,6 +55,12 @@ def build_mempool(cfg: ChainConfig, source: ChainSource) -> MempoolSource | None
                           f"family {cfg.family.value!r} has no mempool to watch")
     return source
 
+def file_fingerprint(path: Path | None) -> str | None:
+    """Identifies the static addresses file an address snapshot was taken over."""
+    if path is None:
+        return None
+    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+
 
 @dataclass
 class App:
@@ -82,8 +90,9 @@ class App:
 
     async def run(self, stop: asyncio.Event) -> int:
         from watcher.addresses_file import load_addresses_file
+        from watcher.kafka.addrsnapshots import AddressSnapshotStore
         from watcher.kafka.client import ensure_topics
-        from watcher.kafka.registrations import RegistrationFollower
+        from watcher.kafka.registrations import RegistrationFollower, SnapshotSettings
         from watcher.kafka.sink import DeadLetterWriter, KafkaTransactionalSink
 
         cfg = self.cfg
@@ -96,10 +105,13 @@ class App:
         if cfg.addresses_file is not None:
             load_addresses_file(cfg.addresses_file, codecs, self.indexes)
 
-        await ensure_topics(cfg.kafka)
+        await ensure_topics(cfg.kafka, chains=list(cfg.chains))
         dead_letters = DeadLetterWriter(cfg.kafka)
         await dead_letters.start()
-        registrations = RegistrationFollower(cfg.kafka, codecs, self.indexes, dead_letters)
+        snapshots = SnapshotSettings(AddressSnapshotStore(cfg.kafka),
+                                     base=file_fingerprint(cfg.addresses_file))
+        registrations = RegistrationFollower(cfg.kafka, codecs, self.indexes, dead_letters,
+                                             snapshots=snapshots)
 
         statuses: dict[str, FollowerStatus] = {}
         stale_after: dict[str, float] = {}

@@ -146,6 +146,9 @@ class Topics:
     address_registrations: str = "payments.address-registrations"
     dead_letter: str = "payments.dead-letter"
     checkpoints: str = "watcher.checkpoints"
+    """Prefix of the per-chain checkpoint topics ``<checkpoints>.<chain id>``; a topic of
+    exactly this name is the one-partition layout of earlier versions, read only to migrate."""
+    address_snapshots: str = "watcher.address-snapshots"
     leadership: str = "watcher.leadership"
 
 

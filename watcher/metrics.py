@@ -160,3 +160,17 @@ WITHDRAWAL_TO_BROADCAST = Histogram("watcher_withdrawal_request_to_broadcast_sec
 WITHDRAWAL_TO_CONFIRMED = Histogram("watcher_withdrawal_request_to_confirmed_seconds",
                                     "From the request record's timestamp to withdrawal.confirmed",
                                     ["chain"], buckets=_WITHDRAWAL_BUCKETS, registry=REGISTRY)
+
+# -- address-index snapshots and checkpoint topics (snapshots) ------------------------------
+ADDRESS_SNAPSHOT_RESTORES = Counter(
+    "watcher_address_snapshot_restores_total",
+    "Starts by how the address index was loaded: restored from a snapshot, or read in full "
+    "because the snapshot was missing, corrupt, stale, mismatched or unavailable",
+    ["chain", "outcome"], registry=REGISTRY)
+ADDRESS_SNAPSHOT_RESTORE_SECONDS = Gauge(
+    "watcher_address_snapshot_restore_seconds",
+    "Time the last start spent loading the chain's address snapshot (or finding it unusable)",
+    ["chain"], registry=REGISTRY)
+ADDRESS_SNAPSHOT_WRITES = Counter("watcher_address_snapshot_writes_total",
+                                  "Address-index snapshots written, by outcome",
+                                  ["chain", "outcome"], registry=REGISTRY)

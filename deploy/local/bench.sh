@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: prints catch-up throughput (replay server, anvil, ethereum-etl), block-to-event
-# latency and the address index's memory. Generates the benchmark chain on first use.
+# latency, restart time with millions of addresses and the address index's memory. Generates
+# the benchmark chain (and the restart benchmark's registration topics) on first use.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ./deploy/local/bootstrap.sh
@@ -8,6 +9,7 @@ python3 deploy/local/devstack.py install
 echo "== catch-up"; .venv/bin/python -m bench.catchup
 echo "== latency"; .venv/bin/python -m bench.latency
 echo "== bitcoin catch-up (btcd regtest)"; .venv/bin/python -m bench.btc_catchup
+echo "== restart with 1 M / 10 M registered addresses"; .venv/bin/python -m bench.restart --sizes 1000000,10000000
 echo "== address index memory"; .venv/bin/python -m bench.address_memory --sizes 1000000,10000000
 echo "== address index memory, 34-byte UTXO keys"; .venv/bin/python -m bench.address_memory --sizes 10000000 --impls index --key-size 34
 echo "== bitcoin block scan"; .venv/bin/python -m bench.btc_scan

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import pytest
 import yaml
 from web3.contract import AsyncContract
 
+from tests.support.oracle import check_stream
 from tests.support.services import AnvilFactory, KafkaService, ServiceManager
 from tests.support.solidity import (
     Chain,
@@ -41,7 +41,6 @@ from tests.support.solidity import (
     Sent,
     TopicReader,
     http_get,
-    log_index_of,
     new_address,
     produce,
     registration,
@@ -58,7 +57,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHAOS_SECONDS = float(os.environ.get("CRASH_TEST_SECONDS", "75"))
 MIN_KILLS = 20
 REQUIRED = {"ETH": 3, "TKN": 2}
-ORDER = {"deposit.pending": 0, "deposit.confirmed": 1, "deposit.reverted": 2}
 
 
 def python() -> str:
@@ -308,63 +306,7 @@ async def test_sigkill_chaos(kafka: KafkaService, anvil_factory: AnvilFactory,
 
 def check(events: list[Event], canonical: dict[int, str | None], height: int, sending: Sending,
           receipts: dict[str, dict[str, Any] | None]) -> list[str]:
-    problems: list[str] = []
-    # (a) no duplicates
-    ids = Counter(e["event_id"] for e in events)
-    problems += [f"(a) event_id {i} appears {n} times" for i, n in ids.items() if n > 1]
-    facts = Counter((e["deposit_id"], e["block_hash"], e["type"]) for e in events)
-    problems += [f"(a) {f} appears {n} times" for f, n in facts.items() if n > 1]
-
-    per_fact: dict[tuple[str, str], list[Event]] = defaultdict(list)
-    for e in events:
-        per_fact[(e["deposit_id"], e["block_hash"])].append(e)
-    for (did, bh), evs in per_fact.items():
-        types = [e["type"] for e in evs]
-        # (b) order
-        if types != sorted(types, key=ORDER.__getitem__):
-            problems.append(f"(b) {did} in {bh}: out of order {types}")
-        number = evs[0]["block_number"]
-        required = evs[0]["required_confirmations"]
-        if canonical.get(number) == bh:
-            # (c) a canonical, deep block: exactly one confirmed, never reverted
-            if height - number + 1 >= required and (
-                    types.count("deposit.confirmed") != 1 or "deposit.reverted" in types):
-                problems.append(f"(c) {did} in canonical block {number} {bh}: {types}")
-        elif types[-1] != "deposit.reverted":
-            # (d) the block left the chain: the last word must be reverted
-            problems.append(f"(d) {did} in orphaned block {number} {bh}: {types}")
-
-    # (e) nothing lost: every deposit sent that is in a canonical deep block is confirmed
-    confirmed = {(e["deposit_id"], e["block_hash"]): e for e in events
-                 if e["type"] == "deposit.confirmed"}
-    expected_keys: set[tuple[str, str]] = set()
-    for sent, asset, to, amount in sending.deposits:
-        receipt = receipts[sent.txid]
-        if receipt is None:
-            continue  # dropped by a reorg
-        bh = str(receipt["blockHash"]).lower()
-        number = int(receipt["blockNumber"], 16)
-        if canonical.get(number) != bh or height - number + 1 < REQUIRED[asset]:
-            problems.append(f"(e) setup: receipt of {sent.txid} is not in a canonical deep block")
-            continue
-        if asset == "ETH":
-            locator = "tx"
-        else:
-            final = Sent(sent.txid, number, bh, receipt)
-            locator = f"log:{log_index_of(final, str(receipt['logs'][0]['address']))}"
-        key = (f"eth:{sent.txid}:{locator}", bh)
-        expected_keys.add(key)
-        ev = confirmed.get(key)
-        if ev is None:
-            problems.append(f"(e) lost: {asset} {amount} to {to} in tx {sent.txid} "
-                            f"(block {number} {bh}) has no deposit.confirmed")
-        elif (ev["amount"], ev["address"], ev["asset"]) != (str(amount), to, asset):
-            problems.append(f"(e) {key}: confirmed with {ev['amount']} {ev['asset']} to "
-                            f"{ev['address']}, sent {amount} {asset} to {to}")
-    # and nothing invented: every canonical confirmed deposit is one that was sent
-    for key, ev in confirmed.items():
-        if canonical.get(ev["block_number"]) == key[1] and key not in expected_keys:
-            problems.append(f"(e) unexpected confirmed deposit {key}: {ev}")
-    noise = {s.txid for s in sending.noise}
-    problems += [f"noise published: {e}" for e in events if e["txid"] in noise]
-    return problems
+    """The oracle (``tests/support/oracle.py``) over what one chaos run sent; the other chaos
+    tests (lying endpoints, two replicas, operator commands) judge their runs with it too."""
+    return check_stream(events, canonical, height, sending.deposits,
+                        {s.txid for s in sending.noise}, receipts, REQUIRED)

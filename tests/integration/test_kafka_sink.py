@@ -20,6 +20,7 @@ from watcher.kafka.client import (
     CHECKPOINT_PARTITION,
     Consumed,
     ManualConsumer,
+    checkpoint_topic,
     connection_kwargs,
     describe,
     ensure_topics,
@@ -44,8 +45,15 @@ def make_cfg(bootstrap: str, **overrides: Any) -> KafkaConfig:
 @pytest.fixture
 async def cfg(kafka: KafkaService) -> AsyncIterator[KafkaConfig]:
     c = make_cfg(kafka.bootstrap_servers)
-    assert len(await ensure_topics(c)) == 6  # the five of the contract plus leadership
+    assert len(await ensure_topics(c, chains=CHAINS)) == 6 + len(CHAINS)  # leadership too
     yield c
+
+
+CHAINS = [f"t{i}" for i in range(1, 10)]
+
+
+def cp(cfg: KafkaConfig, chain: str) -> str:
+    return checkpoint_topic(cfg.topics, chain)
 
 
 @pytest.fixture
@@ -93,7 +101,7 @@ async def test_commit_makes_records_and_checkpoint_visible_together(
         await sink.stop()
     assert sorted(keys(await read_all(cfg, cfg.topics.deposits))) == [b"d1", b"d2", b"d3"]
     assert keys(await read_all(cfg, cfg.topics.withdrawals)) == [b"w1"]
-    cps = await read_all(cfg, cfg.topics.checkpoints)
+    cps = await read_all(cfg, cp(cfg, "t1"))
     assert [(r.key, r.value, r.partition) for r in cps] == [
         (b"eth", b"cp-1", CHECKPOINT_PARTITION), (b"eth", b"cp-2", CHECKPOINT_PARTITION),
         (b"btc", b"other-chain", CHECKPOINT_PARTITION)]
@@ -131,7 +139,7 @@ async def test_second_instance_fences_the_first(cfg: KafkaConfig, txn_id: str) -
         await first.stop()
         await second.stop()
     assert sorted(keys(await read_all(cfg, cfg.topics.deposits))) == [b"after", b"before"]
-    assert [r.value for r in await read_all(cfg, cfg.topics.checkpoints)] == [
+    assert [r.value for r in await read_all(cfg, cp(cfg, "t2"))] == [
         b"cp-first", b"cp-second"]
     assert commits("t2", "fenced") == 2
 
@@ -152,11 +160,11 @@ async def test_abandoned_transaction_is_aborted_by_the_next_start(
     await crashed.start()
     await crashed.begin_transaction()
     await crashed.send_and_wait(cfg.topics.deposits, key=b"abandoned", value=b"{}")
-    await crashed.send_and_wait(cfg.topics.checkpoints, key=b"eth", value=b"cp-abandoned",
+    await crashed.send_and_wait(cp(cfg, "t3"), key=b"eth", value=b"cp-abandoned",
                                 partition=CHECKPOINT_PARTITION)
     await crashed.stop()  # no commit, no abort: the broker holds the transaction open
-    assert await end_offset(cfg, cfg.topics.checkpoints, committed=True) \
-        < await end_offset(cfg, cfg.topics.checkpoints, committed=False), "transaction is open"
+    assert await end_offset(cfg, cp(cfg, "t3"), committed=True) \
+        < await end_offset(cfg, cp(cfg, "t3"), committed=False), "transaction is open"
 
     restarted = KafkaTransactionalSink(cfg, txn_id, "t3", timeout_s=15)
     t0 = time.monotonic()
@@ -169,15 +177,16 @@ async def test_abandoned_transaction_is_aborted_by_the_next_start(
     finally:
         await restarted.stop()
     assert sorted(keys(await read_all(cfg, cfg.topics.deposits))) == [b"committed", b"next"]
-    assert [r.value for r in await read_all(cfg, cfg.topics.checkpoints)] == [
+    assert [r.value for r in await read_all(cfg, cp(cfg, "t3"))] == [
         b"cp-committed", b"cp-next"]
 
 
 @pytest.mark.integration
-async def test_open_transaction_of_another_chain_never_yields_an_old_checkpoint(
+async def test_open_transaction_of_another_writer_never_yields_an_old_checkpoint(
         cfg: KafkaConfig, txn_id: str) -> None:
-    """Chains share the checkpoint partition: another writer's open transaction holds the last
-    stable offset below our newest checkpoint, and the read must wait, not answer older."""
+    """Another writer's open transaction on the chain's checkpoint topic (a stray producer; other
+    chains have topics of their own) holds the last stable offset below our newest checkpoint,
+    and the read must wait, not answer older."""
     sink = KafkaTransactionalSink(cfg, txn_id, "t7", timeout_s=15)
     await sink.start()
     other = AIOKafkaProducer(**connection_kwargs(cfg), transactional_id=f"{txn_id}-other")
@@ -185,7 +194,7 @@ async def test_open_transaction_of_another_chain_never_yields_an_old_checkpoint(
     try:
         await sink.commit([], "eth", b"cp-1")
         await other.begin_transaction()
-        await other.send_and_wait(cfg.topics.checkpoints, key=b"btc", value=b"btc-1",
+        await other.send_and_wait(cp(cfg, "t7"), key=b"btc", value=b"btc-1",
                                   partition=CHECKPOINT_PARTITION)
         await sink.commit([], "eth", b"cp-2")
 
@@ -213,6 +222,79 @@ async def test_open_transaction_of_another_chain_never_yields_an_old_checkpoint(
     finally:
         await sink.stop()
         await other.stop()
+
+
+@pytest.mark.integration
+async def test_open_transaction_of_one_chain_does_not_delay_another_chains_load(
+        cfg: KafkaConfig, txn_id: str) -> None:
+    """Each chain has its own checkpoint topic: chain t8's transaction left open (its writer
+    hangs mid-commit) does not hold back chain t9's read, which a shared partition did."""
+    b = KafkaTransactionalSink(cfg, f"{txn_id}-b", "t9", timeout_s=15)
+    await b.start()
+    await b.commit([], "chain:t9", b"t9-cp")
+    await b.stop()
+    hanging = AIOKafkaProducer(**connection_kwargs(cfg), transactional_id=f"{txn_id}-a",
+                               transaction_timeout_ms=cfg.transaction_timeout_ms)
+    await hanging.start()
+    try:
+        await hanging.begin_transaction()
+        await hanging.send_and_wait(cp(cfg, "t8"), key=b"chain:t8", value=b"t8-open",
+                                    partition=CHECKPOINT_PARTITION)
+        await hanging.send_and_wait(cfg.topics.deposits, key=b"d", value=b"{}")
+        assert await end_offset(cfg, cp(cfg, "t8"), committed=True) \
+            < await end_offset(cfg, cp(cfg, "t8"), committed=False), "t8's transaction is open"
+        # Impatient on purpose: 2 s, while the open transaction lasts 60 s.
+        reader = KafkaTransactionalSink(cfg, f"{txn_id}-b", "t9", timeout_s=2)
+        await reader.start()
+        try:
+            t0 = time.monotonic()
+            assert await reader.load_checkpoint("chain:t9") == b"t9-cp"
+            assert time.monotonic() - t0 < 2
+        finally:
+            await reader.stop()
+    finally:
+        await hanging.abort_transaction()
+        await hanging.stop()
+
+
+@pytest.mark.integration
+async def test_checkpoint_of_the_one_topic_layout_is_migrated(
+        cfg: KafkaConfig, txn_id: str) -> None:
+    """An earlier version kept every chain's checkpoint on partition 0 of
+    ``kafka.topics.checkpoints``: a chain without a checkpoint in its own topic starts from
+    that one, and its next commit goes to its own topic, which wins from then on."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(cfg.topics.checkpoints, 1, 1,
+                                            topic_configs={"cleanup.policy": "compact"})])
+    finally:
+        await admin.close()
+    old = AIOKafkaProducer(**connection_kwargs(cfg), transactional_id=f"{txn_id}-old")
+    await old.start()
+    try:
+        await old.begin_transaction()
+        await old.send_and_wait(cfg.topics.checkpoints, key=b"chain:t5", value=b"legacy-cp",
+                                partition=CHECKPOINT_PARTITION)
+        await old.commit_transaction()
+    finally:
+        await old.stop()
+    sink = KafkaTransactionalSink(cfg, txn_id, "t5", timeout_s=15)
+    await sink.start()
+    try:
+        assert await sink.load_checkpoint("chain:t5") == b"legacy-cp"
+        await sink.commit(deposits(cfg, "m1"), "chain:t5", b"own-cp")
+        assert await sink.load_checkpoint("chain:t5") == b"own-cp"
+    finally:
+        await sink.stop()
+    again = KafkaTransactionalSink(cfg, txn_id, "t5", timeout_s=15)
+    await again.start()
+    try:
+        assert await again.load_checkpoint("chain:t5") == b"own-cp"
+    finally:
+        await again.stop()
+    assert [r.value for r in await read_all(cfg, cp(cfg, "t5"))] == [b"own-cp"]
+    assert [r.value for r in await read_all(cfg, cfg.topics.checkpoints)] == [b"legacy-cp"]
 
 
 @pytest.mark.integration
@@ -289,19 +371,22 @@ async def test_ensure_topics_is_idempotent_and_checks_compaction(kafka: KafkaSer
     cfg = make_cfg(kafka.bootstrap_servers)
     assert len(await ensure_topics(cfg)) == 6
     assert await ensure_topics(cfg) == []
+    assert await ensure_topics(cfg, chains=["eth"]) == [f"{cfg.topics.checkpoints}.eth"]
+    assert await ensure_topics(cfg, chains=["eth"]) == []
 
     wrong = make_cfg(kafka.bootstrap_servers)
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(wrong.topics.checkpoints, 1, 1,
+        await admin.create_topics([NewTopic(checkpoint_topic(wrong.topics, "eth"), 1, 1,
                                             topic_configs={"cleanup.policy": "delete"})])
     finally:
         await admin.close()
     with pytest.raises(ConfigError) as err:
-        await ensure_topics(wrong)
+        await ensure_topics(wrong, chains=["eth"])
     assert err.value.key == "kafka.topics.checkpoints"
-    assert wrong.topics.checkpoints in err.value.reason and "compact" in err.value.reason
+    assert f"{wrong.topics.checkpoints}.eth" in err.value.reason
+    assert "compact" in err.value.reason
 
 
 def test_connection_settings_and_redaction() -> None:

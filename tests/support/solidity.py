@@ -397,7 +397,7 @@ def new_address(seed: str) -> ChecksumAddress:
 def topic_names(uid: str) -> dict[str, str]:
     """Unique names for every topic of the config (``kafka.topics``)."""
     fields = ("deposits", "withdrawals", "withdrawal_requests", "address_registrations",
-              "dead_letter", "checkpoints", "leadership")
+              "dead_letter", "checkpoints", "address_snapshots", "leadership")
     return {f: f"e2e.{uid}.{f}" for f in fields}
 
 

@@ -424,3 +424,77 @@ def test_small_set_mirror_is_dropped_past_its_limit_and_answers_stay_equal(limit
         with_mirror.add(k)
         without.add(k)
     assert with_mirror.memory_bytes() > without.memory_bytes()
+
+
+# -- bulk paths (snapshots) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key_size", [20, 33, 1])
+@pytest.mark.parametrize("count", [0, 1, 7, 5_000])
+def test_packed_round_trip_equals_incremental_adds(key_size: int, count: int) -> None:
+    keys = list({os.urandom(key_size) for _ in range(count)}) if key_size > 1 \
+        else [bytes([i]) for i in range(min(count, 256))]
+    built = AddressIndex(key_size)
+    for i, key in enumerate(keys):
+        built.add(key, f"l{i}" if i % 4 == 0 else None)
+    chunks = list(built.packed_chunks(slots_per_chunk=97))
+    blob = b"".join(chunks)
+    assert len(blob) == len(keys) * key_size
+    from_chunks = AddressIndex(key_size)
+    from_chunks.load_packed(chunks, built.labels())
+    check_invariants(from_chunks)
+    assert sorted(from_chunks) == sorted(keys)
+    loaded = AddressIndex(key_size, small_set_limit=10)
+    loaded.add(os.urandom(key_size) if key_size > 1 else b"\x00", "stale")  # replaced
+    loaded.load_packed(blob, built.labels())
+    check_invariants(loaded)
+    assert sorted(loaded) == sorted(keys)
+    assert {k: loaded.label(k) for k in loaded} == {k: built.label(k) for k in built}
+    assert loaded.capacity <= built.capacity, "no bigger than the table adds grow"
+    assert loaded.matches(keys) == list(range(len(keys)))
+    if key_size > 1:
+        assert os.urandom(key_size) not in loaded
+    # Still a normal index afterwards.
+    extra = bytes(key_size)
+    was_there = extra in loaded
+    assert loaded.add(extra) is not was_there and loaded.remove(extra)
+    check_invariants(loaded)
+
+
+def test_load_packed_handles_collisions_and_wrap_around() -> None:
+    # 12 keys whose home is the last slot of the 32-slot table they load into: the run
+    # wraps past the end to slots 0..10.
+    keys: list[bytes] = []
+    while len(keys) < 12:
+        k = os.urandom(20)
+        if hash(k) & 31 == 31:
+            keys.append(k)
+    index = AddressIndex(20)
+    index.load_packed(b"".join(keys))
+    assert index.capacity == 32
+    check_invariants(index)
+    assert all(k in index for k in keys)
+    assert index._states[:11].count(EMPTY) == 0 and index._states[11] == EMPTY
+
+
+def test_load_packed_rejects_bad_input_and_keeps_the_index() -> None:
+    index = AddressIndex(20)
+    index.add(A, "a")
+    with pytest.raises(ValueError, match="multiple of 20"):
+        index.load_packed(b"x" * 30)
+    with pytest.raises(ValueError, match="multiple of 20"):
+        index.load_packed([B, b"x" * 10, b"y" * 10])  # 40 bytes, cut inside a key
+    with pytest.raises(ValueError, match="not in the packed keys"):
+        index.load_packed(B + C, {D: "ghost"})
+    with pytest.raises(TypeError, match="label must be str"):
+        index.load_packed(B, {B: 5})  # type: ignore[dict-item]
+    assert list(index) == [A] and index.label(A) == "a"
+    check_invariants(index)
+
+
+def test_small_set_mirror_follows_a_bulk_load() -> None:
+    index = AddressIndex(20, small_set_limit=2)
+    index.load_packed(A + B)
+    assert index._small == {A, B}
+    index.load_packed(A + B + C)
+    assert index._small is None and index.matches([C, D]) == [0]

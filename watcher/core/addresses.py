@@ -25,13 +25,25 @@ deployment must not do. The slot is compared in place with
 Labels are kept in a ``dict`` only for keys that have one: most deployments
 label nothing and pay nothing for it.
 
+Bulk paths for snapshots (:meth:`AddressIndex.packed_chunks`,
+:meth:`AddressIndex.load_packed`): the keys leave and enter the table as one
+packed blobs, ``key_size`` bytes per key, cut and hashed with ``re``/``map``/
+``compress`` over C-level callables instead of a bytecode loop per key. A load
+rehashes every key (the slots of a snapshot are not portable: the hash secret
+is per process) into a table allocated once at its final size, with no
+tombstone and no duplicate check, so each key costs a hash and a store into
+the first empty slot from its home. (A sort-by-home placement with a
+cumulative ``max`` was tried: no faster in CPython, for much more code.)
+
 Not thread-safe: it belongs to the single event-loop thread, like the rest of
 the core.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import compress
 
 EMPTY = 0
 DELETED = 1
@@ -50,6 +62,15 @@ _MIN_CAPACITY = 8
 _REBUILD_BLOCK = 4096  # slots copied out at a time while rehashing
 _MAX_LOAD_NUM = 7  # rebuild when (used + deleted) * 10 > capacity * 7
 _MAX_LOAD_DEN = 10
+
+
+_LOAD_STEP = 65_536  # keys handled per step of a bulk load (bounds its temporary lists)
+_EXPORT_STEP = 65_536  # slots scanned per chunk of an export
+
+
+def _splitter(size: int) -> Callable[..., list[bytes]]:
+    """``findall(blob, pos, endpos)``: the ``size``-byte pieces of a blob, cut in C."""
+    return re.compile(b".{%d}" % size, re.DOTALL).findall
 
 
 def _pow2_at_least(n: int) -> int:
@@ -333,6 +354,100 @@ class AddressIndex:
                 states[i] = old_states[j]  # same hash, same tag
                 j = find_used(1, j + 1, end)
         old_keys.release()
+
+
+    # -- bulk paths (snapshots) -------------------------------------------------------
+
+    def labels(self) -> dict[bytes, str]:
+        """A copy of the labels of labelled keys."""
+        return dict(self._labels)
+
+    def packed_chunks(self, slots_per_chunk: int = _EXPORT_STEP) -> Iterator[bytes]:
+        """The keys, packed ``key_size`` bytes each, about ``slots_per_chunk`` slots a chunk.
+
+        The concatenation of the chunks holds every key exactly once, in slot order
+        (meaningless in another process). The index must not change while the
+        iterator is consumed: the caller pauses its writers (the registrations
+        follower snapshots between two of its batches).
+        """
+        size = self._key_size
+        table = self._keys
+        used = self._states.translate(_USED_MAP)
+        capacity = len(used)
+        step = max(1, slots_per_chunk)
+        for base in range(0, capacity, step):
+            end = min(capacity, base + step)
+            slots = list(compress(range(base, end), used[base:end]))
+            if not slots:
+                continue
+            starts = [i * size for i in slots]
+            yield b"".join(map(table.__getitem__,
+                               map(slice, starts, map(size.__add__, starts))))
+
+    def load_packed(self, blob: bytes | Sequence[bytes],
+                    labels: Mapping[bytes, str] | None = None) -> None:
+        """Replaces the whole content with the keys packed in ``blob`` (and their labels).
+
+        ``blob`` (one bytes, or a sequence of them, such as the chunks of
+        :meth:`packed_chunks`: no join, no copy) holds distinct keys, ``key_size``
+        bytes each, in any order. Raises ValueError (TypeError for a label that is
+        not a string) when a piece's length is not a multiple of the key size or a
+        label names a key not in it; the index is then left as it was.
+        """
+        size = self._key_size
+        pieces = [blob] if isinstance(blob, bytes | bytearray) else list(blob)
+        for piece in pieces:
+            if len(piece) % size:
+                raise ValueError(f"packed keys: {len(piece)} bytes is not a multiple of {size}")
+        n = sum(len(piece) for piece in pieces) // size
+        saved = (self._keys, self._states, self._mask, self._limit, self._labels, self._used,
+                 self._deleted, self._small)
+        # The size incremental adds reach: the smallest table under the rebuild limit.
+        capacity = _pow2_at_least(n + 1)
+        while n * _MAX_LOAD_DEN >= capacity * _MAX_LOAD_NUM:
+            capacity *= 2
+        self._alloc(capacity)
+        self._labels = {}
+        self._deleted = 0
+        self._used = n
+        for piece in pieces:
+            self._place_all(piece, len(piece) // size)
+        self._small = None
+        if self._small_limit > 0 and n <= self._small_limit:
+            split = _splitter(size)
+            self._small = {key for piece in pieces for key in split(piece)}
+        try:
+            for key, label in (labels or {}).items():
+                if type(label) is not str:
+                    raise TypeError(f"label must be str, got {type(label).__name__}")
+                if key not in self:
+                    raise ValueError("a label names a key that is not in the packed keys")
+                self._labels[bytes(key)] = label
+        except (TypeError, ValueError):
+            (self._keys, self._states, self._mask, self._limit, self._labels, self._used,
+             self._deleted, self._small) = saved
+            raise
+
+    def _place_all(self, blob: bytes, n: int) -> None:
+        size = self._key_size
+        mask = self._mask
+        table = self._keys
+        states = self._states
+        find_empty = states.find
+        split = _splitter(size)
+        for a in range(0, n, _LOAD_STEP):
+            keys = split(blob, a * size, min(n, a + _LOAD_STEP) * size)
+            hashes = list(map(hash, keys))
+            # A fresh table without tombstones: each key goes to the first empty slot
+            # from its home, as an add() would put it.
+            for home, key, h in zip(map(mask.__and__, hashes), keys, hashes, strict=True):
+                i = home
+                if states[i]:
+                    i = find_empty(EMPTY, i)
+                    if i < 0:
+                        i = find_empty(EMPTY)
+                table[i * size:(i + 1) * size] = key
+                states[i] = ((h >> _TAG_SHIFT) & _TAG_BITS) | _USED_BIT
 
 
 class WatchedAddresses(Mapping[str, AddressIndex]):

@@ -50,6 +50,24 @@ CHECKPOINT_PARTITION = 0
 """Checkpoints are written to and read from this partition only, whatever the topic's
 partition count: a later change of that count can never hide a checkpoint."""
 
+
+def checkpoint_topic(topics: Topics, chain: str) -> str:
+    """The chain's own checkpoint topic, ``<kafka.topics.checkpoints>.<chain id>``.
+
+    One topic per chain, so that no chain's read of its checkpoint waits on
+    another chain's open transaction (a read_committed read stops at the last
+    stable offset of the partition, which any open transaction on it holds
+    back). Chain ids (``[a-z][a-z0-9_-]{0,31}``) are valid topic name parts.
+
+    Migration from the one-topic layout of earlier versions (every chain on
+    partition 0 of ``kafka.topics.checkpoints``): nothing to do by hand. A
+    chain that finds no checkpoint in its own topic reads the old topic once
+    (see :meth:`watcher.kafka.sink.KafkaTransactionalSink.load_checkpoint`); its
+    first commit then lands in its own topic, which is read from then on. The
+    old topic can be deleted once every chain has committed once.
+    """
+    return f"{topics.checkpoints}.{chain}"
+
 _ERR_TOPIC_ALREADY_EXISTS = 36
 
 
@@ -128,7 +146,9 @@ class TopicSpec:
     config_key: str
 
 
-def topic_specs(topics: Topics) -> list[TopicSpec]:
+def topic_specs(topics: Topics, chains: Sequence[str] = ()) -> list[TopicSpec]:
+    from watcher.kafka.addrsnapshots import SNAPSHOT_PARTITIONS, SNAPSHOT_TOPIC_CONFIGS
+
     return [
         TopicSpec(topics.deposits, -1, {}, None, "kafka.topics.deposits"),
         TopicSpec(topics.withdrawals, -1, {}, None, "kafka.topics.withdrawals"),
@@ -139,18 +159,25 @@ def topic_specs(topics: Topics) -> list[TopicSpec]:
                   "kafka.topics.checkpoints"),
         # Never written to: its one partition is what the leader election hands out.
         TopicSpec(topics.leadership, 1, {}, None, "kafka.topics.leadership"),
+        TopicSpec(topics.address_snapshots, SNAPSHOT_PARTITIONS, SNAPSHOT_TOPIC_CONFIGS,
+                  "compact", "kafka.topics.address_snapshots"),
+        *(TopicSpec(checkpoint_topic(topics, c), 1, CHECKPOINT_TOPIC_CONFIGS, "compact",
+                    "kafka.topics.checkpoints") for c in chains),
     ]
 
 
-async def ensure_topics(cfg: KafkaConfig, timeout_s: float = 30.0) -> list[str]:
+async def ensure_topics(cfg: KafkaConfig, timeout_s: float = 30.0,
+                        chains: Sequence[str] = ()) -> list[str]:
     """Creates the missing topics and checks the compacted ones; returns the names created.
+
+    ``chains``: the chain ids whose checkpoint topics (:func:`checkpoint_topic`) are needed.
 
     Existing topics are left as they are, except that the checkpoint and
     address-registration topics must be ``cleanup.policy=compact`` (a deleting
     policy would one day forget a checkpoint or a watched address): otherwise
     :class:`ConfigError` naming the topic. Broker failures raise :class:`SinkError`.
     """
-    specs = topic_specs(cfg.topics)
+    specs = topic_specs(cfg.topics, chains)
     admin = AIOKafkaAdminClient(**connection_kwargs(cfg), request_timeout_ms=int(timeout_s * 1000))
     try:
         async with asyncio.timeout(timeout_s):
@@ -195,11 +222,14 @@ async def ensure_topics(cfg: KafkaConfig, timeout_s: float = 30.0) -> list[str]:
                         spec.config_key,
                         f"topic {spec.name} exists with cleanup.policy={policy}; "
                         f"it must be {spec.required_policy} (alter it or configure another topic)")
-            max_bytes = configs.get(cfg.topics.checkpoints, {}).get("max.message.bytes")
-            if max_bytes is not None and max_bytes.isdigit() and int(max_bytes) < MAX_MESSAGE_BYTES:
-                log.warning("topic %s has max.message.bytes=%s: checkpoints larger than that "
-                            "cannot be committed (set it to %d)", cfg.topics.checkpoints,
-                            max_bytes, MAX_MESSAGE_BYTES)
+            for chain in chains:
+                name = checkpoint_topic(cfg.topics, chain)
+                max_bytes = configs.get(name, {}).get("max.message.bytes")
+                if max_bytes is not None and max_bytes.isdigit() \
+                        and int(max_bytes) < MAX_MESSAGE_BYTES:
+                    log.warning("topic %s has max.message.bytes=%s: checkpoints larger than that "
+                                "cannot be committed (set it to %d)", name, max_bytes,
+                                MAX_MESSAGE_BYTES)
             if created:
                 log.info("created kafka topics %s", ", ".join(created))
             return created
@@ -208,6 +238,19 @@ async def ensure_topics(cfg: KafkaConfig, timeout_s: float = 30.0) -> list[str]:
     except Exception as exc:
         kind = ErrorKind.RETRIABLE if is_retriable(exc) else ErrorKind.FINAL
         raise SinkError(kind, f"ensuring topics failed: {exc!r}") from exc
+    finally:
+        await admin.close()
+
+
+async def topic_exists(cfg: KafkaConfig, topic: str, timeout_s: float = 30.0) -> bool:
+    """Whether ``topic`` exists; raises SinkError(RETRIABLE) when Kafka cannot be asked."""
+    admin = AIOKafkaAdminClient(**connection_kwargs(cfg), request_timeout_ms=int(timeout_s * 1000))
+    try:
+        async with asyncio.timeout(timeout_s):
+            await admin.start()
+            return topic in set(await admin.list_topics())
+    except Exception as exc:
+        raise SinkError(ErrorKind.RETRIABLE, f"listing topics failed: {exc!r}") from exc
     finally:
         await admin.close()
 

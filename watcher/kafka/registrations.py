@@ -2,10 +2,27 @@
 
 Record key ``<chain>:<address>``; value ``{"chain": "eth", "address": "0x…",
 "label": "…"}`` (schema ``address-registration.v1.json``); a tombstone (null
-value) removes the address. The topic is read whole at every start, from the
-beginning, read_committed, by manual assignment (no group, no committed
-offsets); :attr:`RegistrationFollower.caught_up` is set once the end offsets
-taken at the start are reached, then the follower goes on live.
+value) removes the address. The topic is read read_committed, by manual
+assignment (no group, no committed offsets); :attr:`RegistrationFollower.caught_up`
+is set once the end offsets taken at the start are reached, then the follower
+goes on live.
+
+With snapshots (:class:`SnapshotSettings`), a start first loads each chain's
+newest complete snapshot (:mod:`watcher.kafka.addrsnapshots`) and reads the
+topic only from the lowest offset the snapshots cover; without a usable
+snapshot for some chain (none, corrupt, stale, taken over another static
+addresses file or another topic), the topic is read from the beginning, as
+without snapshots. Replaying records a snapshot already holds is harmless:
+each record sets its key's state, so applying a suffix of the topic on top of
+a snapshot taken at any offset inside that suffix gives the full read's result.
+Snapshots are taken between two batches (the index is exported while no record
+is applied; the chain followers keep running in between the export's steps)
+and written by a background task while records are applied again.
+
+A snapshot is used only while younger than ``max_age_s``, which must stay
+below the registration topic's ``delete.retention.ms`` (default 24 h): the
+compactor drops a tombstone only that long after writing it, and a tombstone
+dropped after a snapshot was taken would leave the removed address watched.
 
 A record that cannot be applied goes to the dead-letter topic with the reason;
 it never stops the loop nor holds back its partition. Because the topic is
@@ -19,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,15 +45,23 @@ import orjson
 
 from watcher.config import KafkaConfig
 from watcher.core.addresses import AddressIndex
+from watcher.core.addrsnapshot import CHUNK_BYTES, Manifest, Restored, SnapshotCorrupt
 from watcher.errors import InvalidAddress, SinkError
 from watcher.kafka.client import Consumed, ManualConsumer
-from watcher.metrics import REGISTRATIONS, WATCHED_ADDRESSES
+from watcher.metrics import (
+    ADDRESS_SNAPSHOT_RESTORE_SECONDS,
+    ADDRESS_SNAPSHOT_RESTORES,
+    ADDRESS_SNAPSHOT_WRITES,
+    REGISTRATIONS,
+    WATCHED_ADDRESSES,
+)
 from watcher.ports import AddressCodec
 from watcher.types import Address, AddressKey
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_SOURCE = "address-registrations"
+SNAPSHOT_RETRY_S = 60.0
 MAX_LABEL_CHARS = 256
 MAX_ADDRESS_CHARS = 256
 _CHAIN_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -49,6 +75,37 @@ class DeadLetters(Protocol):
 
 
 _CHAIN_ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class SnapshotStore(Protocol):
+    """What the follower needs of :class:`watcher.kafka.addrsnapshots.AddressSnapshotStore`.
+
+    Each method raises ``SnapshotCorrupt`` for bad bytes and any other Exception for
+    an unavailable store; the follower treats both as "no snapshot".
+    """
+
+    async def read_manifest(self, chain: str) -> Manifest | None: ...
+
+    async def read_chunks(self, manifest: Manifest) -> Restored: ...
+
+    async def write(self, chain: str, key_size: int, count: int, key_chunks: list[bytes],
+                    labels: Mapping[bytes, str], offsets: Mapping[int, int], base: str | None,
+                    previous: Manifest | None) -> Manifest: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSettings:
+    store: SnapshotStore
+    base: str | None = None
+    """Fingerprint of the static addresses file loaded before the registrations (None: no
+    file); a snapshot taken over another file is not used."""
+    every_changes: int = 100_000
+    """Snapshot a chain once this many registrations changed its index since the last one."""
+    every_s: float = 3600.0
+    """... or once this long passed with at least one change (or the snapshot is half
+    ``max_age_s`` old)."""
+    max_age_s: float = 12 * 3600.0
+    """Older snapshots are not used (see the module doc: below delete.retention.ms)."""
 
 
 class RegistrationRejected(Exception):  # a verdict on a record, not a failure of ours
@@ -159,7 +216,7 @@ class RegistrationFollower:
     def __init__(self, cfg: KafkaConfig, codecs: Mapping[str, AddressCodec],
                  indexes: Mapping[str, AddressIndex], dead_letters: DeadLetters, *,
                  timeout_s: float = 30.0, retry_backoff_s: float = 1.0,
-                 dead_letter_attempts: int = 3) -> None:
+                 dead_letter_attempts: int = 3, snapshots: SnapshotSettings | None = None) -> None:
         self._cfg = cfg
         self._topic = cfg.topics.address_registrations
         self._codecs = {c: codec for c, codec in codecs.items() if c in indexes}
@@ -178,6 +235,17 @@ class RegistrationFollower:
         self.rejected = 0
         self._outcomes = {o: REGISTRATIONS.labels(o)
                           for o in ("added", "updated", "removed", "absent", "rejected", "other_chain")}
+        self._snap = snapshots
+        self._changes: dict[str, int] = dict.fromkeys(indexes, 0)
+        """Per chain: records applied since the snapshot it holds (or since the start)."""
+        self._manifests: dict[str, Manifest | None] = dict.fromkeys(indexes)
+        """Per chain: the snapshot its index was last restored from or written as."""
+        self._snapshot_at: dict[str, float] = dict.fromkeys(indexes, time.monotonic())
+        self._not_before: dict[str, float] = dict.fromkeys(indexes, 0.0)
+        """Per chain: no snapshot before this (monotonic) time, after a failed write."""
+        self._writer: asyncio.Task[None] | None = None
+        self.restored: dict[str, bool] = dict.fromkeys(indexes, False)
+        """Per chain: whether this start restored it from a snapshot."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -187,11 +255,12 @@ class RegistrationFollower:
             self._task = asyncio.create_task(self.run(), name="registration-follower")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._writer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._writer = None
 
     @property
     def running(self) -> bool:
@@ -219,9 +288,14 @@ class RegistrationFollower:
         if self._targets is None:
             await consumer.seek_to_beginning()
             beginning = await consumer.beginning_offsets()
-            self._targets = await consumer.end_offsets()
-            self._positions = {p: beginning[p] for p in partitions}
-            log.info("reading address registrations up to %s", self._targets)
+            targets = await consumer.end_offsets()
+            start = dict(beginning)
+            if self._snap is not None:
+                start = await self._restore(partitions, beginning, targets)
+            self._targets = targets
+            self._positions = {p: max(beginning[p], start.get(p, 0)) for p in partitions}
+            log.info("reading address registrations from %s up to %s", self._positions,
+                     self._targets)
         for p in partitions:
             if p in self._positions:
                 consumer.seek(p, self._positions[p])
@@ -241,6 +315,8 @@ class RegistrationFollower:
                 WATCHED_ADDRESSES.labels(chain).set(len(self._indexes[chain]))
             if not self.caught_up.is_set():
                 await self._check_caught_up(consumer)
+            if self.caught_up.is_set() and self._snap is not None:
+                await self._maybe_snapshot()
 
     async def _check_caught_up(self, consumer: ManualConsumer) -> None:
         assert self._targets is not None
@@ -282,8 +358,154 @@ class RegistrationFollower:
             await self._dead_letter(rec, f"address cannot be indexed: {exc}")
             return None
         self.applied += 1
+        self._changes[reg.chain] += 1
         self._outcomes[outcome].inc()
         return reg.chain
+
+    # ------------------------------------------------------------ snapshots
+
+    async def _restore(self, partitions: list[int], beginning: Mapping[int, int],
+                       targets: Mapping[int, int]) -> dict[int, int]:
+        """Loads each chain's snapshot; returns where the read must start per partition."""
+        assert self._snap is not None
+        used: list[Manifest | None] = []
+        for chain, index in self._indexes.items():
+            started = time.perf_counter()
+            manifest, outcome = await self._restore_chain(chain, index, partitions, targets)
+            ADDRESS_SNAPSHOT_RESTORES.labels(chain, outcome).inc()
+            ADDRESS_SNAPSHOT_RESTORE_SECONDS.labels(chain).set(time.perf_counter() - started)
+            used.append(manifest)
+            if manifest is not None:
+                self.restored[chain] = True
+                self._manifests[chain] = manifest
+                age_s = max(0.0, time.time() - manifest.created_ms / 1000)
+                self._snapshot_at[chain] = time.monotonic() - age_s
+                WATCHED_ADDRESSES.labels(chain).set(len(index))
+                log.info("address index of %s restored from snapshot %s: %d keys in %.2fs, "
+                         "covering %s", chain, manifest.snapshot_id, len(index),
+                         time.perf_counter() - started, dict(manifest.offsets))
+        start: dict[int, int] = {}
+        for p in partitions:
+            covered = [beginning[p] if m is None else m.offsets.get(p, beginning[p]) for m in used]
+            start[p] = min(covered) if covered else beginning[p]
+        return start
+
+    async def _restore_chain(self, chain: str, index: AddressIndex, partitions: list[int],
+                             targets: Mapping[int, int]) -> tuple[Manifest | None, str]:
+        assert self._snap is not None
+        try:
+            manifest = await self._snap.store.read_manifest(chain)
+            if manifest is None:
+                log.info("no address snapshot for %s: reading all its registrations", chain)
+                return None, "missing"
+            problem = self._unusable(manifest, index, partitions, targets)
+            if problem is not None:
+                log.warning("address snapshot %s of %s not used (%s): reading all registrations",
+                            manifest.snapshot_id, chain, problem)
+                return None, "stale" if problem.startswith("older") else "mismatch"
+            restored = await self._snap.store.read_chunks(manifest)
+            index.load_packed(restored.keys, restored.labels)
+        except asyncio.CancelledError:
+            raise
+        except (SnapshotCorrupt, ValueError, TypeError) as exc:
+            log.warning("address snapshot of %s is corrupt (%s): reading all registrations",
+                      chain, exc)
+            return None, "corrupt"
+        except Exception as exc:
+            log.warning("address snapshot of %s unavailable (%r): reading all registrations",
+                        chain, exc)
+            return None, "unavailable"
+        return manifest, "restored"
+
+    def _unusable(self, m: Manifest, index: AddressIndex, partitions: list[int],
+                  targets: Mapping[int, int]) -> str | None:
+        assert self._snap is not None
+        age_s = time.time() - m.created_ms / 1000
+        if age_s > self._snap.max_age_s:
+            return f"older than max_age_s {self._snap.max_age_s:.0f}: taken {age_s:.0f}s ago"
+        if m.key_size != index.key_size:
+            return f"key size {m.key_size}, the index has {index.key_size}"
+        if m.base != self._snap.base:
+            return "it was taken over another static addresses file"
+        for p, offset in m.offsets.items():
+            if p not in partitions:
+                return f"partition {p} of the registrations topic no longer exists"
+            if offset > targets.get(p, 0):
+                return (f"covers offset {offset} of partition {p}, beyond its end "
+                        f"{targets.get(p, 0)}: the topic was recreated")
+        return None
+
+    def _due(self, chain: str, now: float) -> bool:
+        assert self._snap is not None
+        if now < self._not_before[chain]:
+            return False
+        changes = self._changes[chain]
+        if changes >= self._snap.every_changes:
+            return True
+        if now - self._snapshot_at[chain] < self._snap.every_s:
+            return False
+        return changes > 0 or now - self._snapshot_at[chain] >= self._snap.max_age_s / 2
+
+    async def _maybe_snapshot(self) -> None:
+        if self._writer is not None and not self._writer.done():
+            return  # one snapshot at a time; the next check comes after the next batch
+        now = time.monotonic()
+        due = [c for c in self._indexes if self._due(c, now)]
+        if not due:
+            return
+        assert self._snap is not None
+        offsets = dict(self._positions)
+        exports: list[tuple[str, int, list[bytes], dict[bytes, str], int]] = []
+        for chain in due:
+            index = self._indexes[chain]
+            chunks: list[bytes] = []
+            # The index is not written while this runs (records are applied by this task
+            # only); yielding between chunks keeps the chain followers going.
+            for chunk in index.packed_chunks(CHUNK_BYTES // index.key_size):
+                chunks.append(chunk)
+                await asyncio.sleep(0)
+            exports.append((chain, len(index), chunks, index.labels(), self._changes[chain]))
+            self._snapshot_at[chain] = now
+        self._writer = asyncio.create_task(self._write(exports, offsets),
+                                           name="address-snapshot-writer")
+
+    async def _write(self, exports: list[tuple[str, int, list[bytes], dict[bytes, str], int]],
+                     offsets: dict[int, int]) -> None:
+        assert self._snap is not None
+        for chain, count, chunks, labels, changes in exports:
+            started = time.perf_counter()
+            try:
+                manifest = await self._snap.store.write(
+                    chain, self._indexes[chain].key_size, count, chunks, labels, offsets,
+                    self._snap.base, self._manifests[chain])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                ADDRESS_SNAPSHOT_WRITES.labels(chain, "failed").inc()
+                # Exporting millions of keys costs seconds: not again after every batch.
+                self._not_before[chain] = time.monotonic() + SNAPSHOT_RETRY_S
+                log.warning("address snapshot of %s not written (retried in %.0fs): %s", chain,
+                            SNAPSHOT_RETRY_S, exc)
+                continue
+            self._manifests[chain] = manifest
+            self._changes[chain] -= changes
+            ADDRESS_SNAPSHOT_WRITES.labels(chain, "written").inc()
+            log.info("address snapshot %s of %s written: %d keys, %d chunks in %.2fs, covering %s",
+                     manifest.snapshot_id, chain, count, len(manifest.chunks),
+                     time.perf_counter() - started, offsets)
+
+    async def snapshot_now(self) -> None:
+        """Takes and writes a snapshot of every chain now (tests, benchmarks, shutdown)."""
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                await self._writer
+        if self._snap is None:
+            return
+        for chain in self._indexes:
+            self._changes[chain] = max(self._changes[chain], self._snap.every_changes)
+        await self._maybe_snapshot()
+        if self._writer is not None:
+            await self._writer
 
     async def _dead_letter(self, rec: Consumed, reason: str) -> None:
         for attempt in range(1, self._dl_attempts + 1):

@@ -47,7 +47,9 @@ from watcher.kafka.client import (
     MAX_MESSAGE_BYTES,
     Consumed,
     ManualConsumer,
+    checkpoint_topic,
     connection_kwargs,
+    topic_exists,
 )
 from watcher.metrics import DEAD_LETTERS, KAFKA_COMMIT_LATENCY, KAFKA_COMMITS
 from watcher.ports import OutRecord
@@ -158,7 +160,9 @@ class KafkaTransactionalSink:
 
     def __init__(self, cfg: KafkaConfig, transactional_id: str, chain_label: str, *,
                  timeout_s: float = 30.0) -> None:
+        """Checkpoints go to the chain's own topic, :func:`checkpoint_topic` of ``chain_label``."""
         self._cfg = cfg
+        self._checkpoint_topic = checkpoint_topic(cfg.topics, chain_label)
         self._transactional_id = transactional_id
         self._chain = chain_label
         self._timeout_s = timeout_s
@@ -249,11 +253,40 @@ class KafkaTransactionalSink:
                     await self._stale(pending[0])
             record = await self._read_checkpoint(name)
             self._known[name] = record.header(COMMIT_ID_HEADER) if record is not None else None
+            if record is None:
+                # Ownership is judged by our own topic (None here): the old topic is read
+                # for the value only.
+                record = await self._read_legacy_checkpoint(name)
             return record.value if record is not None else None
+
+    @property
+    def checkpoint_topic(self) -> str:
+        return self._checkpoint_topic
+
+    async def _read_legacy_checkpoint(self, name: str) -> Consumed | None:
+        """The checkpoint in the one-topic layout of earlier versions, if that topic exists.
+
+        Read only while the chain's own topic has none (until its first commit there);
+        this read may wait on other chains' open transactions in that old topic."""
+        legacy = self._cfg.topics.checkpoints
+        try:
+            if not await topic_exists(self._cfg, legacy, self._timeout_s):
+                return None
+            record = await read_last(self._cfg, legacy, CHECKPOINT_PARTITION, name.encode(),
+                                     timeout_s=self._timeout_s)
+        except SinkError:
+            raise
+        except Exception as exc:
+            raise SinkError(classify(exc), f"reading checkpoint {name} from {legacy}: "
+                                           f"{exc!r}") from exc
+        if record is not None and record.value is not None:
+            log.info("checkpoint %s migrated from %s (offset %d); the next commit writes it to %s",
+                     name, legacy, record.offset, self._checkpoint_topic)
+        return record
 
     async def _read_checkpoint(self, name: str) -> Consumed | None:
         try:
-            return await read_last(self._cfg, self._cfg.topics.checkpoints, CHECKPOINT_PARTITION,
+            return await read_last(self._cfg, self._checkpoint_topic, CHECKPOINT_PARTITION,
                                     name.encode(), timeout_s=self._timeout_s)
         except SinkError:
             raise
@@ -329,7 +362,7 @@ class KafkaTransactionalSink:
                 futures = [await producer.send(r.topic, value=r.value, key=r.key)
                            for r in records]
                 futures.append(await producer.send(
-                    self._cfg.topics.checkpoints, value=checkpoint, key=name.encode(),
+                    self._checkpoint_topic, value=checkpoint, key=name.encode(),
                     partition=CHECKPOINT_PARTITION, headers=[(COMMIT_ID_HEADER, commit_id)]))
                 # Every delivery is awaited (none left unretrieved); the first failure is raised.
                 for outcome in await asyncio.gather(*futures, return_exceptions=True):
