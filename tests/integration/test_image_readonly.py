@@ -74,6 +74,10 @@ def sandboxed(binary: str, prefix: Path, bcl: Path, *argv: str) -> subprocess.Co
            "--clearenv", "--setenv", "PATH", "/opt/watcher/bin:/usr/bin:/bin",
            "--setenv", "PYTHONPATH", "/opt/watcher:/opt/deps", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
            "--setenv", "BCL_DATA_DIR", "/opt/bitcoinlib", "--setenv", "HOME", "/tmp",
+           # The example's btc chain reads its RPC credentials from the environment, as the
+           # chart's Secret references provide them.
+           "--setenv", "BTC_RPC_USER", "watcher-example",
+           "--setenv", "BTC_RPC_PASSWORD", "example-password",
            str(python), *argv]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 

@@ -45,7 +45,9 @@ def make_cfg(bootstrap: str, **overrides: Any) -> KafkaConfig:
 @pytest.fixture
 async def cfg(kafka: KafkaService) -> AsyncIterator[KafkaConfig]:
     c = make_cfg(kafka.bootstrap_servers)
-    assert len(await ensure_topics(c, chains=CHAINS)) == 6 + len(CHAINS)  # leadership too
+    # deposits, withdrawals, dead letters, registrations, address snapshots, leadership, and
+    # one checkpoint topic per chain
+    assert len(await ensure_topics(c, chains=CHAINS)) == 6 + len(CHAINS)
     yield c
 
 

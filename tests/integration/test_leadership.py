@@ -84,9 +84,11 @@ async def test_one_leader_and_a_clean_handover(kafka: KafkaService) -> None:
         assert len(first) == 1, f"leaders after start: {first}"
         # Chains are elected apart: the btc group has its own leader.
         await asyncio.wait_for(other_chain.wait_leading(), 20)
-        # Stable: still exactly the same one a while later.
+        # Still exactly one a while later (it may have moved while the last members joined:
+        # the range assignor hands the partition to the first member id, not the old owner).
         await asyncio.sleep(2)
-        assert await _leaders(members) == first
+        first = await _leaders(members)
+        assert len(first) == 1, f"leaders a while later: {first}"
         started = time.monotonic()
         await members[first[0]].stop()  # leaves the group: the handover is immediate
         rest = [m for i, m in enumerate(members) if i != first[0]]

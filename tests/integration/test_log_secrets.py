@@ -1,8 +1,10 @@
 """No secret reaches the logs: ``watcher run`` against real Kafka and anvil, with secrets in
 the environment, a deposit flowing and one endpoint failing, and its whole output scanned.
 
-Secrets set: the SASL password (environment), credentials, an API-key path segment and a
-query-string key in the endpoint URLs (environment override of ``endpoints``). The second
+Secrets set: the SASL password (environment), an API-key path segment and a query-string
+key in the endpoint URLs (environment override of ``endpoints``; credentials embedded as
+``user:password@`` are refused by the configuration, and basic-auth credentials of UTXO
+nodes come from files or the environment and are masked like the SASL password). The second
 endpoint is a proxy to anvil that, once the watcher follows, answers every call with a
 JSON-RPC error echoing its own path and query, as some providers do ("invalid key …"):
 the watcher logs that error, so without redaction the API keys would reach the log.
@@ -32,11 +34,9 @@ from tests.support.solidity import new_address, watcher_config
 pytestmark = pytest.mark.integration
 
 SASL = "Sasl-" + uuid.uuid4().hex[:12]
-RPC_USER = "rpcuser" + uuid.uuid4().hex[:6]
-RPC_PASSWORD = "RpcPw-" + uuid.uuid4().hex[:12]
 PATH_KEY = uuid.uuid4().hex  # 32 hex digits, like an Infura project id
 QUERY_KEY = "Qk" + uuid.uuid4().hex[:14]
-SECRETS = (SASL, RPC_USER, RPC_PASSWORD, PATH_KEY, QUERY_KEY)
+SECRETS = (SASL, PATH_KEY, QUERY_KEY)
 
 
 def metric(port: int, name: str, **labels: str) -> float | None:
@@ -116,9 +116,9 @@ def run_watcher(tmp_path: Path, kafka: KafkaService, anvil: AnvilService, leaky:
     cfg_path.write_text(json.dumps(raw))
     host_port = anvil.url.split("//", 1)[1].rstrip("/")
     endpoints = [
-        {"name": "anvil", "url": f"http://{RPC_USER}:{RPC_PASSWORD}@{host_port}/?apikey={QUERY_KEY}"},
+        {"name": "anvil", "url": f"http://{host_port}/?apikey={QUERY_KEY}"},
         {"name": "leaky",
-         "url": f"http://{RPC_USER}:{RPC_PASSWORD}@127.0.0.1:{leaky.port}/v3/{PATH_KEY}?key={QUERY_KEY}"},
+         "url": f"http://127.0.0.1:{leaky.port}/v3/{PATH_KEY}?key={QUERY_KEY}"},
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER__")}
     env["WATCHER__KAFKA__SASL_PASSWORD"] = SASL

@@ -155,8 +155,6 @@ def topic_specs(topics: Topics, chains: Sequence[str] = ()) -> list[TopicSpec]:
         TopicSpec(topics.dead_letter, -1, {}, None, "kafka.topics.dead_letter"),
         TopicSpec(topics.address_registrations, -1, REGISTRATION_TOPIC_CONFIGS, "compact",
                   "kafka.topics.address_registrations"),
-        TopicSpec(topics.checkpoints, 1, CHECKPOINT_TOPIC_CONFIGS, "compact",
-                  "kafka.topics.checkpoints"),
         # Never written to: its one partition is what the leader election hands out.
         TopicSpec(topics.leadership, 1, {}, None, "kafka.topics.leadership"),
         TopicSpec(topics.address_snapshots, SNAPSHOT_PARTITIONS, SNAPSHOT_TOPIC_CONFIGS,
