@@ -67,10 +67,6 @@ MEMPOOL_ONLY = {"watcher_mempool_deposits_total", "watcher_mempool_tracked_trans
 ETH = 10**18
 
 
-def query(prom: PrometheusService, expr: str) -> list[dict[str, Any]]:
-    return prom.query(expr)
-
-
 def describe(result: list[dict[str, Any]]) -> str:
     return json.dumps([r["metric"] for r in result])[:300]
 
@@ -148,8 +144,8 @@ async def test_every_panel_and_rule_evaluates_to_series(
 
         # Prometheus has the traffic, and enough samples for rate() over a minute.
         async def scraped() -> bool:
-            moved = query(prometheus, 'watcher_dead_letters_total{job="watcher"} == 1')
-            samples = query(prometheus, 'count_over_time(up{job="watcher"}[1m]) >= 5')
+            moved = prometheus.query('watcher_dead_letters_total{job="watcher"} == 1')
+            samples = prometheus.query('count_over_time(up{job="watcher"}[1m]) >= 5')
             return bool(moved and samples)
         await poll_until(scraped, "Prometheus to scrape the traffic", 60.0, run.alive)
         # Two scrapes more: the last counter increments fall inside rate()'s window.
@@ -163,7 +159,7 @@ async def test_every_panel_and_rule_evaluates_to_series(
             if names & PENDING.keys():
                 continue
             checked += 1
-            result = query(prometheus, text)
+            result = prometheus.query(text)
             if not result:
                 failures.append(f"{where}: no series for {text}")
                 continue
@@ -177,18 +173,18 @@ async def test_every_panel_and_rule_evaluates_to_series(
         rules = 0
         for where, expr in alert_exprs():
             parsed = promql_parser.parse(expr)
-            query(prometheus, expr)  # Prometheus accepts the rule (raises otherwise)
+            prometheus.query(expr)  # Prometheus accepts the rule (raises otherwise)
             pending = metric_names(parsed) & PENDING.keys()
             for name, selector in selectors(parsed):
                 if name in PENDING:
                     continue
-                if not query(prometheus, selector):
+                if not prometheus.query(selector):
                     failures.append(f"{where}: selector {selector} has no series")
             if pending:
                 continue
             rules += 1
             part = selectors_part(parsed)
-            if not query(prometheus, part):
+            if not prometheus.query(part):
                 failures.append(f"{where}: what it compares has no series: {part}")
         assert rules >= 15, f"only {rules} alert rules checked"
         assert not failures, "\n".join(failures)
