@@ -39,6 +39,7 @@ import pytest
 from tests.support.btc_e2e import btc_config, new_uid, poll_until, running
 from tests.support.btc_wallet import RegtestWallet, regtest_payee
 from tests.support.promql import (
+    DASHBOARD,
     PENDING,
     alert_exprs,
     dashboard_exprs,
@@ -169,6 +170,13 @@ async def test_every_panel_and_rule_evaluates_to_series(
                 failures.append(f"{where}: no series for chain(s) {sorted(want - chains)}: "
                                 f"{text} gave {describe(result)}")
         assert checked >= 25, f"only {checked} dashboard expressions checked"
+        # The dashboard's chain variable: label_values(<metric>, chain) lists both chains.
+        board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+        (variable,) = [v for v in board["templating"]["list"] if v["name"] == "chain"]
+        metric = variable["query"].removeprefix("label_values(").split(",")[0]
+        listed = {r["metric"].get("chain") for r in prometheus.query(metric)}
+        if not listed >= CHAINS:
+            failures.append(f"the chain variable ({variable['query']}) lists {sorted(map(str, listed))}")
 
         rules = 0
         for where, expr in alert_exprs():
