@@ -19,7 +19,7 @@ import structlog
 from watcher.config import ChainConfig, Family, WatcherConfig
 from watcher.core.addresses import AddressIndex
 from watcher.errors import ChainError, ConfigError, SinkError
-from watcher.metrics import REGISTRY
+from watcher.metrics import REGISTRY, ChainSeries, init_series
 from watcher.ports import AddressCodec, ChainSource, MempoolSource
 from watcher.runtime.follower import ChainFollower, FollowerStatus
 from watcher.runtime.gc_tuning import tune_for_throughput
@@ -54,6 +54,13 @@ def build_mempool(cfg: ChainConfig, source: ChainSource) -> MempoolSource | None
         raise ConfigError(f"chains.{cfg.id}.mempool.enabled",
                           f"family {cfg.family.value!r} has no mempool to watch")
     return source
+
+def chain_series(cfg: WatcherConfig) -> list[ChainSeries]:
+    """What metrics.init_series needs of the configuration: per chain, its endpoints and
+    whether it watches a mempool and elects a leader."""
+    return [ChainSeries(cid, tuple(e.name for e in ccfg.endpoints), ccfg.mempool.enabled,
+                        cfg.leadership.enabled) for cid, ccfg in cfg.chains.items()]
+
 
 def file_fingerprint(path: Path | None) -> str | None:
     """Identifies the static addresses file an address snapshot was taken over."""
@@ -96,6 +103,7 @@ class App:
         from watcher.kafka.sink import DeadLetterWriter, KafkaTransactionalSink
 
         cfg = self.cfg
+        init_series(chain_series(cfg))
         codecs: dict[str, AddressCodec] = {}
         sources: dict[str, ChainSource] = {}
         for cid, ccfg in cfg.chains.items():

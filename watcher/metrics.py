@@ -6,7 +6,13 @@ kind, outcome. Never an address, a txid, a URL or a request id.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from watcher.errors import AnswerCheck
+from watcher.types import DepositEventType
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -174,3 +180,65 @@ ADDRESS_SNAPSHOT_RESTORE_SECONDS = Gauge(
 ADDRESS_SNAPSHOT_WRITES = Counter("watcher_address_snapshot_writes_total",
                                   "Address-index snapshots written, by outcome",
                                   ["chain", "outcome"], registry=REGISTRY)
+
+# ---------------------------------------------------------------- series from the start (#9, prom)
+# A labelled child exists only once touched: a counter never incremented is absent, so
+# rate()/increase() over it and the alerts on it have nothing to evaluate, and a dashboard
+# panel shows "No data" instead of 0. The composition root calls init_series() once at
+# startup, before any loop runs, so every series a panel or a rule names is exported with
+# its zero. Label values come from the configuration and closed enums only (bounded).
+
+CYCLE_ERROR_KINDS = ("retriable", "final", "broken_branch")
+"""Kinds a follower cycle fails with (watcher.runtime.follower)."""
+RPC_ERROR_KINDS = ("retriable", "final")
+"""Kinds node calls fail with; the payment kinds (nonce_too_low, ...) come with sends."""
+KAFKA_OUTCOMES = ("committed", "retriable", "final", "fenced", "cancelled")
+"""Outcomes of one Kafka transaction (watcher.kafka.sink)."""
+MEMPOOL_OUTCOMES = ("seen", "replaced", "double_spent", "dropped", "mined")
+DEAD_LETTER_SOURCES = ("address-registrations",)
+"""Inputs that can be dead-lettered today (watcher.kafka.registrations)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSeries:
+    """What decides a chain's label children: its id, endpoint names and features."""
+
+    chain: str
+    endpoints: tuple[str, ...]
+    mempool: bool
+    leadership: bool
+    """True when leadership decides who follows; False: this replica follows (leads) alone."""
+
+
+def init_series(chains: Sequence[ChainSeries]) -> None:
+    """Creates every labelled child dashboards and alerts read, at zero. Idempotent: a child
+    that exists already keeps its value (``labels()`` returns it), except the two gauges
+    whose zero is the start state (halted: the follower sets 1 when it halts; leader)."""
+    for source in DEAD_LETTER_SOURCES:
+        DEAD_LETTERS.labels(source)
+    for c in chains:
+        ch = c.chain
+        for metric in (REORGS, REORG_BEYOND_WINDOW, REVERTED_AFTER_CONFIRMATION, BLOCKS_PROCESSED,
+                       QUORUM_DISAGREEMENTS, OPERATOR_RESUMES, REORG_DEPTH, DETECTION_LATENCY,
+                       KAFKA_COMMIT_LATENCY, TRACKED_DEPOSITS, QUORUM_HELD):
+            metric.labels(ch)
+        CHAIN_HALTED.labels(ch).set(0)
+        if not c.leadership:
+            LEADER.labels(ch).set(1)
+        for ev in DepositEventType:
+            if ev is not DepositEventType.SEEN or c.mempool:
+                DEPOSIT_EVENTS.labels(ch, ev.value)
+        for kind in CYCLE_ERROR_KINDS:
+            CYCLE_ERRORS.labels(ch, kind)
+        for outcome in KAFKA_OUTCOMES:
+            KAFKA_COMMITS.labels(ch, outcome)
+        for endpoint in c.endpoints:
+            for kind in RPC_ERROR_KINDS:
+                RPC_ERRORS.labels(ch, endpoint, kind)
+                RPC_RETRIES.labels(ch, endpoint, kind)
+            for check in AnswerCheck:
+                ANSWERS_REJECTED.labels(ch, endpoint, check.value)
+        if c.mempool:
+            MEMPOOL_TRACKED.labels(ch)
+            for outcome in MEMPOOL_OUTCOMES:
+                MEMPOOL_TRANSITIONS.labels(ch, outcome)

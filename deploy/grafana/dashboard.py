@@ -187,7 +187,7 @@ ROWS: tuple[tuple[str, bool, tuple[Spec, ...]], ...] = (
         Spec("Request to confirmation", quantiles("watcher_withdrawal_confirmation_seconds", "chain",
                                                   "{{chain}}"), unit="s", width=12),
     )),
-    ("UTXO mempool (slice #7 not landed yet)", True, (
+    ("UTXO mempool (Bitcoin-family chains with mempool.enabled)", False, (
         Spec("Unconfirmed deposits by transition", (
             q(f"sum by (chain, outcome) (increase(watcher_mempool_deposits_total{{{C}}}[{RI}]))",
               "{{chain}} {{outcome}}"),), width=12,

@@ -37,7 +37,7 @@ if [ -f "$traffic_pid" ] && kill -0 "$(cat "$traffic_pid")" 2>/dev/null; then
 else
   nohup .venv/bin/python deploy/local/traffic.py > .stack/logs/traffic.log 2>&1 &
   echo $! > "$traffic_pid"
-  echo "traffic: a deposit every 3 s, a new registration every 30 s, a reorg every 75 s (log .stack/logs/traffic.log)"
+  echo "traffic: ETH, TKN and BTC deposits every 3 s, a new registration every 30 s, a reorg every 75 s (log .stack/logs/traffic.log)"
 fi
 echo
 echo "Stack and watcher are running. Watch the events: .venv/bin/watcher tail -c config/local.yaml"

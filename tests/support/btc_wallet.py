@@ -7,7 +7,8 @@ script: the five standard types are built from arbitrary hashes here, and the ad
 texts are encoded here (bech32/bech32m, base58check) independently of the watcher's own
 codec, so an end-to-end test checks one against the other.
 
-Written for this project from BIP141/143/173/350; test-only, never used by the watcher.
+Written for this project from BIP141/143/173/350; used by the tests and by the dev stack's
+traffic generator (deploy/local/traffic.py), never by the watcher.
 """
 
 from __future__ import annotations

@@ -32,9 +32,10 @@ def test_dashboard_shape() -> None:
     rows = [p for p in board["panels"] if p["type"] == "row"]
     assert [r["title"] for r in rows] == [
         "Chains: following the head", "Deposits", "Reorgs and finality", "Endpoints and RPC", "Kafka",
-        "Withdrawals (slice #8 not landed yet)", "UTXO mempool (slice #7 not landed yet)"]
+        "Withdrawals (slice #8 not landed yet)",
+        "UTXO mempool (Bitcoin-family chains with mempool.enabled)"]
     # Rows of slices not landed are collapsed (their panels inside them), the others expanded.
-    assert [r["collapsed"] for r in rows] == [False] * 5 + [True] * 2
+    assert [r["collapsed"] for r in rows] == [False] * 5 + [True, False]
     ids = [p["id"] for p in board["panels"]] + [q["id"] for r in rows for q in r["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     titles = {p["title"] for p in board["panels"]} | {q["title"] for r in rows for q in r["panels"]}

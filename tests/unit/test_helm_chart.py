@@ -170,6 +170,17 @@ def test_two_replicas_need_leadership(tmp_path: Path) -> None:
     assert yaml.safe_load(cm["data"]["watcher.yaml"])["leadership"] == {"enabled": True}
 
 
+def test_drain_grace_is_written_to_the_config_by_default(tmp_path: Path) -> None:
+    docs = render(tmp_path, None)
+    (cm,) = [c for c in by_kind(docs, "ConfigMap") if "watcher.yaml" in c["data"]]
+    assert yaml.safe_load(cm["data"]["watcher.yaml"])["shutdown_grace_s"] == 30
+    (dep,) = by_kind(docs, "Deployment")
+    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 35
+    docs = render(tmp_path, None, "drain.setConfigKey=false")
+    (cm,) = [c for c in by_kind(docs, "ConfigMap") if "watcher.yaml" in c["data"]]
+    assert "shutdown_grace_s" not in yaml.safe_load(cm["data"]["watcher.yaml"])
+
+
 def test_drain_grace_is_written_to_the_config_when_asked(tmp_path: Path) -> None:
     docs = render(tmp_path, None, "drain.setConfigKey=true", "drain.graceSeconds=50")
     (cm,) = [c for c in by_kind(docs, "ConfigMap") if "watcher.yaml" in c["data"]]

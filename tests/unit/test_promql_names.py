@@ -1,52 +1,33 @@
 """Every PromQL expression of the dashboard and of the alert rules parses, and names only
 metrics the watcher declares in ``watcher/metrics.py``, or ones of slices not landed yet.
 
-The pending list below is explicit, with the issue of the slice that will declare each
-name. A name whose slice has landed may stay in it until someone tidies up (merging
-branches must not break the suite); test_landed_pending_names lists them. The end-to-end
-check against a live Prometheus scraping the watcher comes with issue #9's e2e test.
+The pending list (tests/support/promql.py, shared with the live check) is explicit, with
+the issue of the slice that will declare each name. A name whose slice has landed may stay
+in it until someone tidies up (merging branches must not break the suite);
+test_landed_pending_names lists them. The live check, every expression evaluated in a real
+Prometheus scraping the watcher, is tests/integration/test_prometheus_e2e.py.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import promql_parser
 import pytest
-import yaml
 
+from tests.support.promql import (
+    DASHBOARD,
+    PENDING,
+    SCRAPE_METRICS,
+    alert_exprs,
+    dashboard_exprs,
+    metric_names,
+    selectors,
+    selectors_part,
+    substitute,
+)
 from watcher import metrics
-
-ROOT = Path(__file__).resolve().parents[2]
-DASHBOARD = ROOT / "deploy" / "grafana" / "watcher-dashboard.json"
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-
-PENDING: dict[str, str] = {
-    # issue #6, endpoint pool
-    "watcher_endpoint_state": "#6",
-    "watcher_node_answers_rejected_total": "#6",
-    "watcher_confirm_quorum_disagreements_total": "#6",
-    "watcher_confirm_quorum_held_deposits": "#6",
-    # issue #7, UTXO chains' mempool
-    "watcher_mempool_deposits_total": "#7",
-    "watcher_mempool_tracked_transactions": "#7",
-    # issue #8, withdrawals (leadership landed on main separately)
-    "watcher_leader": "#8",
-    "watcher_withdrawal_events_total": "#8",
-    "watcher_withdrawals_stuck": "#8",
-    "watcher_withdrawals_waiting_funds": "#8",
-    "watcher_hot_wallet_balance": "#8",
-    "watcher_hot_wallet_low_threshold": "#8",
-    "watcher_withdrawal_confirmation_seconds_bucket": "#8",
-}
-SCRAPE_METRICS = {"up"}
-"""Written by Prometheus itself for every scrape target."""
-
-GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__range": "1h", "$chain": ".*"}
 
 
 def declared_series() -> set[str]:
@@ -60,47 +41,6 @@ def declared_series() -> set[str]:
         else:
             names.add(family.name)
     return names
-
-
-def dashboard_exprs() -> Iterator[tuple[str, str]]:
-    """(where, expression) for every panel target of the generated dashboard."""
-    board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    for p in board["panels"]:
-        for inner in [p, *p.get("panels", [])]:
-            for t in inner.get("targets", []):
-                yield f"dashboard panel {inner['title']!r}", t["expr"]
-
-
-def alert_exprs() -> Iterator[tuple[str, str]]:
-    for group in yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"]:
-        for rule in group["rules"]:
-            yield f"alert {rule.get('alert') or rule.get('record')}", rule["expr"]
-
-
-def substitute(expr: str) -> str:
-    for var, value in GRAFANA_VARIABLES.items():
-        expr = expr.replace(var, value)
-    assert "$" not in expr, f"unknown Grafana variable in {expr}"
-    return expr
-
-
-def metric_names(node: Any) -> set[str]:
-    """Names of every vector selector in a parsed expression (the parser's AST, walked)."""
-    found: set[str] = set()
-    if isinstance(node, promql_parser.VectorSelector):
-        if node.name:
-            found.add(node.name)
-        for m in node.matchers.matchers:
-            if m.name == "__name__":
-                found.add(m.value)
-        return found
-    for attr in ("lhs", "rhs", "expr", "param", "vector_selector"):
-        child = getattr(node, attr, None)
-        if child is not None and not isinstance(child, str | int | float):
-            found |= metric_names(child)
-    for arg in getattr(node, "args", None) or ():
-        found |= metric_names(arg)
-    return found
 
 
 ALL = [*dashboard_exprs(), *alert_exprs()]
@@ -159,3 +99,26 @@ def test_chain_variable_reads_a_declared_metric() -> None:
     (chain,) = [v for v in board["templating"]["list"] if v["name"] == "chain"]
     metric = re.fullmatch(r"label_values\((\w+), chain\)", chain["query"])
     assert metric is not None and metric.group(1) in declared_series()
+
+
+def test_selectors_keep_matchers_and_drop_ranges_and_offsets() -> None:
+    parsed = promql_parser.parse(
+        'sum(rate(a_bucket{x="1",y!~"z"}[5m] offset 1h)) / on (c) b or {__name__="e"}')
+    assert selectors(parsed) == [("a_bucket", 'a_bucket{x="1",y!~"z"}'), ("b", "b{}"),
+                                 ("e", '{__name__="e"}')]
+
+
+@pytest.mark.parametrize(("rule", "part"), [
+    ("increase(a_total[15m]) > 0", "increase(a_total{}[15m])"),
+    ("0 < a", "a{}"),
+    ("a > 20 and deriv(b[10m]) <= 0", "(a{}) and  (deriv(b{}[10m]))"),
+    ("a < on (chain, asset) b", "(a{}) and on (chain, asset) (b{})"),
+    ("max by (c) (a) == bool 0", "(max by (c)(a{})) == bool (0)"),
+    ('(increase(h_count[1h]) - ignoring (le) increase(h_bucket{le="5.0"}[1h])) > 0',
+     '(increase(h_count{}[1h])) - ignoring (le) (increase(h_bucket{le="5.0"}[1h]))'),
+    ("(changes(h[10m]) == 0 and h offset 10m) or changes(h[95m]) == 0",
+     "((changes(h{}[10m])) and  (h{})) or  (changes(h{}[1h35m]))"),
+])
+def test_selectors_part_drops_thresholds_and_offsets(rule: str, part: str) -> None:
+    assert selectors_part(promql_parser.parse(rule)) == part
+    promql_parser.parse(part)  # and it is PromQL still
