@@ -448,6 +448,22 @@ class KafkaTransactionalSink:
         return pending_committed
 
 
+async def read_chain_checkpoint(cfg: KafkaConfig, chain: str, *,
+                                timeout_s: float = 30.0) -> bytes | None:
+    """A chain's last committed checkpoint, found where its follower finds it: the chain's
+    own topic, else (before its first commit there) the one-topic layout of earlier
+    versions. For read-only tools (``watcher audit``, ``watcher halt inspect``): it opens no
+    producer and fences nobody."""
+    name = f"chain:{chain}".encode()
+    for topic in (checkpoint_topic(cfg.topics, chain), cfg.topics.checkpoints):
+        if not await topic_exists(cfg, topic, timeout_s):
+            continue
+        record = await read_last(cfg, topic, CHECKPOINT_PARTITION, name, timeout_s=timeout_s)
+        if record is not None:
+            return record.value
+    return None
+
+
 async def read_last(cfg: KafkaConfig, topic: str, partition: int, key: bytes, *,
                     timeout_s: float = 30.0) -> Consumed | None:
     """The last committed record with ``key`` in ``partition`` (a tombstone included).

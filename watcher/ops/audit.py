@@ -71,8 +71,7 @@ def main(args: argparse.Namespace) -> int:
 async def audit_command(args: argparse.Namespace) -> int:
     from watcher.core.chainstate import ChainState
     from watcher.core.rederive import audit, rederive
-    from watcher.kafka.client import CHECKPOINT_PARTITION
-    from watcher.kafka.sink import read_last
+    from watcher.kafka.sink import read_chain_checkpoint
 
     cfg = load(args.config)
     ccfg = chain_config(cfg, args.chain)
@@ -82,12 +81,11 @@ async def audit_command(args: argparse.Namespace) -> int:
     async with open_chain(cfg, chain) as access:
         observed, skipped = await read_deposits(cfg.kafka, topic, chain, args.start, args.end)
         # After the topic: the checkpoint is at least as far as what was read.
-        record = await read_last(cfg.kafka, cfg.kafka.topics.checkpoints, CHECKPOINT_PARTITION,
-                                 f"chain:{chain}".encode())
+        checkpoint = await read_chain_checkpoint(cfg.kafka, chain)
         head = await access.source.head()
         reference = head.number
-        if record is not None and record.value is not None:
-            state = ChainState.restore(record.value, chain, ccfg.reorg_window, access.required_for)
+        if checkpoint is not None:
+            state = ChainState.restore(checkpoint, chain, ccfg.reorg_window, access.required_for)
             if state.tip is not None:
                 reference = min(reference, state.tip.number)
         if args.end > reference:

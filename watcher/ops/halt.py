@@ -140,8 +140,7 @@ async def resume_chain(source: ChainSource, sink: TransactionalSink, ccfg: Chain
 
 async def inspect(args: argparse.Namespace) -> int:
     from watcher.core.chainstate import ChainState
-    from watcher.kafka.client import CHECKPOINT_PARTITION
-    from watcher.kafka.sink import read_last
+    from watcher.kafka.sink import read_chain_checkpoint
 
     cfg = load(args.config)
     ccfg = chain_config(cfg, args.chain)
@@ -153,13 +152,12 @@ async def inspect(args: argparse.Namespace) -> int:
                                                  if daemon.get("halted_reason") else ""))
     else:
         print(f"daemon: not consulted ({daemon})")
-    record = await read_last(cfg.kafka, cfg.kafka.topics.checkpoints, CHECKPOINT_PARTITION,
-                             f"chain:{chain}".encode())
-    if record is None or record.value is None:
+    checkpoint = await read_chain_checkpoint(cfg.kafka, chain)
+    if checkpoint is None:
         print(f"checkpoint: none for {chain} (the daemon starts at start_block {ccfg.start_block})")
         return EXIT_OK
     async with open_chain(cfg, chain, addresses=False) as access:
-        state = ChainState.restore(record.value, chain, ccfg.reorg_window, access.required_for)
+        state = ChainState.restore(checkpoint, chain, ccfg.reorg_window, access.required_for)
         blocks = state.window.blocks()
         if not blocks:
             print("checkpoint: empty window")
