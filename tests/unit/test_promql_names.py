@@ -34,14 +34,6 @@ PENDING: dict[str, str] = {
     # issue #7, UTXO chains' mempool
     "watcher_mempool_deposits_total": "#7",
     "watcher_mempool_tracked_transactions": "#7",
-    # issue #8, withdrawals (leadership landed on main separately)
-    "watcher_leader": "#8",
-    "watcher_withdrawal_events_total": "#8",
-    "watcher_withdrawals_stuck": "#8",
-    "watcher_withdrawals_waiting_funds": "#8",
-    "watcher_hot_wallet_balance": "#8",
-    "watcher_hot_wallet_low_threshold": "#8",
-    "watcher_withdrawal_confirmation_seconds_bucket": "#8",
 }
 SCRAPE_METRICS = {"up"}
 """Written by Prometheus itself for every scrape target."""
