@@ -29,7 +29,16 @@ from nacl.signing import SigningKey
 from web3.contract import AsyncContract
 
 from tests.support.services import AnvilFactory, KafkaService, ServiceManager
-from tests.support.solidity import Chain, Event, TopicReader, http_get, new_address, produce, scrape, watcher_config
+from tests.support.solidity import (
+    Chain,
+    Event,
+    TopicReader,
+    http_get,
+    new_address,
+    produce,
+    scrape,
+    watcher_config,
+)
 from watcher.app import App
 from watcher.config import WatcherConfig, parse
 from watcher.kafka.client import ensure_topics
@@ -58,6 +67,22 @@ def canonical(body: dict[str, Any]) -> bytes:
 def signed_request(body: dict[str, Any], key: SigningKey = REQUESTER) -> bytes:
     sig = base64.b64encode(key.sign(canonical(body)).signature).decode()
     return json.dumps({**body, "signature": sig}).encode()
+
+
+def withdrawals_section(stuck_blocks: int = STUCK_BLOCKS) -> dict[str, Any]:
+    """The ``withdrawals`` part of the test config: the golden requester key, the hot key
+    from an environment variable, ETH and TKN allow-listed."""
+    return {
+        "requesters": {"ledger": REQUESTER_PUB},
+        "chains": {"eth": {
+            "confirmations": CONFIRMATIONS, "stuck_blocks": stuck_blocks,
+            "max_fee_per_gas": "300000000000", "max_priority_fee_per_gas": "3000000000",
+            "hot_key": {"env": HOT_KEY_ENV},
+            "assets": {"ETH": {"per_request_limit": str(5 * ETH), "daily_limit": str(12 * ETH),
+                               "low_balance": str(ETH)},
+                       "TKN": {"per_request_limit": "100000000", "daily_limit": "1000000000"}},
+        }},
+    }
 
 
 @dataclass
@@ -141,17 +166,7 @@ async def environment(kafka: KafkaService, anvil_factory: AnvilFactory, services
                          metrics_port=port,
                          tokens=[{"contract": str(token.address), "symbol": "TKN", "decimals": 6}],
                          confirmations={"ETH": 2, "TKN": 2})
-    raw["withdrawals"] = {
-        "requesters": {"ledger": REQUESTER_PUB},
-        "chains": {"eth": {
-            "confirmations": CONFIRMATIONS, "stuck_blocks": STUCK_BLOCKS,
-            "max_fee_per_gas": "300000000000", "max_priority_fee_per_gas": "3000000000",
-            "hot_key": {"env": HOT_KEY_ENV},
-            "assets": {"ETH": {"per_request_limit": str(5 * ETH), "daily_limit": str(12 * ETH),
-                               "low_balance": str(ETH)},
-                       "TKN": {"per_request_limit": "100000000", "daily_limit": "1000000000"}},
-        }},
-    }
+    raw["withdrawals"] = withdrawals_section()
     monkeypatch.setenv(HOT_KEY_ENV, HOT_KEY)
     cfg = parse(raw, base_dir=tmp_path)
     await ensure_topics(cfg.kafka)
