@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from eth_utils.address import to_checksum_address
 
 from tests.integration.test_crash_recovery import Daemon
 from tests.integration.test_withdrawals_e2e import (
@@ -204,7 +205,7 @@ async def test_fifty_withdrawals_two_replicas_leader_killed_twenty_times(
                    and e["request_id"] == rid), None)
         if ev is not None and txs and ev["txid"] != txs[0]:
             problems.append(f"{rid}: confirmed {ev['txid']} but {txs[0]} pays it")
-        held = (await chain.w3.eth.get_balance(to) if asset == "ETH"
+        held = (await chain.w3.eth.get_balance(to_checksum_address(to)) if asset == "ETH"
                 else await token.functions.balanceOf(to).call())
         if held != amount:
             problems.append(f"{rid}: recipient holds {held}, requested {amount}")
