@@ -306,9 +306,23 @@ class App:
         if runner is None:
             await self._follow(f, stop)
             return
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._follow(f, stop))
-            group.create_task(self._pay(runner, stop))
+        # Not a TaskGroup: its ExceptionGroup would hide the error kind (FENCED, say) from
+        # whoever handles a term's failure; the first error is raised as it is.
+        parts = [asyncio.ensure_future(self._follow(f, stop)),
+                 asyncio.ensure_future(self._pay(runner, stop))]
+        try:
+            done, _ = await asyncio.wait(parts, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                error = None if t.cancelled() else t.exception()
+                if error is not None:
+                    raise error
+            await asyncio.gather(*parts)
+        finally:
+            for t in parts:
+                t.cancel()
+            for t in parts:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
 
     @staticmethod
     async def _pay(runner: WithdrawalRunner, stop: asyncio.Event) -> None:
