@@ -156,8 +156,9 @@ def test_bitcoin_chain_section() -> None:
 
 
 def test_low_balance_threshold_is_optional_and_in_base_units() -> None:
-    assets = {"ETH": {"per_request_limit": "5", "daily_limit": "50", "low_balance": "1000000000000000000"},
-              "USDC": {"per_request_limit": 1, "daily_limit": 2}}
+    assets: dict[str, dict[str, Any]] = {
+        "ETH": {"per_request_limit": "5", "daily_limit": "50", "low_balance": "1000000000000000000"},
+        "USDC": {"per_request_limit": 1, "daily_limit": 2}}
     cfg = parse(raw(assets=assets))
     assert cfg.withdrawals is not None
     eth = cfg.withdrawals.chains["eth"]  # type: ignore[index]
