@@ -70,6 +70,7 @@ class FakeNode:
         self.fail_fees = 0
         self.on_send: Any = None
         self.pool: list[bytes] = []
+        self.native = 10**18
 
     def mine(self, include: bool = True) -> None:
         n = self.height + 1
@@ -101,7 +102,7 @@ class FakeNode:
         return mined, mined + len(self.pool)
 
     async def balances(self, tokens: Sequence[Address]) -> tuple[int, dict[Address, int]]:
-        return 10**18, {}
+        return self.native, {}
 
     async def fee_quote(self) -> tuple[int, int]:
         if self.fail_fees:
@@ -293,3 +294,25 @@ async def test_a_failed_commit_goes_back_to_the_checkpoint() -> None:
     await r.step()
     assert [e["type"] for e in sink.events()] == ["withdrawal.accepted", "withdrawal.broadcast"]
     assert len(node.sent) == 1
+
+
+async def test_a_request_the_wallet_cannot_fund_waits_then_is_paid() -> None:
+    from watcher.metrics import REGISTRY
+
+    node, sink, reqs = FakeNode(), FakeSink(), FakeRequests()
+    # 1000 wei plus 21000 gas at the 100 gwei cap is needed; one wei short of it.
+    node.native = 1000 + 21_000 * 100 * 10**9 - 1
+    r = runner("eth", node, sink, reqs)
+    await r.start()
+    reqs.add(request("w-1"))
+    await r.step()
+    await r.step()
+    assert node.sent == []
+    assert [e["type"] for e in sink.events()] == ["withdrawal.accepted"]
+    assert REGISTRY.get_sample_value("watcher_withdrawals_waiting_funds",
+                                     {"chain": "eth", "asset": "ETH"}) == 1
+    node.native += 1
+    await r.step()
+    assert len(node.sent) == 1
+    assert REGISTRY.get_sample_value("watcher_withdrawals_waiting_funds",
+                                     {"chain": "eth", "asset": "ETH"}) == 0
