@@ -108,15 +108,20 @@ async def test_fifty_withdrawals_two_replicas_leader_killed_twenty_times(
             found += sum(1 for t in blk["transactions"] if str(t["from"]).lower() == HOT_ADDRESS.lower())
         return found
 
+    async def hot_pending() -> bool:
+        pool = await chain.rpc("txpool_content")
+        return any(sender.lower() == HOT_ADDRESS.lower()
+                   for section in ("pending", "queued") for sender in (pool.get(section) or {}))
+
     async def miner() -> None:
         mined = 0
         while not stop_chain.is_set():
             with contextlib.suppress(Exception):
-                if mined % 40 == 15:
-                    # Blocks with a base fee above what pending payments offer: they get stuck
-                    # and are replaced with higher fees (stuck_blocks = 3).
+                if len(bumps) < 3 and mined - max(bumps, default=-99) > 30 and await hot_pending():
+                    # Blocks with a base fee above what the pending payments offer: they get
+                    # stuck and are replaced with higher fees (stuck_blocks = 3).
                     await chain.rpc("anvil_setNextBlockBaseFeePerGas", hex(100 * 10**9))
-                    bumps.append(await chain.height())
+                    bumps.append(mined)
                 if mined >= 25 and not reorgs and await hot_txs_in_top(3):
                     # A reorg that removes payments: anvil drops the removed blocks'
                     # transactions, so only the watcher's rebroadcast can bring them back.
@@ -222,7 +227,9 @@ async def test_fifty_withdrawals_two_replicas_leader_killed_twenty_times(
     replaced = sum(1 for e in events if e["type"] == "withdrawal.replaced")
     leaked = [d.log for d in daemons if HOT_KEY in d.log.read_text(errors="replace").lower()]
     print(f"seed {seed}: {KILLS} kills, {len(events)} events, {replaced} replacements, "
-          f"bumps at {bumps}, reorgs at {reorgs}, runs {[d.runs for d in daemons]}")
+          f"base fee raised at mined blocks {bumps}, reorgs at height {reorgs}, "
+          f"runs {[d.runs for d in daemons]}")
     assert not leaked, f"the hot key appears in {leaked}"
     assert not problems, "\n".join(problems)
+    assert replaced >= 1, "no payment was replaced with higher fees"
     assert reorgs, "no reorg removed a payment"
