@@ -316,3 +316,36 @@ async def test_a_request_the_wallet_cannot_fund_waits_then_is_paid() -> None:
     assert len(node.sent) == 1
     assert REGISTRY.get_sample_value("watcher_withdrawals_waiting_funds",
                                      {"chain": "eth", "asset": "ETH"}) == 0
+
+
+async def test_a_nonce_used_by_another_sender_is_rebound_only_at_finality_and_paid_once() -> None:
+    node, sink, reqs = FakeNode(), FakeSink(), FakeRequests()
+    r = runner("eth", node, sink, reqs)
+    await r.start()
+    reqs.add(request("w-1"))
+    await r.step()
+    ours = node.sent[0]
+    # Another holder of the hot key spends nonce 0 first; our payment can never be mined.
+    node.pool.clear()
+    n = node.height + 1
+    foreign = TxId("0x" + "f" * 64)
+    node.blocks[n] = HotBlock(n, h(n), h(n - 1), (Spend("nonce:0", foreign, fee_paid=1),))
+    node.height = n
+    await r.step()
+    for _ in range(3):  # below finality (depth 5): not re-bound yet, nothing else signed
+        node.mine(include=False)
+        await r.step()
+    assert node.sent == [ours]
+    for _ in range(3):
+        node.mine(include=False)
+        await r.step()
+    assert len(node.sent) == 2 and node.sent[1] != ours
+    state = orjson.loads(sink.commits[-1][1])
+    (w,) = state["book"]["withdrawals"]
+    assert w["binding"] == {"nonce": 1} and w["epoch"] == 1
+    for _ in range(2):
+        node.mine()
+        await r.step()
+    confirmed = [e for e in sink.events() if e["type"] == "withdrawal.confirmed"]
+    assert len(confirmed) == 1 and confirmed[0]["txid"] == txid_of(node.sent[1])
+    assert confirmed[0]["nonce"] == 1
