@@ -202,8 +202,7 @@ class WithdrawalRunner:
         self.started = True
         log.info("withdrawals: started", chain=self.chain, hot_wallet=self.hot_address,
                  in_flight=len(self.book.withdrawals()), signer=self._signer.name)
-        await self._carry(self.book.resume())
-        await self._commit()
+        await self._settle([self.book.resume()])
 
     async def _position(self) -> None:
         await self._requests.seek_to_beginning()
@@ -232,24 +231,59 @@ class WithdrawalRunner:
                 await self._reload()
 
     async def step(self, poll_ms: int = 100) -> None:
+        """One batch of input records (group-committed: see :meth:`_settle`), then one
+        chain round."""
+        waiting: list[list[Decision]] = []
         for rec in await self._requests.fetch(timeout_ms=poll_ms, max_records=200):
-            await self._record(rec)
-        await self._commit()
+            waiting.extend(await self._record(rec))
+        await self._settle(waiting)
         await self._round()
-        await self._commit()
+
+    async def _settle(self, waiting: list[list[Decision]]) -> None:
+        """Commits, then carries out what waited behind a :class:`Commit`, until nothing
+        waits; the last commit ends the observation.
+
+        A group commit: the observations of a batch each run up to their first barrier,
+        then one transaction makes all of it durable, then each goes on. Nothing after a
+        barrier is carried out before a commit that covers the state at that barrier (it
+        covers more: later observations' changes, with their events), so the book's
+        ordering holds with one transaction per barrier level instead of per request.
+
+        Only intake observations (``accept``, ``reject``) and the continuations themselves
+        run while a barrier waits: none of them broadcasts before a barrier of its own.
+        ``tip``, ``blocks_removed`` and ``resume`` decide ``Broadcast`` of recorded bytes
+        with no barrier before it, so they are only ever called once nothing waits (else
+        they could send bytes signed a moment ago and not committed yet)."""
+        while True:
+            await self._commit()
+            if not waiting:
+                return
+            later: list[list[Decision]] = []
+            for rest in waiting:
+                more = await self._carry(rest)
+                if more is not None:
+                    later.append(more)
+            waiting = later
+
+    async def _barrier(self, waiting: list[list[Decision]]) -> None:
+        """Settles only when something waits behind a barrier (else the round's final
+        commit covers it: one transaction per round, not per block)."""
+        if waiting:
+            await self._settle(waiting)
 
     async def _reload(self) -> None:
         self._load(await self.sink.load_checkpoint(CHECKPOINT_NAME))
         await self._position()
-        await self._carry(self.book.resume())
-        await self._commit()
+        await self._settle([self.book.resume()])
 
     # --------------------------------------------------------- intake
 
-    async def _record(self, rec: Consumed) -> None:
+    async def _record(self, rec: Consumed) -> list[list[Decision]]:
+        """The verdict on one record; returns what waits behind a commit barrier."""
         self._offsets[rec.partition] = rec.offset + 1
         if route(rec.value, self._configured, self._primary) != self.chain:
-            return  # another chain's runner gives it its verdict; only the offset moves
+            return []  # another chain's runner gives it its verdict; only the offset moves
+        rest: list[Decision] | None = None
         verdict = evaluate(rec.value, rec.timestamp_ms, self._policy, {self.chain: self.book})
         if isinstance(verdict, DeadLetter):
             WITHDRAWAL_REQUESTS.labels(self._label(None), "dead_letter").inc()
@@ -263,13 +297,14 @@ class WithdrawalRunner:
             self._out.append(rejection_record(self._topics.withdrawals, rec.key, verdict,
                                               self._clock()))
             if verdict.remember_in == self.chain and verdict.request_id is not None:
-                await self._carry(self.book.reject(RequestId(verdict.request_id), verdict.digest))
+                rest = await self._carry(self.book.reject(RequestId(verdict.request_id),
+                                                          verdict.digest))
         elif isinstance(verdict, Repeat):
             WITHDRAWAL_REQUESTS.labels(self.chain, "repeat").inc()
         elif isinstance(verdict, Accepted):
             WITHDRAWAL_REQUESTS.labels(self.chain, "accepted").inc()
-            await self._carry(self.book.accept(verdict.request))
-        await self._commit()
+            rest = await self._carry(self.book.accept(verdict.request))
+        return [] if rest is None else [rest]
 
     def _label(self, chain: str | None) -> str:
         return chain if chain is not None and chain in self._configured else "unknown"
@@ -277,8 +312,9 @@ class WithdrawalRunner:
     # --------------------------------------------------------- the chain
 
     async def _round(self) -> None:
+        """Postponed decisions, new blocks, the tip; each settled before the next."""
         retry, self._retry = self._retry, []
-        await self._carry(retry)
+        await self._barrier(await self._carry_all(retry))
         try:
             head = await self._node.head()
             await self._scan(head)
@@ -290,7 +326,8 @@ class WithdrawalRunner:
         finalized = head.finalized_number
         if finalized is None:
             finalized = head.number - self._ccfg.finality_depth
-        await self._carry(self.book.tip(head.number, finalized if finalized >= 0 else None))
+        await self._settle(await self._carry_all(
+            self.book.tip(head.number, finalized if finalized >= 0 else None)))
         if self._clock() - self._balances_at >= BALANCE_EVERY_S:
             with contextlib.suppress(ChainError):
                 await self._balances()
@@ -317,66 +354,81 @@ class WithdrawalRunner:
                 n = num
                 continue
             if removed:
-                await self._carry(self.book.blocks_removed(removed))
+                await self._barrier(await self._carry_all(self.book.blocks_removed(removed)))
                 removed = []
-            await self._carry(self.book.block_added(blk.number, blk.hash, blk.spends))
+            await self._barrier(await self._carry_all(self.book.block_added(blk.number, blk.hash,
+                                                                            blk.spends)))
             self._scanned.append((blk.number, blk.hash))
             del self._scanned[:-self._ccfg.reorg_window]
             n += 1
             budget -= 1
         if removed:
-            await self._carry(self.book.blocks_removed(removed))
+            await self._barrier(await self._carry_all(self.book.blocks_removed(removed)))
 
     # --------------------------------------------------------- decisions
 
-    async def _carry(self, decisions: Sequence[Decision]) -> None:
-        """Depth first; a decision a node or the signer failed is carried out next round."""
-        for d in decisions:
+    async def _carry(self, decisions: Sequence[Decision]) -> list[Decision] | None:
+        """Depth first, up to the first :class:`Commit` (here or in what a decision led to):
+        returns what comes after it, to be carried out once committed (None: no barrier was
+        met). A decision a node or the signer failed is carried out again next round."""
+        for i, d in enumerate(decisions):
+            if isinstance(d, Commit):
+                return list(decisions[i + 1:])
             try:
-                await self._do(d)
+                rest = await self._do(d)
             except (ChainError, SignerError) as exc:
                 log.warning("withdrawals: decision postponed", chain=self.chain,
                             decision=type(d).__name__, request_id=getattr(d, "request_id", None),
                             error=str(exc))
                 if d not in self._retry:
                     self._retry.append(d)
+                continue
+            if rest is not None:
+                return rest + list(decisions[i + 1:])
+        return None
 
-    async def _do(self, d: Decision) -> None:
+    async def _carry_all(self, decisions: Sequence[Decision]) -> list[list[Decision]]:
+        rest = await self._carry(decisions)
+        return [] if rest is None else [rest]
+
+    async def _do(self, d: Decision) -> list[Decision] | None:
+        """Carries out one decision; what it leads to up to a barrier (see :meth:`_carry`)."""
         book = self.book
         if isinstance(d, Emit):
             self._out.append(withdrawal_record(self._topics.withdrawals, self.chain, d.event,
                                                self._clock()))
             self._out_events.append(d.event)
-        elif isinstance(d, Commit):
-            await self._commit()
         elif isinstance(d, Bind):
             pass  # recorded in the book; effective with the Commit that follows
         elif isinstance(d, CheckFunds):
-            await self._carry(book.funds(d.request_id, await self._can_pay(d)))
+            return await self._carry(book.funds(d.request_id, await self._can_pay(d)))
         elif isinstance(d, ReconcileNonce):
             latest, pending = await self._node.nonce_counts()
-            await self._carry(book.nonce_counts(latest, pending))
+            rest = await self._carry(book.nonce_counts(latest, pending))
             WITHDRAWAL_NONCE_GAP.labels(self.chain).set(book.nonces.last_gap)
+            return rest
         elif isinstance(d, Sign):
-            await self._sign(d)
+            return await self._sign(d)
         elif isinstance(d, Broadcast):
             outcome = await self._node.send_raw(d.raw, d.txid)
             log.info("withdrawals: broadcast", chain=self.chain, request_id=d.request_id,
                      txid=d.txid, again=d.again, outcome=outcome.value)
-            await self._carry(book.broadcast_result(d.request_id, d.txid, outcome, self._tip))
+            return await self._carry(book.broadcast_result(d.request_id, d.txid, outcome,
+                                                           self._tip))
+        return None
 
-    async def _sign(self, d: Sign) -> None:
+    async def _sign(self, d: Sign) -> list[Decision] | None:
         w = self.book.get(d.request_id)
         if w is None or w.binding != d.binding or w.state in TERMINAL:
-            return  # decided before a rebinding or a settlement: nothing to sign any more
+            return None  # decided before a rebinding or a settlement: nothing to sign any more
         base_fee, priority_fee = await self._node.fee_quote()
         signed = await sign_withdrawal(w.request, d, chain_id=int(self._ccfg.chain_id or 0),
                                        base_fee=base_fee, priority_fee=priority_fee, cap=self._cap,
                                        token_gas_limit=self._cw.token_gas_limit,
                                        signer=self._signer)
         if signed is None:
-            return  # the cap leaves no room for a bump: the stuck rule sends the same bytes
-        await self._carry(self.book.signed(d.request_id, signed))
+            return None  # the cap leaves no room for a bump: the stuck rule sends the same bytes
+        return await self._carry(self.book.signed(d.request_id, signed))
 
     async def _can_pay(self, d: CheckFunds) -> bool:
         """Whether the balances cover the request on top of every payment already bound
