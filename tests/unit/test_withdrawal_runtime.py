@@ -349,3 +349,25 @@ async def test_a_nonce_used_by_another_sender_is_rebound_only_at_finality_and_pa
     confirmed = [e for e in sink.events() if e["type"] == "withdrawal.confirmed"]
     assert len(confirmed) == 1 and confirmed[0]["txid"] == txid_of(node.sent[1])
     assert confirmed[0]["nonce"] == 1
+
+
+async def test_a_batch_is_group_committed_and_every_payment_recorded_before_it_is_sent() -> None:
+    node, sink, reqs = FakeNode(), FakeSink(), FakeRequests()
+    r = runner("eth", node, sink, reqs)
+
+    def check_committed(raw: bytes) -> None:
+        last = orjson.loads(sink.commits[-1][1])
+        attempts = [a[1] for w in last["book"]["withdrawals"] for a in w["attempts"]]
+        assert raw.hex() in attempts, "broadcast before its bytes were committed"
+    node.on_send = check_committed
+    await r.start()
+    before = len(sink.commits)
+    for i in range(10):
+        reqs.add(request(f"w-{i}"), partition=i % 2)
+    await r.step()
+    assert len(node.sent) == 10
+    # accepted | bound | signed | broadcast (the round's end): 4 transactions for 10 requests.
+    assert len(sink.commits) - before == 4
+    nonces = sorted(e["nonce"] for e in sink.events() if e["type"] == "withdrawal.broadcast")
+    assert nonces == list(range(10))
+    assert orjson.loads(sink.commits[-1][1])["offsets"] == {"0": 5, "1": 5}
