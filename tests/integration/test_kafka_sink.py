@@ -45,7 +45,7 @@ def make_cfg(bootstrap: str, **overrides: Any) -> KafkaConfig:
 @pytest.fixture
 async def cfg(kafka: KafkaService) -> AsyncIterator[KafkaConfig]:
     c = make_cfg(kafka.bootstrap_servers)
-    assert len(await ensure_topics(c, chains=CHAINS)) == 6 + len(CHAINS)  # leadership too
+    assert len(await ensure_topics(c, chains=CHAINS)) == 8 + len(CHAINS)  # leadership, snapshots, requests
     yield c
 
 
@@ -369,7 +369,7 @@ async def test_large_checkpoint_round_trips(cfg: KafkaConfig, txn_id: str) -> No
 @pytest.mark.integration
 async def test_ensure_topics_is_idempotent_and_checks_compaction(kafka: KafkaService) -> None:
     cfg = make_cfg(kafka.bootstrap_servers)
-    assert len(await ensure_topics(cfg)) == 6
+    assert len(await ensure_topics(cfg)) == 8
     assert await ensure_topics(cfg) == []
     assert await ensure_topics(cfg, chains=["eth"]) == [f"{cfg.topics.checkpoints}.eth"]
     assert await ensure_topics(cfg, chains=["eth"]) == []

@@ -82,13 +82,13 @@ async def test_fifty_withdrawals_two_replicas_leader_killed_twenty_times(
         cfg = parse(raw)
         daemons.append(Daemon(path, tmp_path / f"watcher-{i}.log", f"http://127.0.0.1:{port}"))
     assert cfg is not None
-    await ensure_topics(cfg.kafka)
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
     await admin.start()
-    try:
+    try:  # three partitions, before ensure_topics would create it with the broker's default
         await admin.create_topics([NewTopic(cfg.kafka.topics.withdrawal_requests, 3, 1)])
     finally:
         await admin.close()
+    await ensure_topics(cfg.kafka)
 
     # One recipient per request, so a payment is attributed to its request on chain alone.
     wanted: dict[str, tuple[str, str, int]] = {}

@@ -169,13 +169,13 @@ async def environment(kafka: KafkaService, anvil_factory: AnvilFactory, services
     raw["withdrawals"] = withdrawals_section()
     monkeypatch.setenv(HOT_KEY_ENV, HOT_KEY)
     cfg = parse(raw, base_dir=tmp_path)
-    await ensure_topics(cfg.kafka)
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
     await admin.start()
-    try:
+    try:  # three partitions, before ensure_topics would create it with the broker's default
         await admin.create_topics([NewTopic(cfg.kafka.topics.withdrawal_requests, 3, 1)])
     finally:
         await admin.close()
+    await ensure_topics(cfg.kafka)
     reader = TopicReader(kafka.bootstrap_servers, cfg.kafka.topics.withdrawals)
     dead = TopicReader(kafka.bootstrap_servers, cfg.kafka.topics.dead_letter)
     await reader.start()
@@ -261,7 +261,8 @@ async def test_rejections_repeats_and_dead_letters_are_never_paid(env: Env) -> N
         "w-amount": ("invalid_amount", signed_request(body("w-amount", "ETH", carol, "01"))),
         "w-limit": ("limit_exceeded", signed_request(body("w-limit", "ETH", carol, str(5 * ETH + 1)))),
     }
-    # The rolling limit: 12 ETH a day; two of 5 ETH pass (one is paid below), a third does not.
+    # The rolling limit: 12 ETH a day; two of 5 ETH pass, the third does not. Which one is
+    # refused depends on the order the partitions are read in (records keyed by request id).
     day1 = signed_request(body("w-day-1", "ETH", carol, str(5 * ETH)))
     day2 = signed_request(body("w-day-2", "ETH", carol, str(5 * ETH)))
     day3 = signed_request(body("w-day-3", "ETH", carol, str(5 * ETH)))
@@ -270,9 +271,14 @@ async def test_rejections_repeats_and_dead_letters_are_never_paid(env: Env) -> N
     await env.events_of("w-ok", until="withdrawal.accepted")
     records = [v for c in cases.values() if c is not None for v in (c[1],)]
     await env.request(*records, dup, good, b"\xff not json", day1, day2, day3)
-    await env.events_of("w-day-3", until="withdrawal.rejected")
     await env.events_of("w-ok", until="withdrawal.confirmed")
-    await env.events_of("w-day-2", until="withdrawal.confirmed")
+
+    def day_settled(evs: list[Event]) -> bool:
+        done = {e["request_id"] for e in evs if e["type"] in ("withdrawal.confirmed",
+                                                               "withdrawal.rejected")}
+        return {"w-day-1", "w-day-2", "w-day-3"} <= done
+    await env.reader.wait_for(day_settled, "the three 5 ETH requests settled", WAIT_S,
+                              describe=describe, alive=env.alive)
     evs = await env.reader.read_to_end()
     rejected = {e["request_id"]: e for e in evs if e["type"] == "withdrawal.rejected"}
     for rid, case in cases.items():
@@ -285,7 +291,10 @@ async def test_rejections_repeats_and_dead_letters_are_never_paid(env: Env) -> N
         assert rejected[rid]["reason"] == reason, describe(evs)
         assert rejected[rid]["message"]
     assert rejected["w-ok"]["reason"] == "duplicate"
-    assert rejected["w-day-3"]["reason"] == "limit_exceeded"
+    day_refused = [rid for rid in ("w-day-1", "w-day-2", "w-day-3") if rid in rejected]
+    assert len(day_refused) == 1, describe(evs)
+    assert rejected[day_refused[0]]["reason"] == "limit_exceeded"
+    assert "rolling 24-hour limit" in rejected[day_refused[0]]["message"]
     for e in evs:
         VALIDATOR.validate({k: v for k, v in e.items() if not k.startswith("_")})
     # The exact repeat added nothing: one accepted, one broadcast, one confirmed for w-ok.
