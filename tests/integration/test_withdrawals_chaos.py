@@ -48,6 +48,7 @@ pytestmark = pytest.mark.integration
 REQUESTS = 50
 KILLS = 20
 SESSION_TIMEOUT_MS = 6_000
+TAKEOVER_BOUND_S = 30.0
 TRANSFER_SELECTOR = "a9059cbb"
 
 
@@ -147,6 +148,7 @@ async def test_fifty_withdrawals_two_replicas_leader_killed_twenty_times(
         return None
 
     down: set[int] = set()
+    takeovers: list[float] = []
 
     async def leader(timeout_s: float) -> Daemon:
         deadline = time.monotonic() + timeout_s
@@ -172,10 +174,12 @@ async def test_fifty_withdrawals_two_replicas_leader_killed_twenty_times(
         for _ in range(KILLS):
             await asyncio.sleep(rng.uniform(0.5, 3.0))
             current.kill()
+            killed_at = time.monotonic()
             down.add(daemons.index(current))
             current.start()  # back at once, as the standby (or the leader, if it wins)
             down.clear()
             current = await leader(60)
+            takeovers.append(time.monotonic() - killed_at)
 
         def confirmed_all(evs: list[Any]) -> bool:
             return {e["request_id"] for e in evs if e["type"] == "withdrawal.confirmed"} >= set(wanted)
@@ -228,8 +232,9 @@ async def test_fifty_withdrawals_two_replicas_leader_killed_twenty_times(
     leaked = [d.log for d in daemons if HOT_KEY in d.log.read_text(errors="replace").lower()]
     print(f"seed {seed}: {KILLS} kills, {len(events)} events, {replaced} replacements, "
           f"base fee raised at mined blocks {bumps}, reorgs at height {reorgs}, "
-          f"runs {[d.runs for d in daemons]}")
+          f"runs {[d.runs for d in daemons]}, takeovers {[round(t, 1) for t in takeovers]} s")
     assert not leaked, f"the hot key appears in {leaked}"
     assert not problems, "\n".join(problems)
     assert replaced >= 1, "no payment was replaced with higher fees"
     assert reorgs, "no reorg removed a payment"
+    assert max(takeovers) <= TAKEOVER_BOUND_S, f"a takeover took {max(takeovers):.1f} s"
