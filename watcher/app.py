@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -26,6 +26,10 @@ from watcher.runtime.gc_tuning import tune_for_throughput
 from watcher.runtime.health import HealthServer
 from watcher.runtime.status import endpoints_of, status_document
 from watcher.types import ChainId
+from watcher.withdrawals.runtime import WithdrawalRunner
+
+if TYPE_CHECKING:
+    from watcher.kafka.registrations import DeadLetters
 
 log = structlog.get_logger("watcher.app")
 
@@ -61,6 +65,49 @@ def chain_series(cfg: WatcherConfig) -> list[ChainSeries]:
     return [ChainSeries(cid, tuple(e.name for e in ccfg.endpoints), ccfg.mempool.enabled,
                         cfg.leadership.enabled) for cid, ccfg in cfg.chains.items()]
 
+def withdrawal_runners(cfg: WatcherConfig, sources: Mapping[str, ChainSource],
+                       codecs: Mapping[str, AddressCodec], dead_letters: DeadLetters
+                       ) -> Callable[[str], WithdrawalRunner | None]:
+    """Reads the hot keys once (here, at start) and returns the factory of a chain's
+    withdrawal runner. Raises ConfigError for a family without payments yet."""
+    wcfg = cfg.withdrawals
+    if wcfg is None or not wcfg.chains:
+        return lambda _cid: None
+    from chains.evm.adapter import EvmChainSource
+    from chains.evm.tx import sender_of
+    from chains.evm.wallet import EvmHotWallet
+    from watcher.kafka.client import ManualConsumer
+    from watcher.kafka.sink import KafkaTransactionalSink
+    from watcher.withdrawals.policy import hot_key_signer, intake_policy
+    from watcher.withdrawals.runtime import RunnerTopics
+
+    policy = intake_policy(wcfg, cfg.chains, {ChainId(k): v for k, v in codecs.items()})
+    primary = min(wcfg.chains)
+    signers = {}
+    for cid, cw in wcfg.chains.items():
+        source = sources[cid]
+        if not isinstance(source, EvmChainSource):
+            raise ConfigError(f"withdrawals.chains.{cid}",
+                              f"payments on family {cfg.chains[cid].family.value!r} are not "
+                              "carried out yet")
+        signers[cid] = hot_key_signer(cw)
+    topics = RunnerTopics(cfg.kafka.topics.withdrawal_requests, cfg.kafka.topics.withdrawals)
+
+    def new_runner(cid: str) -> WithdrawalRunner | None:
+        cw = wcfg.chains.get(ChainId(cid))
+        if cw is None:
+            return None
+        source = sources[cid]
+        assert isinstance(source, EvmChainSource)
+        signer = signers[cw.chain]
+        return WithdrawalRunner(
+            chain=cfg.chains[cw.chain], cw=cw, policy=policy, primary=primary, topics=topics,
+            signer=signer, node=EvmHotWallet(source.pool, sender_of(signer.public_key)),
+            sink=KafkaTransactionalSink(
+                cfg.kafka, f"{cfg.kafka.transactional_id_prefix}-withdrawals-{cid}", cid),
+            requests=ManualConsumer(cfg.kafka, topics.requests), dead_letters=dead_letters)
+    return new_runner
+
 
 def file_fingerprint(path: Path | None) -> str | None:
     """Identifies the static addresses file an address snapshot was taken over."""
@@ -73,6 +120,9 @@ def file_fingerprint(path: Path | None) -> str | None:
 class App:
     cfg: WatcherConfig
     followers: dict[str, ChainFollower] = field(default_factory=dict)
+    _new_runner: Callable[[str], WithdrawalRunner | None] = field(
+        default=lambda _cid: None, repr=False)
+    """A fresh withdrawal runner of a chain for each term (None: no withdrawals there)."""
     indexes: dict[str, AddressIndex] = field(default_factory=dict)
     stop_requested_at: float | None = None
     """Monotonic time of the SIGTERM (or SIGINT): the grace period counts from it."""
@@ -140,6 +190,7 @@ class App:
         for cid, ccfg in cfg.chains.items():
             new_follower(cid)
             stale_after[cid] = max(60.0, 20 * ccfg.poll_interval_ms / 1000)
+        self._new_runner = withdrawal_runners(cfg, sources, codecs, dead_letters)
 
         health = HealthServer(cfg.metrics_host, cfg.metrics_port, statuses, stale_after,
                               registrations.caught_up.is_set,
@@ -170,6 +221,10 @@ class App:
                     f = self.followers[name]
                     await f.start()
                     tasks.append(asyncio.create_task(f.run(stop), name=f"follow-{name}"))
+                    runner = self._new_runner(name)
+                    if runner is not None:
+                        tasks.append(asyncio.create_task(self._pay(runner, stop),
+                                                         name=f"withdraw-{name}"))
             await follow_until_stopped(tasks, stop, self.drain_s)
             return 0 if stop.is_set() else 3
         finally:
@@ -250,8 +305,56 @@ class App:
             await leadership.stop()
 
 
+    async def _start_and_run(self, f: ChainFollower, stop: asyncio.Event) -> None:
+        """One term of leadership: the chain's deposit follower and, when the chain has
+        withdrawals configured, its withdrawal runner (a fresh one: fresh sink, state from
+        its checkpoint). Either failing ends the term."""
+        runner = self._new_runner(str(f.cfg.id))
+        if runner is None:
+            await self._follow(f, stop)
+            return
+        # Not a TaskGroup: its ExceptionGroup would hide the error kind (FENCED, say) from
+        # whoever handles a term's failure; the first error is raised as it is.
+        parts = [asyncio.ensure_future(self._follow(f, stop)),
+                 asyncio.ensure_future(self._pay(runner, stop))]
+        try:
+            done, _ = await asyncio.wait(parts, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                error = None if t.cancelled() else t.exception()
+                if error is not None:
+                    raise error
+            await asyncio.gather(*parts)
+        finally:
+            for t in parts:
+                t.cancel()
+            for t in parts:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
     @staticmethod
-    async def _start_and_run(f: ChainFollower, stop: asyncio.Event) -> None:
+    async def _pay(runner: WithdrawalRunner, stop: asyncio.Event) -> None:
+        """Starts the withdrawal runner, retrying while nodes or Kafka cannot be reached,
+        then runs it; its producer and consumer are closed however it ends."""
+        delay = 0.5
+        try:
+            while not stop.is_set():
+                try:
+                    await runner.start()
+                    break
+                except (ChainError, SinkError) as exc:
+                    log.warning("starting the withdrawal runner failed; retrying",
+                                chain=runner.chain, error=str(exc), retry_in_s=delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                    delay = min(delay * 2, 10.0)
+            else:
+                return
+            await runner.run(stop)
+        finally:
+            await runner.close()
+
+    @staticmethod
+    async def _follow(f: ChainFollower, stop: asyncio.Event) -> None:
         """Starts the follower, retrying while nodes or Kafka cannot be reached, then runs it."""
         delay = 0.5
         while not stop.is_set():

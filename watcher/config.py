@@ -652,6 +652,8 @@ class WithdrawalAssetLimits:
     per_request_limit: int
     daily_limit: int
     """Rolling 24 hours, in base units."""
+    low_balance: int = 0
+    """The hot wallet's balance below which the low-balance alert fires (0: never)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -755,12 +757,14 @@ def _parse_chain_withdrawals(chain: ChainConfig, r: _Reader) -> ChainWithdrawals
         ar = assets_r.section(str(sym))
         if sym not in known:
             raise ConfigError(ar.prefix, f"unknown asset; configured: {', '.join(sorted(known))}")
-        ar.only({"per_request_limit", "daily_limit"})
+        ar.only({"per_request_limit", "daily_limit", "low_balance"})
         per = _required_amount(ar, "per_request_limit")
         daily = _required_amount(ar, "daily_limit")
         if daily < per:
             raise ConfigError(ar.key("daily_limit"), "must be at least per_request_limit")
-        assets[AssetSymbol(str(sym))] = WithdrawalAssetLimits(per, daily)
+        low = 0 if ar.raw.get("low_balance") is None else _amount(ar.raw["low_balance"],
+                                                                    ar.key("low_balance"))
+        assets[AssetSymbol(str(sym))] = WithdrawalAssetLimits(per, daily, low)
     confirmations = r.integer("confirmations", chain.default_confirmations.max_required, lo=1,
                               hi=chain.reorg_window)
     return ChainWithdrawals(

@@ -242,3 +242,17 @@ def init_series(chains: Sequence[ChainSeries]) -> None:
             MEMPOOL_TRACKED.labels(ch)
             for outcome in MEMPOOL_OUTCOMES:
                 MEMPOOL_TRANSITIONS.labels(ch, outcome)
+
+# -- withdrawal runtime (issue #8, wdrt) ---------------------------------------------------
+WITHDRAWAL_EVENTS = Counter("watcher_withdrawal_events", "Withdrawal events committed, by type",
+                            ["chain", "type"], registry=REGISTRY)
+WITHDRAWALS_WAITING_FUNDS = Gauge("watcher_withdrawals_waiting_funds",
+                                  "Accepted withdrawals the hot wallet cannot fund yet",
+                                  ["chain", "asset"], registry=REGISTRY)
+HOT_WALLET_LOW_THRESHOLD = Gauge("watcher_hot_wallet_low_threshold",
+                                 "Configured low-balance threshold of the hot wallet, base units",
+                                 ["chain", "asset"], registry=REGISTRY)
+WITHDRAWAL_CONFIRMATION_SECONDS = Histogram(
+    "watcher_withdrawal_confirmation_seconds",
+    "From the request record's timestamp to withdrawal.confirmed (or .failed)",
+    ["chain"], buckets=_WITHDRAWAL_BUCKETS, registry=REGISTRY)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from watcher.core.endpoints import EndpointView
 from watcher.core.mempool import MempoolChange
+from watcher.core.withdrawals import BroadcastOutcome, Spend
 from watcher.types import (
     Address,
     AddressKey,
@@ -21,7 +22,11 @@ from watcher.types import (
     BlockRef,
     ChainHead,
     Outpoint,
+    TxId,
 )
+
+if TYPE_CHECKING:
+    from watcher.kafka.client import Consumed
 
 
 class WatchedAddressLookup(Protocol):
@@ -231,3 +236,58 @@ class Signer(Protocol):
     async def sign_digest(self, digest: bytes) -> RecoverableSignature:
         """Signs exactly 32 bytes; raises :class:`watcher.errors.SignerError` when it cannot."""
         ...
+
+
+# ---------------------------------------------------------------- withdrawals (issue #8)
+
+
+@dataclass(frozen=True, slots=True)
+class HotBlock:
+    """One canonical block as the withdrawal runtime needs it: its link and the hot
+    wallet's consumptions in it (``nonce:<n>`` spends on EVM)."""
+
+    number: int
+    hash: BlockHash
+    parent_hash: BlockHash
+    spends: tuple[Spend, ...]
+
+
+class HotWalletNode(Protocol):
+    """What paying from the hot wallet needs of a chain's nodes (EVM:
+    :class:`chains.evm.wallet.EvmHotWallet`). Every method raises only
+    :class:`watcher.errors.ChainError`, except :meth:`send_raw`, which never raises."""
+
+    async def head(self) -> ChainHead: ...
+
+    async def block(self, number: int) -> HotBlock | None:
+        """Block ``number`` of the canonical chain; None above the tip."""
+        ...
+
+    async def send_raw(self, raw: bytes, txid: TxId) -> BroadcastOutcome: ...
+
+    async def nonce_counts(self) -> tuple[int, int]:
+        """``(latest, pending)`` transaction counts of the hot wallet."""
+        ...
+
+    async def balances(self, tokens: Sequence[Address]) -> tuple[int, dict[Address, int]]:
+        """The native balance and each token's balance of the hot wallet."""
+        ...
+
+    async def fee_quote(self) -> tuple[int, int]:
+        """``(base fee, priority fee)`` per unit of gas, as the node suggests them now."""
+        ...
+
+
+class RequestSource(Protocol):
+    """The withdrawal-requests topic by manual assignment (read_committed):
+    :class:`watcher.kafka.client.ManualConsumer`."""
+
+    async def start(self, partitions: Sequence[int] | None = None) -> list[int]: ...
+
+    async def seek_to_beginning(self) -> None: ...
+
+    def seek(self, partition: int, offset: int) -> None: ...
+
+    async def fetch(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Consumed]: ...
+
+    async def stop(self) -> None: ...

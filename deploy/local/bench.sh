@@ -13,3 +13,4 @@ echo "== restart with 1 M / 10 M registered addresses"; .venv/bin/python -m benc
 echo "== address index memory"; .venv/bin/python -m bench.address_memory --sizes 1000000,10000000
 echo "== address index memory, 34-byte UTXO keys"; .venv/bin/python -m bench.address_memory --sizes 10000000 --impls index --key-size 34
 echo "== bitcoin block scan"; .venv/bin/python -m bench.btc_scan
+echo "== withdrawals (request to broadcast, sustained rate)"; .venv/bin/python -m bench.withdrawals

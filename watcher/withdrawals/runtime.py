@@ -1,0 +1,512 @@
+"""The withdrawal runtime of one chain: carries out what the pure book decides.
+
+One :class:`WithdrawalRunner` per chain, run only by the replica that leads the chain
+(the one that follows its deposits). It reads ``payments.withdrawal-requests`` by manual
+assignment (``read_committed``, every partition, no consumer group) and commits, in one
+Kafka transaction of its own transactional id ``<prefix>-withdrawals-<chain>``:
+
+* the ``payments.withdrawals`` events of the step,
+* the checkpoint ``withdrawals`` in ``watcher.checkpoints.<chain>`` (compacted): the
+  input offsets (next offset per partition), the hot-wallet block scan cursor and the
+  :meth:`WithdrawalBook.snapshot`.
+
+So the input offsets, the events and the state are consume-process-produce atomic: the
+offsets live in the checkpoint instead of a group's ``__consumer_offsets`` (same
+atomicity as ``send_offsets_to_transaction``, and a takeover reads them with the state
+it belongs to). A zombie leader's producer is fenced by the next leader's.
+
+Routing: every chain's runner reads every request; a record is handled by the chain its
+``chain`` field names when that chain has withdrawals configured, else (unreadable,
+no or unknown chain) by the *primary* chain (the smallest configured chain id), so each
+record gets exactly one verdict. Others' records only move the offset.
+
+Guarantees carried over from the book (see :mod:`watcher.core.withdrawals`):
+
+* decisions are carried out depth first; a :class:`Commit` is a transaction, and the end
+  of each observation (an input record, a chain round) is one too;
+* signed bytes are committed before they are broadcast; after a restart
+  :meth:`WithdrawalBook.resume` broadcasts the same bytes again;
+* a node failure never stops the loop: the decision is kept and carried out again next
+  round; a commit that fails sends the runner back to its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import orjson
+import structlog
+
+from chains.evm.tx import sender_of, sign_withdrawal
+from watcher.config import ChainConfig, ChainWithdrawals, Family
+from watcher.core.withdrawals import (
+    TERMINAL,
+    Bind,
+    Broadcast,
+    CheckFunds,
+    Commit,
+    Decision,
+    Emit,
+    Fees,
+    ReconcileNonce,
+    RequestId,
+    Sign,
+    SnapshotError,
+    WithdrawalBook,
+    WithdrawalEvent,
+    WithdrawalEventType,
+    WithdrawalState,
+)
+from watcher.errors import ChainError, ErrorKind, SignerError, SinkError
+from watcher.kafka.client import Consumed
+from watcher.kafka.registrations import DeadLetters
+from watcher.metrics import (
+    HOT_WALLET_BALANCE,
+    HOT_WALLET_LOW_THRESHOLD,
+    WITHDRAWAL_CONFIRMATION_SECONDS,
+    WITHDRAWAL_EVENTS,
+    WITHDRAWAL_NONCE_GAP,
+    WITHDRAWAL_REPLACEMENTS,
+    WITHDRAWAL_REQUESTS,
+    WITHDRAWAL_TO_BROADCAST,
+    WITHDRAWAL_TO_CONFIRMED,
+    WITHDRAWALS_BY_STATE,
+    WITHDRAWALS_STUCK,
+    WITHDRAWALS_WAITING_FUNDS,
+)
+from watcher.ports import HotWalletNode, OutRecord, RequestSource, Signer, TransactionalSink
+from watcher.types import Address, BlockHash, ChainHead, ChainId
+from watcher.withdrawals.events import rejection_record, withdrawal_record
+from watcher.withdrawals.intake import Accepted, DeadLetter, IntakePolicy, Rejected, Repeat, evaluate
+from watcher.withdrawals.policy import machine_config
+
+log = structlog.get_logger("watcher.withdrawals")
+
+CHECKPOINT_NAME = "withdrawals"
+"""Key of the runner's checkpoint in ``watcher.checkpoints.<chain>``."""
+STATE_VERSION = 1
+DEAD_LETTER_SOURCE = "withdrawal-requests"
+NATIVE_GAS_LIMIT = 21_000
+MAX_BLOCKS_PER_ROUND = 200
+BALANCE_EVERY_S = 15.0
+
+
+def route(value: bytes | None, configured: frozenset[str], primary: ChainId) -> str:
+    """The chain whose runner gives the record its verdict: the one its ``chain`` field
+    names when that chain has withdrawals configured, else the primary chain."""
+    if value is None:
+        return primary
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return primary
+    chain = obj.get("chain") if isinstance(obj, dict) else None
+    return chain if isinstance(chain, str) and chain in configured else primary
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerTopics:
+    requests: str
+    withdrawals: str
+
+
+class WithdrawalRunner:
+    """Intake, signing, broadcasting and confirmation of one EVM chain's withdrawals."""
+
+    def __init__(self, *, chain: ChainConfig, cw: ChainWithdrawals, policy: IntakePolicy,
+                 primary: ChainId, topics: RunnerTopics, signer: Signer, node: HotWalletNode,
+                 sink: TransactionalSink, requests: RequestSource, dead_letters: DeadLetters,
+                 clock: Callable[[], float] = time.time) -> None:
+        if chain.family is not Family.EVM or chain.chain_id is None:
+            raise ValueError(f"chain {chain.id}: only EVM withdrawals are carried out so far")
+        self.chain = chain.id
+        self._ccfg = chain
+        self._cw = cw
+        self._policy = policy
+        self._configured = frozenset(policy.chains)
+        self._primary = primary
+        self._topics = topics
+        self._signer = signer
+        self._node = node
+        self.sink = sink
+        self._requests = requests
+        self._dead_letters = dead_letters
+        self._clock = clock
+        self._mcfg = machine_config(cw, chain.family)
+        self._cap = Fees(cw.max_fee, cw.max_tip)
+        self.hot_address: Address = sender_of(signer.public_key)
+        rule = policy.chains[chain.id]
+        self._assets = dict(rule.assets)
+        self._tokens = [a.token_contract for a in rule.assets.values() if a.token_contract is not None]
+        self.book = WithdrawalBook(chain.id, self._mcfg)
+        self._offsets: dict[int, int] = {}
+        self._scanned: list[tuple[int, BlockHash]] = []
+        self._out: list[OutRecord] = []
+        self._out_events: list[WithdrawalEvent] = []
+        self._retry: list[Decision] = []
+        self._committed: bytes | None = None
+        self._tip = 0
+        self._balances_at = 0.0
+        self.started = False
+
+    # --------------------------------------------------------- state
+
+    def _state(self) -> bytes:
+        return orjson.dumps({
+            "version": STATE_VERSION, "chain": self.chain,
+            "offsets": {str(p): o for p, o in sorted(self._offsets.items())},
+            "scanned": [[n, h] for n, h in self._scanned],
+            "book": orjson.Fragment(self.book.snapshot()),
+        })
+
+    def _load(self, data: bytes | None) -> None:
+        self._out, self._out_events, self._retry = [], [], []
+        self._committed = data
+        if data is None:
+            self.book = WithdrawalBook(self.chain, self._mcfg)
+            self._offsets, self._scanned = {}, []
+            return
+        try:
+            raw = orjson.loads(data)
+            if raw.get("version") != STATE_VERSION or raw.get("chain") != self.chain:
+                raise SnapshotError(f"withdrawal checkpoint of {self.chain}: version "
+                                    f"{raw.get('version')!r} of chain {raw.get('chain')!r}")
+            self.book = WithdrawalBook.restore(orjson.dumps(raw["book"]), self.chain, self._mcfg)
+            self._offsets = {int(p): int(o) for p, o in raw["offsets"].items()}
+            self._scanned = [(int(n), BlockHash(str(h))) for n, h in raw["scanned"]]
+        except SnapshotError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError) as exc:
+            raise SnapshotError(f"withdrawal checkpoint of {self.chain} is unreadable: "
+                                f"{type(exc).__name__}") from exc
+
+    # --------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Fences the previous writer, restores the checkpoint, positions the consumer and
+        takes up what was under way (the recorded bytes are broadcast again)."""
+        await self.sink.start()
+        self._load(await self.sink.load_checkpoint(CHECKPOINT_NAME))
+        await self._requests.start()
+        await self._position()
+        for symbol, limits in self._cw.assets.items():
+            HOT_WALLET_LOW_THRESHOLD.labels(self.chain, symbol).set(float(limits.low_balance))
+        head = await self._node.head()
+        self._tip = head.number
+        if not self._scanned:
+            self._scanned = [(head.number, head.hash)]
+        self.started = True
+        log.info("withdrawals: started", chain=self.chain, hot_wallet=self.hot_address,
+                 in_flight=len(self.book.withdrawals()), signer=self._signer.name)
+        await self._settle([self.book.resume()])
+
+    async def _position(self) -> None:
+        await self._requests.seek_to_beginning()
+        for p, o in self._offsets.items():
+            self._requests.seek(p, o)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._requests.stop()
+        with contextlib.suppress(Exception):
+            await self.sink.stop()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop``: input records, then a chain round, each committed. A FENCED sink
+        raises (another replica leads); other commit failures go back to the checkpoint."""
+        poll_ms = max(50, self._ccfg.poll_interval_ms)
+        while not stop.is_set():
+            try:
+                await self.step(poll_ms)
+            except SinkError as exc:
+                if exc.kind is ErrorKind.FENCED:
+                    raise
+                log.warning("withdrawals: commit failed; back to the last checkpoint",
+                            chain=self.chain, error=str(exc))
+                await asyncio.sleep(poll_ms / 1000)
+                await self._reload()
+
+    async def step(self, poll_ms: int = 100) -> None:
+        """One batch of input records (group-committed: see :meth:`_settle`), then one
+        chain round."""
+        waiting: list[list[Decision]] = []
+        for rec in await self._requests.fetch(timeout_ms=poll_ms, max_records=200):
+            waiting.extend(await self._record(rec))
+        await self._settle(waiting)
+        await self._round()
+
+    async def _settle(self, waiting: list[list[Decision]]) -> None:
+        """Commits, then carries out what waited behind a :class:`Commit`, until nothing
+        waits; the last commit ends the observation.
+
+        A group commit: the observations of a batch each run up to their first barrier,
+        then one transaction makes all of it durable, then each goes on. Nothing after a
+        barrier is carried out before a commit that covers the state at that barrier (it
+        covers more: later observations' changes, with their events), so the book's
+        ordering holds with one transaction per barrier level instead of per request.
+
+        Only intake observations (``accept``, ``reject``) and the continuations themselves
+        run while a barrier waits: none of them broadcasts before a barrier of its own.
+        ``tip``, ``blocks_removed`` and ``resume`` decide ``Broadcast`` of recorded bytes
+        with no barrier before it, so they are only ever called once nothing waits (else
+        they could send bytes signed a moment ago and not committed yet)."""
+        while True:
+            await self._commit()
+            if not waiting:
+                return
+            later: list[list[Decision]] = []
+            for rest in waiting:
+                more = await self._carry(rest)
+                if more is not None:
+                    later.append(more)
+            waiting = later
+
+    async def _barrier(self, waiting: list[list[Decision]]) -> None:
+        """Settles only when something waits behind a barrier (else the round's final
+        commit covers it: one transaction per round, not per block)."""
+        if waiting:
+            await self._settle(waiting)
+
+    async def _reload(self) -> None:
+        self._load(await self.sink.load_checkpoint(CHECKPOINT_NAME))
+        await self._position()
+        await self._settle([self.book.resume()])
+
+    # --------------------------------------------------------- intake
+
+    async def _record(self, rec: Consumed) -> list[list[Decision]]:
+        """The verdict on one record; returns what waits behind a commit barrier."""
+        self._offsets[rec.partition] = rec.offset + 1
+        if route(rec.value, self._configured, self._primary) != self.chain:
+            return []  # another chain's runner gives it its verdict; only the offset moves
+        rest: list[Decision] | None = None
+        verdict = evaluate(rec.value, rec.timestamp_ms, self._policy, {self.chain: self.book})
+        if isinstance(verdict, DeadLetter):
+            WITHDRAWAL_REQUESTS.labels(self._label(None), "dead_letter").inc()
+            # Not transactional: written before the offset commits, so a crash can write it
+            # twice (same source partition and offset: readers dedup), never lose it.
+            await self._dead_letters.write(source=DEAD_LETTER_SOURCE, source_topic=rec.topic,
+                                           partition=rec.partition, offset=rec.offset,
+                                           key=rec.key, value=rec.value, error=verdict.error)
+        elif isinstance(verdict, Rejected):
+            WITHDRAWAL_REQUESTS.labels(self._label(verdict.chain), verdict.reason.value).inc()
+            self._out.append(rejection_record(self._topics.withdrawals, rec.key, verdict,
+                                              self._clock()))
+            if verdict.remember_in == self.chain and verdict.request_id is not None:
+                rest = await self._carry(self.book.reject(RequestId(verdict.request_id),
+                                                          verdict.digest))
+        elif isinstance(verdict, Repeat):
+            WITHDRAWAL_REQUESTS.labels(self.chain, "repeat").inc()
+        elif isinstance(verdict, Accepted):
+            WITHDRAWAL_REQUESTS.labels(self.chain, "accepted").inc()
+            rest = await self._carry(self.book.accept(verdict.request))
+        return [] if rest is None else [rest]
+
+    def _label(self, chain: str | None) -> str:
+        return chain if chain is not None and chain in self._configured else "unknown"
+
+    # --------------------------------------------------------- the chain
+
+    async def _round(self) -> None:
+        """Postponed decisions, new blocks, the tip; each settled before the next."""
+        retry, self._retry = self._retry, []
+        await self._barrier(await self._carry_all(retry))
+        try:
+            head = await self._node.head()
+            await self._scan(head)
+        except ChainError as exc:
+            log.warning("withdrawals: chain round failed; next round retries", chain=self.chain,
+                        error=str(exc))
+            return
+        self._tip = head.number
+        finalized = head.finalized_number
+        if finalized is None:
+            finalized = head.number - self._ccfg.finality_depth
+        await self._settle(await self._carry_all(
+            self.book.tip(head.number, finalized if finalized >= 0 else None)))
+        if self._clock() - self._balances_at >= BALANCE_EVERY_S:
+            with contextlib.suppress(ChainError):
+                await self._balances()
+
+    async def _scan(self, head: ChainHead) -> None:
+        """The hot wallet's transactions in the blocks since the last round, parent links
+        checked; blocks that left the canonical chain are reported removed."""
+        removed: list[BlockHash] = []
+        if self._scanned and head.number <= self._scanned[-1][0]:
+            known = dict(self._scanned).get(head.number)
+            if known == head.hash:
+                return
+            while self._scanned and self._scanned[-1][0] >= head.number:
+                removed.append(self._scanned.pop()[1])
+        n = self._scanned[-1][0] + 1 if self._scanned else head.number
+        budget = MAX_BLOCKS_PER_ROUND
+        while n <= head.number and budget > 0:
+            blk = await self._node.block(n)
+            if blk is None:
+                break
+            if self._scanned and blk.parent_hash != self._scanned[-1][1]:
+                num, h = self._scanned.pop()
+                removed.append(h)
+                n = num
+                continue
+            if removed:
+                await self._barrier(await self._carry_all(self.book.blocks_removed(removed)))
+                removed = []
+            await self._barrier(await self._carry_all(self.book.block_added(blk.number, blk.hash,
+                                                                            blk.spends)))
+            self._scanned.append((blk.number, blk.hash))
+            del self._scanned[:-self._ccfg.reorg_window]
+            n += 1
+            budget -= 1
+        if removed:
+            await self._barrier(await self._carry_all(self.book.blocks_removed(removed)))
+
+    # --------------------------------------------------------- decisions
+
+    async def _carry(self, decisions: Sequence[Decision]) -> list[Decision] | None:
+        """Depth first, up to the first :class:`Commit` (here or in what a decision led to):
+        returns what comes after it, to be carried out once committed (None: no barrier was
+        met). A decision a node or the signer failed is carried out again next round."""
+        for i, d in enumerate(decisions):
+            if isinstance(d, Commit):
+                return list(decisions[i + 1:])
+            try:
+                rest = await self._do(d)
+            except (ChainError, SignerError) as exc:
+                log.warning("withdrawals: decision postponed", chain=self.chain,
+                            decision=type(d).__name__, request_id=getattr(d, "request_id", None),
+                            error=str(exc))
+                if d not in self._retry:
+                    self._retry.append(d)
+                continue
+            if rest is not None:
+                return rest + list(decisions[i + 1:])
+        return None
+
+    async def _carry_all(self, decisions: Sequence[Decision]) -> list[list[Decision]]:
+        rest = await self._carry(decisions)
+        return [] if rest is None else [rest]
+
+    async def _do(self, d: Decision) -> list[Decision] | None:
+        """Carries out one decision; what it leads to up to a barrier (see :meth:`_carry`)."""
+        book = self.book
+        if isinstance(d, Emit):
+            self._out.append(withdrawal_record(self._topics.withdrawals, self.chain, d.event,
+                                               self._clock()))
+            self._out_events.append(d.event)
+        elif isinstance(d, Bind):
+            pass  # recorded in the book; effective with the Commit that follows
+        elif isinstance(d, CheckFunds):
+            return await self._carry(book.funds(d.request_id, await self._can_pay(d)))
+        elif isinstance(d, ReconcileNonce):
+            latest, pending = await self._node.nonce_counts()
+            rest = await self._carry(book.nonce_counts(latest, pending))
+            WITHDRAWAL_NONCE_GAP.labels(self.chain).set(book.nonces.last_gap)
+            return rest
+        elif isinstance(d, Sign):
+            return await self._sign(d)
+        elif isinstance(d, Broadcast):
+            outcome = await self._node.send_raw(d.raw, d.txid)
+            log.info("withdrawals: broadcast", chain=self.chain, request_id=d.request_id,
+                     txid=d.txid, again=d.again, outcome=outcome.value)
+            return await self._carry(book.broadcast_result(d.request_id, d.txid, outcome,
+                                                           self._tip))
+        return None
+
+    async def _sign(self, d: Sign) -> list[Decision] | None:
+        w = self.book.get(d.request_id)
+        if w is None or w.binding != d.binding or w.state in TERMINAL:
+            return None  # decided before a rebinding or a settlement: nothing to sign any more
+        base_fee, priority_fee = await self._node.fee_quote()
+        signed = await sign_withdrawal(w.request, d, chain_id=int(self._ccfg.chain_id or 0),
+                                       base_fee=base_fee, priority_fee=priority_fee, cap=self._cap,
+                                       token_gas_limit=self._cw.token_gas_limit,
+                                       signer=self._signer)
+        if signed is None:
+            return None  # the cap leaves no room for a bump: the stuck rule sends the same bytes
+        return await self._carry(self.book.signed(d.request_id, signed))
+
+    async def _can_pay(self, d: CheckFunds) -> bool:
+        """Whether the balances cover the request on top of every payment already bound
+        and not yet in a block (their amounts and the most their gas can cost)."""
+        w = self.book.get(d.request_id)
+        if w is None:
+            return False
+        native, tokens = await self._node.balances(self._tokens)
+        self._set_balances(native, tokens)
+        owed_native = 0
+        owed: dict[Address, int] = {}
+        for o in self.book.withdrawals():
+            if o.binding is None or o.state in TERMINAL or o.inclusion is not None:
+                continue
+            r = o.request
+            owed_native += self._gas_limit(r.token_contract) * self._cap.max_fee
+            if r.token_contract is None:
+                owed_native += r.amount
+            else:
+                owed[r.token_contract] = owed.get(r.token_contract, 0) + r.amount
+        r = w.request
+        need_native = owed_native + self._gas_limit(r.token_contract) * self._cap.max_fee
+        if r.token_contract is None:
+            return native >= need_native + r.amount
+        have = tokens.get(r.token_contract, 0)
+        return native >= need_native and have >= owed.get(r.token_contract, 0) + r.amount
+
+    def _gas_limit(self, token: Address | None) -> int:
+        return NATIVE_GAS_LIMIT if token is None else self._cw.token_gas_limit
+
+    async def _balances(self) -> None:
+        native, tokens = await self._node.balances(self._tokens)
+        self._set_balances(native, tokens)
+
+    def _set_balances(self, native: int, tokens: Mapping[Address, int]) -> None:
+        self._balances_at = self._clock()
+        for symbol, rule in self._assets.items():
+            value = native if rule.token_contract is None else tokens.get(rule.token_contract, 0)
+            # A float gauge for dashboards and the low-balance alert only; decisions use ints.
+            HOT_WALLET_BALANCE.labels(self.chain, symbol).set(float(value))
+
+    # --------------------------------------------------------- commit
+
+    async def _commit(self) -> None:
+        """Events and state so far in one transaction; nothing when nothing changed."""
+        state = self._state()
+        if not self._out and state == self._committed:
+            return
+        await self.sink.commit(self._out, CHECKPOINT_NAME, state)
+        self._committed = state
+        events, self._out, self._out_events = self._out_events, [], []
+        now = self._clock()
+        for ev in events:
+            self._count(ev, now)
+        self._gauges()
+
+    def _count(self, ev: WithdrawalEvent, now: float) -> None:
+        WITHDRAWAL_EVENTS.labels(self.chain, ev.type.value).inc()
+        since = max(0.0, now - ev.request.received_ms / 1000)
+        if ev.type is WithdrawalEventType.BROADCAST:
+            WITHDRAWAL_TO_BROADCAST.labels(self.chain).observe(since)
+        elif ev.type is WithdrawalEventType.REPLACED:
+            WITHDRAWAL_REPLACEMENTS.labels(self.chain).inc()
+        elif ev.type in (WithdrawalEventType.CONFIRMED, WithdrawalEventType.FAILED):
+            WITHDRAWAL_CONFIRMATION_SECONDS.labels(self.chain).observe(since)
+            WITHDRAWAL_TO_CONFIRMED.labels(self.chain).observe(since)
+
+    def _gauges(self) -> None:
+        summary = self.book.summary(self._tip)
+        for state, count in summary.by_state.items():
+            WITHDRAWALS_BY_STATE.labels(self.chain, state.value).set(count)
+        WITHDRAWALS_STUCK.labels(self.chain).set(summary.stuck)
+        waiting: dict[str, int] = dict.fromkeys(self._assets, 0)
+        for w in self.book.withdrawals():
+            if w.state is WithdrawalState.WAITING_FUNDS:
+                waiting[w.request.asset] = waiting.get(w.request.asset, 0) + 1
+        for asset, count in waiting.items():
+            WITHDRAWALS_WAITING_FUNDS.labels(self.chain, asset).set(count)
+
+
+__all__ = ["CHECKPOINT_NAME", "RunnerTopics", "WithdrawalRunner", "route"]
