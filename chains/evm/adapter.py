@@ -18,7 +18,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from chains.evm import parse, verify
+from chains.evm import answers, parse, verify
 from chains.evm.errors import RpcError
 from chains.evm.rpc import TRACE_CONFIG, Call, EvmRpcClient, Transport, raise_errors
 from watcher.config import ChainConfig, TraceMode
@@ -150,7 +150,8 @@ class EvmChainSource:
 
             def decode(replies: list[Any]) -> list[BlockRef]:
                 refs: list[BlockRef] = []
-                for n, obj in enumerate(raise_errors(replies), start):
+                for n, raw in enumerate(raise_errors(replies), start):
+                    obj = answers.header(raw)
                     if obj is None:
                         if known is not None and n <= known:
                             raise NodeAnswerInvalid(
@@ -160,7 +161,7 @@ class EvmChainSource:
                     refs.append(parse.parse_header(obj, expect_number=n))
                 return refs
 
-            return await c.batch_decoded(calls, decode)
+            return await c.batch_raw_decoded(calls, decode)
 
         return await self._pool.ask(op, what=f"headers {start}+{count}")
 
@@ -260,14 +261,10 @@ class EvmChainSource:
             doubtful: list[parse.ScannedBlock] = []
             for i, ref in enumerate(refs):
                 at = i * per_block
-                block = replies[at]
-                if block is None:
-                    raise NodeAnswerInvalid(f"null for block {ref.hash} of the followed chain",
-                                            check=AnswerCheck.NULL_BLOCK)
-                scanned = parse.scan_block(block, ref, watched, assets)
+                scanned = parse.scan_block_json(replies[at], ref, watched, assets)
                 if with_logs:
                     at += 1
-                    logs = replies[at]
+                    logs = answers.generic(replies[at])
                     parse.scan_logs(logs, scanned, watched, assets)
                     if check_bloom and not verify.check_logs_answer(
                             logs, verify.parse_bloom(scanned.logs_bloom, "block.logsBloom"),
@@ -275,11 +272,11 @@ class EvmChainSource:
                         doubtful.append(scanned)
                 if with_traces:
                     at += 1
-                    parse.scan_traces(replies[at], scanned, watched, assets)
+                    parse.scan_traces(answers.generic(replies[at]), scanned, watched, assets)
                 out.append(scanned)
             return out, doubtful
 
-        return await self._pool.ask(lambda c: c.batch_decoded(calls, decode),
+        return await self._pool.ask(lambda c: c.batch_raw_decoded(calls, decode),
                                     what=f"contents of {len(refs)} blocks")
 
     async def _logs_from_receipts(self, block: parse.ScannedBlock) -> list[Any]:
@@ -296,7 +293,8 @@ class EvmChainSource:
                 if exc.kind is not ErrorKind.FINAL:
                     raise
             # No eth_getBlockReceipts on this node: one receipt per transaction, one batch.
-            calls: list[Call] = [("eth_getTransactionReceipt", [tx["hash"]]) for tx in txs]
+            calls: list[Call] = [("eth_getTransactionReceipt", [answers.tx_hash_of(tx)])
+                                 for tx in txs]
             return await c.batch_decoded(
                 calls, lambda r: verify.logs_of_receipts(raise_errors(r), txs, bh, bloom))
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 
-from chains.evm import parse
+from chains.evm import answers, parse
 from chains.evm.errors import RpcError, http_error, rpc_error_from_object, transport_error
 from watcher.config import Endpoint, FinalityMode
 from watcher.errors import AnswerCheck, ChainError, ChainIdentityMismatch, ErrorKind, NodeAnswerInvalid
@@ -198,18 +198,60 @@ class EvmRpcClient:
         :class:`RpcError` the node answered for that call, in the order of ``calls``."""
         if not calls:
             return decode([])
-        first = next(self._ids)
-        for _ in range(len(calls) - 1):
-            next(self._ids)
-        body = orjson.dumps([
-            {"jsonrpc": "2.0", "id": first + i, "method": method, "params": list(params)}
-            for i, (method, params) in enumerate(calls)
-        ])
+        first, body = self._batch_body(calls)
         label = _batch_label(calls)
         answer = await self._post(body, label)
         count = len(calls)
         return self._finish(lambda: decode(_batch_replies(answer, first, count, self.name)),
                             label)
+
+    async def batch_raw_decoded(self, calls: Sequence[Call],
+                                decode: Callable[[list[Any]], T]) -> T:
+        """Like :meth:`batch_decoded`, but each reply is a result still encoded (a
+        ``msgspec.Raw``, for :mod:`chains.evm.answers`) or the :class:`RpcError` answered.
+
+        The envelope is decoded with msgspec and checked as :meth:`batch_decoded` checks
+        it (one reply per call, ids matched in any order); an answer that is not a list
+        of reply objects (a refused batch, an HTTP error) is classified as there."""
+        if not calls:
+            return decode([])
+        first, body = self._batch_body(calls)
+        label = _batch_label(calls)
+        status, raw = await self._exchange(body, label)
+        count = len(calls)
+        return self._finish(lambda: decode(self._raw_replies(status, raw, first, count)), label)
+
+    def _raw_replies(self, status: int, raw: bytes, first: int, count: int) -> list[Any]:
+        envelopes: list[answers.Envelope] | None = None
+        if status == 200:
+            try:
+                envelopes = answers.batch(raw)
+            except answers.DecodeError:
+                envelopes = None
+        if envelopes is None:
+            # Not a list of reply objects: the generic path names what it is (a refused
+            # batch, an HTTP error, not JSON) and raises; anything it accepts is still odd.
+            _batch_replies(self._answer(status, raw), first, count, self.name)
+            raise NodeAnswerInvalid("malformed answer to a batch", self.name,
+                                    check=AnswerCheck.BATCH)
+        if len(envelopes) != count:
+            raise NodeAnswerInvalid("answer to a batch has another number of items", self.name,
+                                    check=AnswerCheck.BATCH)
+        replies: list[Any] = [None] * count
+        seen = [False] * count
+        for item in envelopes:
+            rid = item.id
+            if type(rid) is not int or not first <= rid < first + count or seen[rid - first]:
+                raise NodeAnswerInvalid("batch answer with a missing, unknown or repeated id",
+                                        self.name, check=AnswerCheck.BATCH)
+            seen[rid - first] = True
+            if item.error is not None:
+                replies[rid - first] = rpc_error_from_object(item.error, self.name)
+            elif not len(item.result):
+                raise NodeAnswerInvalid("answer has neither result nor error", self.name)
+            else:
+                replies[rid - first] = item.result
+        return replies
 
     def _finish(self, run: Callable[[], T], label: str) -> T:
         try:
@@ -222,14 +264,33 @@ class EvmRpcClient:
             raise NodeAnswerInvalid(f"malformed answer to {label} ({type(exc).__name__})",
                                     self.name) from None
 
+    def _batch_body(self, calls: Sequence[Call]) -> tuple[int, bytes]:
+        """The first id of a batch (ids are consecutive) and its encoded request."""
+        first = next(self._ids)
+        for _ in range(len(calls) - 1):
+            next(self._ids)
+        return first, orjson.dumps([
+            {"jsonrpc": "2.0", "id": first + i, "method": method, "params": list(params)}
+            for i, (method, params) in enumerate(calls)
+        ])
+
     async def _post(self, body: bytes, label: str) -> Any:
         """One HTTP round trip; the decoded JSON answer, or a classified :class:`ChainError`."""
+        status, raw = await self._exchange(body, label)
+        return self._answer(status, raw)
+
+    async def _exchange(self, body: bytes, label: str) -> tuple[int, bytes]:
+        """One HTTP round trip: (status, raw body), or a classified transport error."""
         started = time.perf_counter()
         try:
             status, raw = await self._transport(body, self._timeout_s)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise transport_error(exc, self.name) from None
         self._observe(label, time.perf_counter() - started)
+        return status, raw
+
+    def _answer(self, status: int, raw: bytes) -> Any:
+        """The decoded JSON answer of a round trip, or its classified :class:`ChainError`."""
         try:
             answer = orjson.loads(raw)
         except orjson.JSONDecodeError:

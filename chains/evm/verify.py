@@ -25,6 +25,7 @@ from typing import Any
 
 from eth_utils.crypto import keccak
 
+from chains.evm import answers
 from watcher.errors import AnswerCheck, NodeAnswerInvalid
 from watcher.types import BlockHash
 
@@ -104,7 +105,7 @@ def logs_of_receipts(receipts: object, txs: Sequence[Any], block: BlockHash,
     pairs: list[tuple[bytes, list[bytes]]] = []
     try:
         for index, (receipt, tx) in enumerate(zip(receipts, txs, strict=True)):
-            check_receipt(receipt, str(tx["hash"]).lower(), index, block)
+            check_receipt(receipt, str(answers.tx_hash_of(tx)).lower(), index, block)
             for log in receipt["logs"]:
                 pairs.append((bytes.fromhex(log["address"][2:]),
                               [bytes.fromhex(t[2:]) for t in log["topics"]]))
