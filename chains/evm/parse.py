@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from eth_utils.address import to_checksum_address as _eip55
-
 from chains.evm import answers
+from chains.evm.keccak import checksum_lower
 from watcher.config import ChainConfig
 from watcher.errors import AnswerCheck, NodeAnswerInvalid
 from watcher.ports import WatchedAddressLookup
@@ -57,7 +56,7 @@ def quantity(value: object, what: str) -> int:
 
 @lru_cache(maxsize=1 << 16)
 def _checksum_lower(lower_hex: str) -> str:
-    return str(_eip55(lower_hex))
+    return checksum_lower(lower_hex)
 
 
 def to_checksum_address(value: str) -> str:

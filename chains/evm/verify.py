@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from eth_utils.crypto import keccak
-
 from chains.evm import answers
+from chains.evm.keccak import keccak256
 from watcher.errors import AnswerCheck, NodeAnswerInvalid
 from watcher.types import BlockHash
 
@@ -35,7 +34,7 @@ _BLOOM_RE = re.compile(r"0x[0-9a-fA-F]{512}\Z")
 @lru_cache(maxsize=4096)
 def bloom_bits(item: bytes) -> tuple[int, int, int]:
     """The three bit positions (0 = least significant bit of the last byte) ``item`` sets."""
-    h = keccak(item)
+    h = keccak256(item)
     return tuple(((h[i] << 8) | h[i + 1]) & 2047 for i in (0, 2, 4))  # type: ignore[return-value]
 
 
