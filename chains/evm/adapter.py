@@ -16,6 +16,7 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from chains.evm import answers, parse, verify
@@ -68,6 +69,66 @@ def build_pool(cfg: ChainConfig, *, transports: Mapping[str, Transport] | None =
         retry=retry or RetryPolicy.from_config(cfg), **kwargs)
 
 
+@dataclass(frozen=True, slots=True)
+class ScanPlan:
+    """The calls that fetch a batch of blocks' contents, and the checks and scans of their
+    answers: one place, used in process and by the scan worker (:mod:`chains.evm.scanworker`).
+    """
+
+    assets: parse.Assets
+    log_contracts: tuple[str, ...]
+    with_traces: bool
+    check_bloom: bool
+
+    @property
+    def with_logs(self) -> bool:
+        return bool(self.log_contracts)
+
+    @property
+    def log_filter(self) -> verify.LogFilter:
+        return verify.LogFilter.of(self.log_contracts, parse.TRANSFER_TOPIC)
+
+    def calls(self, refs: Sequence[BlockRef]) -> list[Call]:
+        calls: list[Call] = []
+        contracts = list(self.log_contracts)
+        for ref in refs:
+            calls.append(("eth_getBlockByHash", [ref.hash, True]))
+            if contracts:
+                calls.append(("eth_getLogs", [{"blockHash": ref.hash, "address": contracts,
+                                               "topics": [parse.TRANSFER_TOPIC]}]))
+            if self.with_traces:
+                calls.append(("debug_traceBlockByHash", [ref.hash, TRACE_CONFIG]))
+        return calls
+
+    def decode(self, replies: list[Any], refs: Sequence[BlockRef], watched: WatchedAddressLookup
+               ) -> tuple[list[parse.ScannedBlock], list[parse.ScannedBlock]]:
+        """The scanned blocks of a batch's raw replies, and those whose empty logs answer
+        the bloom does not let us believe (their receipts must settle it)."""
+        raise_errors(replies)
+        with_logs, with_traces = self.with_logs, self.with_traces
+        per_block = 1 + with_logs + with_traces
+        assets = self.assets
+        log_filter = self.log_filter if self.check_bloom and with_logs else None
+        out: list[parse.ScannedBlock] = []
+        doubtful: list[parse.ScannedBlock] = []
+        for i, ref in enumerate(refs):
+            at = i * per_block
+            scanned = parse.scan_block_json(replies[at], ref, watched, assets)
+            if with_logs:
+                at += 1
+                logs = answers.generic(replies[at])
+                parse.scan_logs(logs, scanned, watched, assets)
+                if log_filter is not None and not verify.check_logs_answer(
+                        logs, verify.parse_bloom(scanned.logs_bloom, "block.logsBloom"),
+                        log_filter):
+                    doubtful.append(scanned)
+            if with_traces:
+                at += 1
+                parse.scan_traces(answers.generic(replies[at]), scanned, watched, assets)
+            out.append(scanned)
+        return out, doubtful
+
+
 class EvmChainSource:
     """Read access to one EVM chain through its endpoint pool."""
 
@@ -81,10 +142,10 @@ class EvmChainSource:
         self._pool = pool if pool is not None else build_pool(cfg)
         self._assets = parse.Assets.from_config(cfg)
         self._log_filter_addresses = self._assets.token_contracts
-        self._log_filter = verify.LogFilter.of(self._log_filter_addresses, parse.TRANSFER_TOPIC)
         self._traces: bool | None = None if cfg.traces is not TraceMode.OFF else False
         if cfg.traces is TraceMode.ON:
             self._require_traces()
+        self._plan_cache: ScanPlan | None = None
         self._started = False
 
     @property
@@ -98,6 +159,16 @@ class EvmChainSource:
 
     def endpoint_states(self) -> Mapping[str, EndpointView]:
         return self._pool.states()
+
+    @property
+    def _plan(self) -> ScanPlan:
+        """What to ask for each block and how to check it (fixed once traces are decided)."""
+        plan = self._plan_cache
+        if plan is None or plan.with_traces != bool(self._traces):
+            plan = ScanPlan(self._assets, tuple(self._log_filter_addresses), bool(self._traces),
+                            self._check_bloom)
+            self._plan_cache = plan
+        return plan
 
     def _require_traces(self) -> None:
         for name in self._pool.names:
@@ -238,46 +309,11 @@ class EvmChainSource:
                     ) -> tuple[list[parse.ScannedBlock], list[parse.ScannedBlock]]:
         """One batch: each block by hash with its transactions, its token logs, its traces.
         Also the blocks whose empty logs answer the bloom does not let us believe."""
-        with_logs = bool(self._log_filter_addresses)
-        with_traces = bool(self._traces)
-        calls: list[Call] = []
-        for ref in refs:
-            calls.append(("eth_getBlockByHash", [ref.hash, True]))
-            if with_logs:
-                calls.append(("eth_getLogs", [{"blockHash": ref.hash,
-                                               "address": self._log_filter_addresses,
-                                               "topics": [parse.TRANSFER_TOPIC]}]))
-            if with_traces:
-                calls.append(("debug_traceBlockByHash", [ref.hash, TRACE_CONFIG]))
-        per_block = 1 + with_logs + with_traces
-        assets = self._assets
-        log_filter = self._log_filter
-        check_bloom = self._check_bloom
-
-        def decode(replies: list[Any]
-                   ) -> tuple[list[parse.ScannedBlock], list[parse.ScannedBlock]]:
-            raise_errors(replies)
-            out: list[parse.ScannedBlock] = []
-            doubtful: list[parse.ScannedBlock] = []
-            for i, ref in enumerate(refs):
-                at = i * per_block
-                scanned = parse.scan_block_json(replies[at], ref, watched, assets)
-                if with_logs:
-                    at += 1
-                    logs = answers.generic(replies[at])
-                    parse.scan_logs(logs, scanned, watched, assets)
-                    if check_bloom and not verify.check_logs_answer(
-                            logs, verify.parse_bloom(scanned.logs_bloom, "block.logsBloom"),
-                            log_filter):
-                        doubtful.append(scanned)
-                if with_traces:
-                    at += 1
-                    parse.scan_traces(answers.generic(replies[at]), scanned, watched, assets)
-                out.append(scanned)
-            return out, doubtful
-
-        return await self._pool.ask(lambda c: c.batch_raw_decoded(calls, decode),
-                                    what=f"contents of {len(refs)} blocks")
+        plan = self._plan
+        calls = plan.calls(refs)
+        return await self._pool.ask(
+            lambda c: c.batch_raw_decoded(calls, lambda r: plan.decode(r, refs, watched)),
+            what=f"contents of {len(refs)} blocks")
 
     async def _logs_from_receipts(self, block: parse.ScannedBlock) -> list[Any]:
         bh = block.ref.hash

@@ -424,3 +424,13 @@ def test_small_set_mirror_is_dropped_past_its_limit_and_answers_stay_equal(limit
         with_mirror.add(k)
         without.add(k)
     assert with_mirror.memory_bytes() > without.memory_bytes()
+
+
+def test_generation_changes_with_the_keys_only() -> None:
+    ix = AddressIndex(4)
+    g0 = ix.generation
+    assert ix.add(b"aaaa") and ix.generation != g0
+    g1 = ix.generation
+    assert not ix.add(b"aaaa", "a label") and ix.generation == g1  # a label only
+    assert not ix.remove(b"bbbb") and ix.generation == g1
+    assert ix.remove(b"aaaa") and ix.generation not in (g0, g1)
