@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 from chains.evm import answers, parse, verify
 from chains.evm.errors import RpcError
 from chains.evm.rpc import TRACE_CONFIG, Call, EvmRpcClient, Transport, raise_errors
+from chains.evm.scanworker import ScanWorker, WorkerGone, WorkerInit
 from watcher.config import ChainConfig, TraceMode
 from watcher.core.endpoints import EndpointPolicy, EndpointView
 from watcher.errors import AnswerCheck, ChainError, ErrorKind, InvalidAddress, NodeAnswerInvalid
@@ -36,6 +38,13 @@ log = logging.getLogger(__name__)
 __all__ = ["TRACE_CONFIG", "EvmAddressCodec", "EvmChainSource", "build_pool", "build_source"]
 
 _ADDRESS_TEXT_RE = re.compile(r"0x[0-9a-fA-F]{40}\Z")
+
+SCAN_WORKER_MIN_BLOCKS = int(os.environ.get("WATCHER_EVM_SCAN_WORKER_MIN_BLOCKS", "16"))
+"""Ranges at least this long go to the scan worker: catch-up batches, never the one or two
+blocks of following the head (that stays in process, as cheap as before)."""
+
+RECEIPTS_PER_REQUEST = 64
+"""Native-candidate receipts per POST when a whole range's are asked at once."""
 
 
 class EvmAddressCodec:
@@ -133,13 +142,25 @@ class EvmChainSource:
     """Read access to one EVM chain through its endpoint pool."""
 
     def __init__(self, cfg: ChainConfig, pool: EndpointPool[EvmRpcClient] | None = None, *,
-                 check_bloom: bool = True) -> None:
+                 check_bloom: bool = True, scan_worker: bool | None = None) -> None:
         """``check_bloom=False`` believes empty ``eth_getLogs`` answers: only for a benchmark
-        measuring what the bloom check costs, never in production (deposits can be lost)."""
+        measuring what the bloom check costs, never in production (deposits can be lost).
+
+        ``scan_worker``: whether ranges of at least :data:`SCAN_WORKER_MIN_BLOCKS` blocks
+        are fetched and scanned by a second process (:mod:`chains.evm.scanworker`). None
+        (the default): on when this process may run on two cores or more, every endpoint
+        speaks HTTP, the source built its own pool, and ``WATCHER_EVM_SCAN_WORKER`` is not
+        ``off``."""
         self._cfg = cfg
         self._check_bloom = check_bloom
         self._chain = str(cfg.id)
+        if scan_worker is None:
+            scan_worker = pool is None and _two_cores() and \
+                os.environ.get("WATCHER_EVM_SCAN_WORKER", "auto") != "off"
         self._pool = pool if pool is not None else build_pool(cfg)
+        self._want_worker = scan_worker and all(self._pool.client(n).url is not None
+                                                for n in self._pool.names)
+        self._worker: ScanWorker | None = None
         self._assets = parse.Assets.from_config(cfg)
         self._log_filter_addresses = self._assets.token_contracts
         self._traces: bool | None = None if cfg.traces is not TraceMode.OFF else False
@@ -151,6 +172,11 @@ class EvmChainSource:
     @property
     def pool(self) -> EndpointPool[EvmRpcClient]:
         return self._pool
+
+    @property
+    def scan_worker(self) -> ScanWorker | None:
+        """The second process scanning catch-up ranges, once started (None: in process)."""
+        return self._worker
 
     @property
     def traces_enabled(self) -> bool | None:
@@ -193,6 +219,31 @@ class EvmChainSource:
             if self._traces:
                 self._require_traces()
         self._started = True
+        if self._want_worker and self._worker is None:
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        cfg = self._cfg
+        assert cfg.chain_id is not None
+        endpoints = []
+        for name in self._pool.names:
+            url = self._pool.client(name).url
+            assert url is not None
+            endpoints.append((name, url))
+        worker = ScanWorker(WorkerInit(
+            chain=self._chain, chain_id=cfg.chain_id, endpoints=tuple(endpoints),
+            timeout_s=cfg.rpc_timeout_ms / 1000, connections=max(4, 2 * cfg.max_concurrency),
+            blocks_per_request=cfg.blocks_per_request, max_concurrency=cfg.max_concurrency,
+            plan=self._plan, key_size=20))
+        pool = self._pool
+        worker.observe = lambda name, label, seconds: pool.client(name).observe_latency(
+            label, seconds)
+        try:
+            worker.start()
+        except Exception as exc:  # no process can be started: catch-up stays in process
+            log.warning("chain %s: scan worker not started (%s)", self._chain, type(exc).__name__)
+            return
+        self._worker = worker
 
     async def _ensure_started(self) -> None:
         if not self._started:
@@ -274,6 +325,12 @@ class EvmChainSource:
         await self._ensure_started()
         if not refs:
             return []
+        worker = self._worker
+        if worker is not None and len(refs) >= SCAN_WORKER_MIN_BLOCKS and \
+                getattr(watched, "generation", None) is not None and worker.usable(watched):
+            done = await self._contents_by_worker(worker, refs, watched)
+            if done is not None:
+                return done
         size = max(1, min(self._cfg.blocks_per_request,
                           math.ceil(len(refs) / self._cfg.max_concurrency)))
         chunks = [refs[i:i + size] for i in range(0, len(refs), size)]
@@ -285,6 +342,56 @@ class EvmChainSource:
 
         results = await _gather_or_cancel([run(c) for c in chunks])
         return [c for chunk_result in results for c in chunk_result]
+
+    async def _contents_by_worker(self, worker: ScanWorker, refs: Sequence[BlockRef],
+                                  watched: WatchedAddressLookup) -> list[BlockContents] | None:
+        """``refs`` fetched, checked and scanned by the worker at the endpoint the pool picks
+        (one attempt each, the pool's retries and failover); then, in process, receipts for
+        doubtful logs and for native candidates. None: scan in process instead."""
+
+        async def op(c: EvmRpcClient) -> tuple[list[parse.ScannedBlock],
+                                               list[parse.ScannedBlock]] | None:
+            try:
+                return await worker.scan(c.name, refs, watched)
+            except WorkerGone:
+                return None
+
+        got = await self._pool.ask(op, what=f"contents of {len(refs)} blocks (scan worker)")
+        if got is None:
+            return None
+        scanned, doubtful = got
+        for block in doubtful:
+            logs = await self._logs_from_receipts(block)
+            parse.scan_logs(logs, block, watched, self._assets)
+        succeeded = await self._succeeded_chunked(scanned)
+        return [BlockContents(ref=s.ref, transfers=s.transfers(succeeded)) for s in scanned]
+
+    async def _succeeded_chunked(self, scanned: Sequence[parse.ScannedBlock]) -> set[TxId]:
+        """:meth:`_succeeded` over many blocks: the blocks' candidates in POSTs of about
+        ``RECEIPTS_PER_REQUEST`` receipts, ``max_concurrency`` at a time."""
+        groups: list[list[parse.ScannedBlock]] = [[]]
+        count = 0
+        for s in scanned:
+            if count >= RECEIPTS_PER_REQUEST:
+                groups.append([])
+                count = 0
+            groups[-1].append(s)
+            count += len(s.candidates)
+        gate = asyncio.Semaphore(self._cfg.max_concurrency)
+
+        async def one(group: Sequence[parse.ScannedBlock]) -> set[TxId]:
+            async with gate:
+                return await self._succeeded(group)
+
+        tasks = [asyncio.ensure_future(one(g)) for g in groups]
+        try:
+            found = await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return set().union(*found)
 
     async def _contents_chunk(self, refs: Sequence[BlockRef],
                               watched: WatchedAddressLookup) -> list[BlockContents]:
@@ -352,6 +459,9 @@ class EvmChainSource:
                                     what="receipts of native transfers")
 
     async def close(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await worker.close()
         await self._pool.close()
 
 
@@ -366,6 +476,13 @@ async def _gather_or_cancel(aws: Sequence[Awaitable[list[BlockContents]]]
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+def _two_cores() -> bool:
+    try:
+        return len(os.sched_getaffinity(0)) >= 2
+    except (AttributeError, OSError):
+        return (os.cpu_count() or 1) >= 2
 
 
 def build_source(cfg: ChainConfig) -> EvmChainSource:

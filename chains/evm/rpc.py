@@ -60,6 +60,7 @@ class HttpTransport:
     """aiohttp, one session per endpoint (created on first use), keep-alive."""
 
     def __init__(self, url: str, limit: int) -> None:
+        self.url = url
         self._url = url
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
@@ -85,7 +86,10 @@ class EvmRpcClient:
 
     def __init__(self, chain: str, endpoint: Endpoint, *, chain_id: int, timeout_s: float,
                  finality_mode: FinalityMode = FinalityMode.DEPTH,
-                 transport: Transport | None = None, connections: int = 16) -> None:
+                 transport: Transport | None = None, connections: int = 16,
+                 observe: Callable[[str, float], None] | None = None) -> None:
+        """``observe(label, seconds)`` replaces ``RPC_LATENCY`` (a scan worker's client,
+        whose figures the daemon records)."""
         self.chain = chain
         self._name = endpoint.name
         self.chain_id = chain_id
@@ -99,6 +103,7 @@ class EvmRpcClient:
         self._transport: Transport = transport if transport is not None else self._http_post
         self._ids = itertools.count(1)
         self._latency: dict[str, Any] = {}
+        self._observer = observe
 
     async def _http_post(self, body: bytes, timeout_s: float) -> tuple[int, bytes]:
         assert self._http is not None
@@ -107,6 +112,16 @@ class EvmRpcClient:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def url(self) -> str | None:
+        """The endpoint's URL when this client speaks HTTP itself (None with a test transport);
+        handed to a scan worker, never logged."""
+        return self._http.url if self._http is not None else None
+
+    def observe_latency(self, label: str, seconds: float) -> None:
+        """Records a round trip made on this endpoint's behalf (by a scan worker)."""
+        self._observe(label, seconds)
 
     # ------------------------------------------------------------ NodeClient
 
@@ -305,6 +320,9 @@ class EvmRpcClient:
         return answer
 
     def _observe(self, label: str, seconds: float) -> None:
+        if self._observer is not None:
+            self._observer(label, seconds)
+            return
         child = self._latency.get(label)
         if child is None:
             child = RPC_LATENCY.labels(self.chain, self.name, label)
