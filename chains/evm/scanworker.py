@@ -175,7 +175,10 @@ async def _serve(conn: Connection, init: WorkerInit) -> None:
                 _, generation, blob = msg
                 state["keys"] = _keys_from(blob, init.key_size)
                 state["generation"] = generation
-                conn.send(("keys", generation))
+                try:
+                    conn.send(("keys", generation))
+                except OSError:
+                    break  # the daemon is gone
             elif msg[0] == "scan":
                 _, rid, name, refs = msg
                 task = asyncio.create_task(scan(rid, name, refs))
