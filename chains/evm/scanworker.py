@@ -300,6 +300,9 @@ class ScanWorker:
             if generation != watched.generation:
                 return None
             self.ranges += 1
+            if self.ranges == 1:
+                log.info("chain %s: catch-up ranges fetched and scanned by the scan worker",
+                         self._init.chain)
             return scanned, [s for s, d in zip(scanned, flags, strict=True) if d]
         if reply[0] == "err":
             self._replay(reply[3])
