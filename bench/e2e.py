@@ -95,7 +95,7 @@ def compare(events: dict[str, list[dict[str, Any]]], want: dict[str, dict[str, A
 
 
 def write_config(tmp: Path, rpc: str, bootstrap: str, meta: dict[str, Any], watched: Sequence[str],
-                 start: int, prefix: str, metrics_port: int, *, check_bloom: bool = True) -> Path:
+                 start: int, prefix: str, metrics_port: int, *, log_level: str = "warning") -> Path:
     (tmp / "addresses.yaml").write_text(yaml.safe_dump({"eth": list(watched)}))
     chain: dict[str, Any] = {
         "family": "evm", "chain_id": int(meta["chain_id"]),
@@ -112,7 +112,7 @@ def write_config(tmp: Path, rpc: str, bootstrap: str, meta: dict[str, Any], watc
                              "address_registrations": f"{prefix}.registrations",
                              "dead_letter": f"{prefix}.dead-letter"}},
         "metrics": {"port": metrics_port},
-        "logging": {"level": "warning"},
+        "logging": {"level": log_level},
         "addresses_file": str(tmp / "addresses.yaml"),
         "chains": {"eth": chain},
     }
@@ -121,55 +121,63 @@ def write_config(tmp: Path, rpc: str, bootstrap: str, meta: dict[str, Any], watc
     return path
 
 
-async def _consume_until(bootstrap: str, topic: str, want: set[str], proc: subprocess.Popen[bytes],
+async def _consume_until(kafka: Any, topic: str, want: set[str], proc: subprocess.Popen[bytes],
                          timeout_s: float) -> tuple[float, dict[str, list[dict[str, Any]]], int]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    """Reads ``topic`` read_committed from the start until every id of ``want`` has an event;
+    (when the last one arrived, the events by deposit id, how many)."""
+    from watcher.kafka.client import ManualConsumer
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                fetch_max_wait_ms=50)
+    consumer = ManualConsumer(kafka, topic, timeout_s=30)
     await consumer.start()
     try:
-        parts: set[int] = set()
         deadline = time.monotonic() + timeout_s
-        while not parts:
-            # The watcher creates its topics (as at a first deployment): wait for them.
-            if topic in await consumer.topics():
-                parts = consumer.partitions_for_topic(topic) or set()
-            if not parts:
-                await asyncio.sleep(0.02)
-            if time.monotonic() > deadline:
-                raise SystemExit(f"topic {topic} never appeared")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
         events: dict[str, list[dict[str, Any]]] = {}
         count = 0
+
+        def take(records: Sequence[Any]) -> int:
+            n = 0
+            for r in records:
+                if r.value is not None:
+                    ev = orjson.loads(r.value)
+                    events.setdefault(ev["deposit_id"], []).append(ev)
+                    n += 1
+            return n
+
         while not want <= events.keys():
             if proc.poll() is not None:
                 raise SystemExit(f"watcher exited with {proc.returncode} before committing every deposit")
             if time.monotonic() > deadline:
                 raise SystemExit(f"timeout: {len(want - events.keys())} deposits never committed")
-            batches = await consumer.getmany(timeout_ms=50)
-            for records in batches.values():
-                for r in records:
-                    if r.value is None:
-                        continue
-                    ev = orjson.loads(r.value)
-                    events.setdefault(ev["deposit_id"], []).append(ev)
-                    count += 1
+            count += take(await consumer.fetch(timeout_ms=50))
         done = time.perf_counter()
         # Late extras (a wrong event after the last right one) are still looked for.
-        with contextlib.suppress(Exception):
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                for r in records:
-                    if r.value is not None:
-                        ev = orjson.loads(r.value)
-                        events.setdefault(ev["deposit_id"], []).append(ev)
-                        count += 1
+        count += take(await consumer.fetch(timeout_ms=300))
         return done, events, count
     finally:
         await consumer.stop()
+
+
+async def _provision(cfg: Path) -> Any:
+    """Creates the watcher's topics and waits until every partition has a leader; the
+    Kafka configuration."""
+    from watcher.config import load
+    from watcher.kafka.client import ManualConsumer, ensure_topics
+
+    kafka = load(str(cfg)).kafka
+    await ensure_topics(kafka)
+    for topic in (kafka.topics.deposits, kafka.topics.checkpoints, kafka.topics.address_registrations):
+        for _ in range(100):
+            consumer = ManualConsumer(kafka, topic, timeout_s=10)
+            try:
+                await consumer.start()
+                await consumer.end_offsets()
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+    return kafka
 
 
 def _children_cpu() -> float:
@@ -181,7 +189,8 @@ def _children_cpu() -> float:
 
 def run_end_to_end(rpc: str, bootstrap: str, directory: Path, *, cpus: Sequence[int] | None = None,
                    env: dict[str, str] | None = None, timeout_s: float = 300.0,
-                   label: str = "e2e") -> tuple[EndToEnd, list[str]]:
+                   label: str = "e2e", log_level: str = "warning",
+                   keep_log: Path | None = None) -> tuple[EndToEnd, list[str]]:
     """One ``watcher run`` over the recorded chain; (figure, differences from the record)."""
     from bench.chaingen import free_port, load_meta, load_watched
 
@@ -192,7 +201,11 @@ def run_end_to_end(rpc: str, bootstrap: str, directory: Path, *, cpus: Sequence[
     prefix = f"bench-{label}-{os.getpid()}-{time.monotonic_ns()}"
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmpd:
         tmp = Path(tmpd)
-        cfg = write_config(tmp, rpc, bootstrap, meta, watched, start, prefix, free_port())
+        cfg = write_config(tmp, rpc, bootstrap, meta, watched, start, prefix, free_port(),
+                           log_level=log_level)
+        # The topics exist before the watcher starts, as in a deployment coming back after an
+        # outage (the watcher still checks them at start; it creates none).
+        kafka = asyncio.run(_provision(cfg))
         cmd = [str(WATCHER_EXE), "run", "-c", str(cfg)]
         pinned = "unpinned (both cores)"
         if cpus is not None:
@@ -205,7 +218,7 @@ def run_end_to_end(rpc: str, bootstrap: str, directory: Path, *, cpus: Sequence[
             proc = subprocess.Popen(cmd, stdout=out, stderr=out, env={**os.environ, **(env or {})})
             try:
                 done, events, count = asyncio.run(_consume_until(
-                    bootstrap, f"{prefix}.deposits", set(want), proc, timeout_s))
+                    kafka, kafka.topics.deposits, set(want), proc, timeout_s))
             except SystemExit:
                 proc.kill()
                 proc.wait()
@@ -220,6 +233,8 @@ def run_end_to_end(rpc: str, bootstrap: str, directory: Path, *, cpus: Sequence[
                         proc.kill()
                         proc.wait()
         cpu = _children_cpu() - cpu0
+        if keep_log is not None:
+            keep_log.write_bytes(log.read_bytes())
     result = EndToEnd(end - start + 1, done - t0, len(events), count, cpu, pinned)
     return result, compare(events, want)
 
