@@ -246,13 +246,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, help="chain directory (default: bench.chaingen's)")
     ap.add_argument("--cpus", help="pin the watcher (taskset list, e.g. 0)")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--log-level", default="warning", help="the watcher's")
+    ap.add_argument("--keep-log", type=Path, help="copy the watcher's log here")
     args = ap.parse_args(argv)
     from bench.chaingen import chain_dir
 
     directory = args.data or chain_dir()
     cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else None
     for _ in range(args.repeat):
-        res, problems = run_end_to_end(args.rpc, args.bootstrap, directory, cpus=cpus)
+        res, problems = run_end_to_end(args.rpc, args.bootstrap, directory, cpus=cpus,
+                                       log_level=args.log_level, keep_log=args.keep_log)
         print(f"watcher end to end ({res.pinned}): {res.blocks} blocks in {res.seconds:.2f} s = "
               f"{res.blocks_per_s:.0f} blocks/s, {res.deposits} deposits, {res.events} events, "
               f"CPU {res.cpu_seconds:.2f} s; {'all fields match' if not problems else problems[:5]}",

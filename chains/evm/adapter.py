@@ -161,6 +161,9 @@ class EvmChainSource:
         self._want_worker = scan_worker and all(self._pool.client(n).url is not None
                                                 for n in self._pool.names)
         self._worker: ScanWorker | None = None
+        if self._want_worker:
+            # Now, while the daemon has no thread and no socket yet (the worker is forked).
+            self._start_worker()
         self._assets = parse.Assets.from_config(cfg)
         self._log_filter_addresses = self._assets.token_contracts
         self._traces: bool | None = None if cfg.traces is not TraceMode.OFF else False
@@ -219,8 +222,6 @@ class EvmChainSource:
             if self._traces:
                 self._require_traces()
         self._started = True
-        if self._want_worker and self._worker is None:
-            self._start_worker()
 
     def _start_worker(self) -> None:
         cfg = self._cfg
@@ -234,7 +235,7 @@ class EvmChainSource:
             chain=self._chain, chain_id=cfg.chain_id, endpoints=tuple(endpoints),
             timeout_s=cfg.rpc_timeout_ms / 1000, connections=max(4, 2 * cfg.max_concurrency),
             blocks_per_request=cfg.blocks_per_request, max_concurrency=cfg.max_concurrency,
-            plan=self._plan, key_size=20))
+            key_size=20))
         pool = self._pool
         worker.observe = lambda name, label, seconds: pool.client(name).observe_latency(
             label, seconds)
@@ -349,10 +350,12 @@ class EvmChainSource:
         (one attempt each, the pool's retries and failover); then, in process, receipts for
         doubtful logs and for native candidates. None: scan in process instead."""
 
+        plan = self._plan
+
         async def op(c: EvmRpcClient) -> tuple[list[parse.ScannedBlock],
                                                list[parse.ScannedBlock]] | None:
             try:
-                return await worker.scan(c.name, refs, watched)
+                return await worker.scan(c.name, plan, refs, watched)
             except WorkerGone:
                 return None
 

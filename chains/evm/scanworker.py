@@ -38,6 +38,7 @@ import contextlib
 import logging
 import math
 import multiprocessing
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,8 +70,6 @@ class WorkerInit:
     connections: int
     blocks_per_request: int
     max_concurrency: int
-    plan: Any
-    """The :class:`chains.evm.adapter.ScanPlan` of the chain."""
     key_size: int
 
 
@@ -118,10 +117,22 @@ def _keys_from(blob: bytes, size: int) -> Any:
     return index
 
 
-def worker_main(conn: Connection, init: WorkerInit) -> None:
-    """The worker process: serves scan requests until its pipe closes."""
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(conn, init))
+def worker_main(conn: Connection, init: WorkerInit, parent_end: Connection | None = None) -> None:
+    """The worker process: serves scan requests until its pipe closes.
+
+    Forked, it first drops what it inherited and must not use: the daemon's end of the
+    pipe (else the pipe would never close when the daemon dies), the daemon's running
+    event loop and its signal wake-up fd. SIGINT is ignored (a terminal's Ctrl-C reaches
+    the whole process group; the daemon closing the pipe is what stops the worker)."""
+    if parent_end is not None:
+        parent_end.close()
+        asyncio.events._set_running_loop(None)
+        asyncio.set_event_loop_policy(None)
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    asyncio.run(_serve(conn, init))
 
 
 async def _serve(conn: Connection, init: WorkerInit) -> None:
@@ -149,12 +160,12 @@ async def _serve(conn: Connection, init: WorkerInit) -> None:
     loop.add_reader(conn.fileno(), readable)
     tasks: set[asyncio.Task[None]] = set()
 
-    async def scan(rid: int, name: str, refs: list[BlockRef]) -> None:
+    async def scan(rid: int, name: str, plan: Any, refs: list[BlockRef]) -> None:
         generation, keys = state["generation"], state["keys"]
         start = len(observations)
         try:
             client = clients[name]
-            scanned, doubtful = await _scan_range(client, init, refs, keys)
+            scanned, doubtful = await _scan_range(client, init, plan, refs, keys)
             doubtful_ids = {id(d) for d in doubtful}
             flags = [id(s) in doubtful_ids for s in scanned]
             for s, keep in zip(scanned, flags, strict=True):
@@ -180,8 +191,8 @@ async def _serve(conn: Connection, init: WorkerInit) -> None:
                 except OSError:
                     break  # the daemon is gone
             elif msg[0] == "scan":
-                _, rid, name, refs = msg
-                task = asyncio.create_task(scan(rid, name, refs))
+                _, rid, name, plan, refs = msg
+                task = asyncio.create_task(scan(rid, name, plan, refs))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             elif msg[0] == "stop":
@@ -194,11 +205,12 @@ async def _serve(conn: Connection, init: WorkerInit) -> None:
             await client.close()
 
 
-async def _scan_range(client: EvmRpcClient, init: WorkerInit, refs: Sequence[BlockRef],
+async def _scan_range(client: EvmRpcClient, init: WorkerInit, plan: Any, refs: Sequence[BlockRef],
                       keys: Any) -> tuple[list[parse.ScannedBlock], list[parse.ScannedBlock]]:
     """The in-process chunking (``blocks_per_request`` a POST, ``max_concurrency`` at a time,
-    a batch too large split in halves), against one endpoint."""
-    plan = init.plan
+    a batch too large split in halves), against one endpoint, with ``plan``'s calls and
+    checks (a :class:`chains.evm.adapter.ScanPlan`, sent with each range: traces may be
+    decided after the worker started)."""
     size = max(1, min(init.blocks_per_request, math.ceil(len(refs) / init.max_concurrency)))
     gate = asyncio.Semaphore(init.max_concurrency)
 
@@ -245,6 +257,7 @@ class ScanWorker:
         self._acked: int | None = None
         self._sent: int | None = None
         self._sent_at = -math.inf
+        self._attached = False
         self.failed = False
         self.ranges = 0
         """Ranges whose scan came from the worker and was used."""
@@ -252,15 +265,26 @@ class ScanWorker:
         """``observe(endpoint, label, seconds)``: where the worker's latencies go."""
 
     def start(self) -> None:
-        """Spawns the process (a fresh interpreter: nothing of this one's state is shared)."""
-        ctx = multiprocessing.get_context("spawn")
+        """Starts the process: forked where the platform can (no imports to repeat: it is
+        ready in milliseconds, where a spawned interpreter took seconds of CPU on the
+        benchmark machine), else spawned. Call it before the process starts threads (the
+        chain source does, when it is built, before any Kafka or HTTP client exists)."""
+        fork = "fork" in multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork") if fork else multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(target=worker_main, args=(child, self._init), daemon=True,
+        args = (child, self._init, parent if fork else None)
+        self._proc = ctx.Process(target=worker_main, args=args, daemon=True,
                                  name=f"scan-{self._init.chain}")
         self._proc.start()
         child.close()
         self._conn = parent
-        asyncio.get_running_loop().add_reader(parent.fileno(), self._readable)
+
+    def _attach(self) -> bool:
+        """Listens to the worker from the running event loop (once)."""
+        if not self._attached and self._conn is not None:
+            asyncio.get_running_loop().add_reader(self._conn.fileno(), self._readable)
+            self._attached = True
+        return self._attached
 
     @property
     def process(self) -> multiprocessing.process.BaseProcess | None:
@@ -269,7 +293,7 @@ class ScanWorker:
     def usable(self, watched: Any) -> bool:
         """Whether a range may be sent now: the worker runs and holds the current keys.
         Sends a fresh copy of them when they changed (at most once a second)."""
-        if self.failed or self._conn is None:
+        if self.failed or self._conn is None or not self._attach():
             return False
         generation = watched.generation
         if self._acked == generation:
@@ -279,7 +303,7 @@ class ScanWorker:
             self._send(("keys", generation, b"".join(watched)))
         return False
 
-    async def scan(self, endpoint: str, refs: Sequence[BlockRef], watched: Any
+    async def scan(self, endpoint: str, plan: Any, refs: Sequence[BlockRef], watched: Any
                    ) -> tuple[list[parse.ScannedBlock], list[parse.ScannedBlock]] | None:
         """(scanned, doubtful) of ``refs`` at ``endpoint``; None when the watched set changed
         meanwhile (scan in process). Raises the endpoint's error as the pool expects it, and
@@ -290,7 +314,7 @@ class ScanWorker:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         try:
-            self._send(("scan", rid, endpoint, list(refs)))
+            self._send(("scan", rid, endpoint, plan, list(refs)))
             reply = await future
         finally:
             self._pending.pop(rid, None)
@@ -342,7 +366,7 @@ class ScanWorker:
         if not self.failed:
             log.warning("chain %s: %s; catch-up scans in process from now on", self._init.chain, why)
         self.failed = True
-        if self._conn is not None:
+        if self._conn is not None and self._attached:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self._conn.fileno())
         for future in self._pending.values():
@@ -353,8 +377,9 @@ class ScanWorker:
         conn, proc = self._conn, self._proc
         self._conn = None
         if conn is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(conn.fileno())
+            if self._attached:
+                with contextlib.suppress(Exception):
+                    asyncio.get_running_loop().remove_reader(conn.fileno())
             with contextlib.suppress(Exception):
                 conn.send(("stop",))
             conn.close()
