@@ -81,8 +81,14 @@ class App:
         await health.start()
         log.info("metrics and health listening", host=cfg.metrics_host, port=cfg.metrics_port)
         tasks: list[asyncio.Task[None]] = []
+        starting: dict[str, asyncio.Task[None]] = {}
         try:
             await registrations.start()  # its own task; stopped in the finally below
+            if not cfg.leadership.enabled:
+                # A follower's start (fencing its transactional id, identifying endpoints)
+                # reads no watched address: it overlaps the reading of the registrations.
+                starting = {name: asyncio.create_task(f.start(), name=f"start-{name}")
+                            for name, f in self.followers.items()}
             # Deposits are judged against the full address set: follow chains only once the
             # registrations topic has been read to its end.
             caught = asyncio.create_task(registrations.caught_up.wait())
@@ -101,7 +107,7 @@ class App:
                         self._lead_chain(name, new_follower, stop), name=f"lead-{name}"))
                 else:
                     f = self.followers[name]
-                    await f.start()
+                    await starting.pop(name)
                     tasks.append(asyncio.create_task(f.run(stop), name=f"follow-{name}"))
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
@@ -110,8 +116,11 @@ class App:
             return 0 if stop.is_set() else 3
         finally:
             stop.set()
-            for t in tasks:
+            for t in [*starting.values(), *tasks]:
                 t.cancel()
+            for t in starting.values():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t

@@ -44,7 +44,7 @@ SCAN_WORKER_MIN_BLOCKS = int(os.environ.get("WATCHER_EVM_SCAN_WORKER_MIN_BLOCKS"
 blocks of following the head (that stays in process, as cheap as before)."""
 
 RECEIPTS_PER_REQUEST = 64
-"""Native-candidate receipts per POST when a whole range's are asked at once."""
+"""Native-candidate receipts per POST when a whole range's are asked at once (worker)."""
 
 
 class EvmAddressCodec:
@@ -136,6 +136,22 @@ class ScanPlan:
                 parse.scan_traces(answers.generic(replies[at]), scanned, watched, assets)
             out.append(scanned)
         return out, doubtful
+
+
+def receipt_calls(wanted: Sequence[tuple[BlockHash, TxId, int]]) -> list[Call]:
+    """The receipts of native candidates (``parse.candidates_of``), one call each."""
+    return [("eth_getTransactionReceipt", [txid]) for _, txid, _ in wanted]
+
+
+def succeeded_of(replies: list[Any], wanted: Sequence[tuple[BlockHash, TxId, int]]) -> set[TxId]:
+    """Txids whose receipt (checked to be of that transaction, block and index) says success."""
+    return {txid for (bh, txid, index), receipt in zip(wanted, raise_errors(replies), strict=True)
+            if parse.receipt_succeeded(receipt, txid, bh, index)}
+
+
+def receipt_groups(wanted: Sequence[tuple[BlockHash, TxId, int]], size: int
+                   ) -> list[Sequence[tuple[BlockHash, TxId, int]]]:
+    return [wanted[i:i + size] for i in range(0, len(wanted), size)]
 
 
 class EvmChainSource:
@@ -346,14 +362,15 @@ class EvmChainSource:
 
     async def _contents_by_worker(self, worker: ScanWorker, refs: Sequence[BlockRef],
                                   watched: WatchedAddressLookup) -> list[BlockContents] | None:
-        """``refs`` fetched, checked and scanned by the worker at the endpoint the pool picks
-        (one attempt each, the pool's retries and failover); then, in process, receipts for
-        doubtful logs and for native candidates. None: scan in process instead."""
+        """``refs`` fetched, checked and scanned, and their native candidates' receipts fetched
+        and checked, by the worker at the endpoint the pool picks (one attempt each, the
+        pool's retries and failover); then, in process, the receipts that settle doubtful
+        logs. None: scan in process instead."""
 
         plan = self._plan
 
         async def op(c: EvmRpcClient) -> tuple[list[parse.ScannedBlock],
-                                               list[parse.ScannedBlock]] | None:
+                                               list[parse.ScannedBlock], set[TxId]] | None:
             try:
                 return await worker.scan(c.name, plan, refs, watched)
             except WorkerGone:
@@ -362,39 +379,11 @@ class EvmChainSource:
         got = await self._pool.ask(op, what=f"contents of {len(refs)} blocks (scan worker)")
         if got is None:
             return None
-        scanned, doubtful = got
+        scanned, doubtful, succeeded = got
         for block in doubtful:
             logs = await self._logs_from_receipts(block)
             parse.scan_logs(logs, block, watched, self._assets)
-        succeeded = await self._succeeded_chunked(scanned)
         return [BlockContents(ref=s.ref, transfers=s.transfers(succeeded)) for s in scanned]
-
-    async def _succeeded_chunked(self, scanned: Sequence[parse.ScannedBlock]) -> set[TxId]:
-        """:meth:`_succeeded` over many blocks: the blocks' candidates in POSTs of about
-        ``RECEIPTS_PER_REQUEST`` receipts, ``max_concurrency`` at a time."""
-        groups: list[list[parse.ScannedBlock]] = [[]]
-        count = 0
-        for s in scanned:
-            if count >= RECEIPTS_PER_REQUEST:
-                groups.append([])
-                count = 0
-            groups[-1].append(s)
-            count += len(s.candidates)
-        gate = asyncio.Semaphore(self._cfg.max_concurrency)
-
-        async def one(group: Sequence[parse.ScannedBlock]) -> set[TxId]:
-            async with gate:
-                return await self._succeeded(group)
-
-        tasks = [asyncio.ensure_future(one(g)) for g in groups]
-        try:
-            found = await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        return set().union(*found)
 
     async def _contents_chunk(self, refs: Sequence[BlockRef],
                               watched: WatchedAddressLookup) -> list[BlockContents]:
@@ -451,15 +440,10 @@ class EvmChainSource:
         wanted = parse.candidates_of(scanned)
         if not wanted:
             return set()
-        calls: list[Call] = [("eth_getTransactionReceipt", [txid]) for _, txid, _ in wanted]
-
-        def decode(replies: list[Any]) -> set[TxId]:
-            return {txid for (bh, txid, index), receipt
-                    in zip(wanted, raise_errors(replies), strict=True)
-                    if parse.receipt_succeeded(receipt, txid, bh, index)}
-
-        return await self._pool.ask(lambda c: c.batch_decoded(calls, decode),
-                                    what="receipts of native transfers")
+        calls = receipt_calls(wanted)
+        return await self._pool.ask(
+            lambda c: c.batch_decoded(calls, lambda r: succeeded_of(r, wanted)),
+            what="receipts of native transfers")
 
     async def close(self) -> None:
         worker, self._worker = self._worker, None

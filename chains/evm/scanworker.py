@@ -50,7 +50,7 @@ from chains.evm.errors import RpcError
 from chains.evm.rpc import EvmRpcClient
 from watcher.config import Endpoint
 from watcher.errors import AnswerCheck, ChainError, ErrorKind, NodeAnswerInvalid
-from watcher.types import BlockRef
+from watcher.types import BlockRef, TxId
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +166,13 @@ async def _serve(conn: Connection, init: WorkerInit) -> None:
         try:
             client = clients[name]
             scanned, doubtful = await _scan_range(client, init, plan, refs, keys)
+            succeeded = await _succeeded(client, init, scanned)
             doubtful_ids = {id(d) for d in doubtful}
             flags = [id(s) in doubtful_ids for s in scanned]
             for s, keep in zip(scanned, flags, strict=True):
                 if not keep:
                     s.txs = []  # only a doubtful block's transactions are needed again
-            reply: tuple[Any, ...] = ("ok", rid, generation, scanned, flags,
+            reply: tuple[Any, ...] = ("ok", rid, generation, scanned, flags, succeeded,
                                       observations[start:])
         except ChainError as exc:
             reply = ("err", rid, _encode_error(exc), observations[start:])
@@ -242,6 +243,23 @@ async def _scan_range(client: EvmRpcClient, init: WorkerInit, plan: Any, refs: S
     return ([s for r in results for s in r[0]], [s for r in results for s in r[1]])
 
 
+async def _succeeded(client: EvmRpcClient, init: WorkerInit,
+                     scanned: Sequence[parse.ScannedBlock]) -> set[TxId]:
+    """The native candidates whose receipt says success, ``RECEIPTS_PER_REQUEST`` a POST."""
+    from chains.evm.adapter import RECEIPTS_PER_REQUEST, receipt_calls, receipt_groups, succeeded_of
+
+    wanted = parse.candidates_of(scanned)
+    gate = asyncio.Semaphore(init.max_concurrency)
+
+    async def one(group: Sequence[tuple[Any, TxId, int]]) -> set[TxId]:
+        async with gate:
+            return await client.batch_decoded(receipt_calls(group),
+                                              lambda r: succeeded_of(r, group))
+
+    found = await asyncio.gather(*(one(g) for g in receipt_groups(wanted, RECEIPTS_PER_REQUEST)))
+    return set().union(*found)
+
+
 # ----------------------------------------------------------------- the daemon's side
 
 
@@ -304,8 +322,10 @@ class ScanWorker:
         return False
 
     async def scan(self, endpoint: str, plan: Any, refs: Sequence[BlockRef], watched: Any
-                   ) -> tuple[list[parse.ScannedBlock], list[parse.ScannedBlock]] | None:
-        """(scanned, doubtful) of ``refs`` at ``endpoint``; None when the watched set changed
+                   ) -> tuple[list[parse.ScannedBlock], list[parse.ScannedBlock],
+                              set[TxId]] | None:
+        """(scanned, doubtful, txids of candidates that succeeded) of ``refs`` at ``endpoint``;
+        None when the watched set changed
         meanwhile (scan in process). Raises the endpoint's error as the pool expects it, and
         :class:`WorkerGone` when the worker is not there (scan in process)."""
         if self.failed:
@@ -319,7 +339,7 @@ class ScanWorker:
         finally:
             self._pending.pop(rid, None)
         if reply[0] == "ok":
-            _, _, generation, scanned, flags, observations = reply
+            _, _, generation, scanned, flags, succeeded, observations = reply
             self._replay(observations)
             if generation != watched.generation:
                 return None
@@ -327,7 +347,7 @@ class ScanWorker:
             if self.ranges == 1:
                 log.info("chain %s: catch-up ranges fetched and scanned by the scan worker",
                          self._init.chain)
-            return scanned, [s for s, d in zip(scanned, flags, strict=True) if d]
+            return scanned, [s for s, d in zip(scanned, flags, strict=True) if d], succeeded
         if reply[0] == "err":
             self._replay(reply[3])
             raise _decode_error(reply[2], endpoint)

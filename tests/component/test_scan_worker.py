@@ -146,7 +146,8 @@ async def test_worker_scan_equals_the_in_process_scan(servers: list[Served]) -> 
         await src.close()
 
 
-@pytest.mark.parametrize("fault", ["wrong_block", "null_block", "short_batch", "not_json"])
+@pytest.mark.parametrize("fault", ["wrong_block", "null_block", "short_batch", "not_json",
+                                   "missing_receipt"])
 async def test_a_lie_seen_by_the_worker_is_refused_and_asked_elsewhere(
         servers: list[Served], fault: str) -> None:
     sim, refs = chain(24, seed=2)
@@ -160,7 +161,7 @@ async def test_a_lie_seen_by_the_worker_is_refused_and_asked_elsewhere(
         got = summary(await src.contents(refs, watched))
         assert got == await truth(sim, refs, watched, f"{chain_id}-truth")
         assert liar.node.injected.get(fault, 0) >= 1
-        if fault in ("wrong_block", "null_block", "short_batch"):
+        if fault in ("wrong_block", "null_block", "short_batch", "missing_receipt"):
             rejected = sum(s.value for m in REGISTRY.collect()
                            if m.name == "watcher_node_answers_rejected"
                            for s in m.samples if s.labels.get("chain") == chain_id
