@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return s
 
     def new(ref: BlockRef, raw: bytes) -> parse.ScannedBlock:
-        replies = raise_errors(client._raw_replies(200, raw, 1, 2))
+        replies = raise_errors(client._raw_replies(200, raw, 1, 2, contents=True))
         s = parse.scan_block_json(replies[0], ref, watched, assets)
         logs = answers.generic(replies[1])
         parse.scan_logs(logs, s, watched, assets)

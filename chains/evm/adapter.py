@@ -411,7 +411,8 @@ class EvmChainSource:
         plan = self._plan
         calls = plan.calls(refs)
         return await self._pool.ask(
-            lambda c: c.batch_raw_decoded(calls, lambda r: plan.decode(r, refs, watched)),
+            lambda c: c.batch_raw_decoded(calls, lambda r: plan.decode(r, refs, watched),
+                                              contents=True),
             what=f"contents of {len(refs)} blocks")
 
     async def _logs_from_receipts(self, block: parse.ScannedBlock) -> list[Any]:

@@ -60,7 +60,17 @@ class HeaderView(msgspec.Struct, gc=False):
     timestamp: Any = None
 
 
+class ContentsEnvelope(msgspec.Struct, gc=False):
+    """One reply of a contents batch, decoded in the same pass as the envelope: a block is an
+    object (:class:`BlockView`), logs and traces are arrays (dicts and lists inside)."""
+
+    id: Any = None
+    result: BlockView | list[Any] | msgspec.UnsetType | None = msgspec.UNSET
+    error: Any = None
+
+
 _BATCH = msgspec.json.Decoder(list[Envelope])
+_CONTENTS = msgspec.json.Decoder(list[ContentsEnvelope])
 _BLOCK = msgspec.json.Decoder(BlockView | None)
 _HEADER = msgspec.json.Decoder(HeaderView | None)
 _ANY = msgspec.json.Decoder()
@@ -74,17 +84,37 @@ def batch(raw: bytes) -> list[Envelope]:
     return _BATCH.decode(raw)
 
 
-def block(raw: msgspec.Raw | bytes) -> BlockView | None:
-    return _BLOCK.decode(raw)
+def contents_batch(raw: bytes) -> list[ContentsEnvelope]:
+    """The replies of a contents batch (blocks with transactions, logs, traces), in one pass."""
+    return _CONTENTS.decode(raw)
+
+
+def has_no_result(result: object) -> bool:
+    """A reply without ``result`` (``null`` is a result)."""
+    return result is msgspec.UNSET or (type(result) is msgspec.Raw and not len(result))
+
+
+def block(raw: object) -> BlockView | None:
+    """A block reply as a view: decoded from its encoded result, or as it came from
+    :func:`contents_batch` (a view, or ``None``; an array there is refused)."""
+    if raw is None or type(raw) is BlockView:
+        return raw
+    if type(raw) is msgspec.Raw or type(raw) is bytes:
+        return _BLOCK.decode(raw)
+    raise DecodeError(f"Expected `object | null`, got `{type(raw).__name__}`")
 
 
 def header(raw: msgspec.Raw | bytes) -> HeaderView | None:
     return _HEADER.decode(raw)
 
 
-def generic(raw: msgspec.Raw | bytes) -> Any:
-    """Dicts and lists, as ``orjson.loads`` gives them (logs, receipts, traces)."""
-    return _ANY.decode(raw)
+def generic(raw: Any) -> Any:
+    """Dicts and lists, as ``orjson.loads`` gives them (logs, receipts, traces); a result that
+    :func:`contents_batch` already decoded passes as it is (an object there is a
+    :class:`BlockView`, which no check of a list accepts)."""
+    if type(raw) is msgspec.Raw or type(raw) is bytes:
+        return _ANY.decode(raw)
+    return raw
 
 
 def tx_hash_of(tx: object) -> object:

@@ -235,10 +235,11 @@ def scan_block(obj: object, ref: BlockRef, watched: WatchedAddressLookup,
     return scanned
 
 
-def scan_block_json(raw: bytes, ref: BlockRef, watched: WatchedAddressLookup,
+def scan_block_json(raw: Any, ref: BlockRef, watched: WatchedAddressLookup,
                     assets: Assets) -> ScannedBlock:
-    """:func:`scan_block` of an encoded answer, decoded into :class:`answers.BlockView`
-    (only the fields the checks and the scan read). Same checks, same result."""
+    """:func:`scan_block` of an encoded answer (or of one a contents batch already decoded),
+    decoded into :class:`answers.BlockView` (only the fields the checks and the scan read).
+    Same checks, same result."""
     try:
         view = answers.block(raw)
     except answers.DecodeError as exc:

@@ -221,26 +221,33 @@ class EvmRpcClient:
                             label)
 
     async def batch_raw_decoded(self, calls: Sequence[Call],
-                                decode: Callable[[list[Any]], T]) -> T:
+                                decode: Callable[[list[Any]], T], *,
+                                contents: bool = False) -> T:
         """Like :meth:`batch_decoded`, but each reply is a result still encoded (a
         ``msgspec.Raw``, for :mod:`chains.evm.answers`) or the :class:`RpcError` answered.
 
         The envelope is decoded with msgspec and checked as :meth:`batch_decoded` checks
         it (one reply per call, ids matched in any order); an answer that is not a list
-        of reply objects (a refused batch, an HTTP error) is classified as there."""
+        of reply objects (a refused batch, an HTTP error) is classified as there.
+
+        ``contents``: the batch asks block contents (blocks with transactions, logs,
+        traces); its results are decoded in the same pass (:func:`answers.contents_batch`):
+        a block as a view, logs and traces as lists."""
         if not calls:
             return decode([])
         first, body = self._batch_body(calls)
         label = _batch_label(calls)
         status, raw = await self._exchange(body, label)
         count = len(calls)
-        return self._finish(lambda: decode(self._raw_replies(status, raw, first, count)), label)
+        return self._finish(lambda: decode(self._raw_replies(status, raw, first, count,
+                                                             contents)), label)
 
-    def _raw_replies(self, status: int, raw: bytes, first: int, count: int) -> list[Any]:
-        envelopes: list[answers.Envelope] | None = None
+    def _raw_replies(self, status: int, raw: bytes, first: int, count: int,
+                     contents: bool = False) -> list[Any]:
+        envelopes: Sequence[answers.Envelope | answers.ContentsEnvelope] | None = None
         if status == 200:
             try:
-                envelopes = answers.batch(raw)
+                envelopes = answers.contents_batch(raw) if contents else answers.batch(raw)
             except answers.DecodeError:
                 envelopes = None
         if envelopes is None:
@@ -262,7 +269,7 @@ class EvmRpcClient:
             seen[rid - first] = True
             if item.error is not None:
                 replies[rid - first] = rpc_error_from_object(item.error, self.name)
-            elif not len(item.result):
+            elif answers.has_no_result(item.result):
                 raise NodeAnswerInvalid("answer has neither result nor error", self.name)
             else:
                 replies[rid - first] = item.result

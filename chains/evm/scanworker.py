@@ -219,7 +219,8 @@ async def _scan_range(client: EvmRpcClient, init: WorkerInit, plan: Any, refs: S
                                                         list[parse.ScannedBlock]]:
         try:
             calls = plan.calls(part)
-            return await client.batch_raw_decoded(calls, lambda r: plan.decode(r, part, keys))
+            return await client.batch_raw_decoded(calls, lambda r: plan.decode(r, part, keys),
+                                                  contents=True)
         except RpcError as exc:
             if not exc.too_large or len(part) == 1:
                 raise

@@ -131,3 +131,35 @@ def test_recorded_anvil_block_both_ways() -> None:
     assert by_dict.found == by_view.found and len(by_view.found) == 1
     assert [answers.tx_hash_of(t) for t in by_view.txs] == [t["hash"] for t in rec["block"]
                                                             ["transactions"]]
+
+
+def test_contents_batch_in_one_pass_equals_the_two_pass_decoding() -> None:
+    """A contents batch decoded with its results in the envelope's pass gives the views and
+    lists the two-pass decoding gives; an answer of the wrong shape is refused."""
+    from chains.evm.rpc import EvmRpcClient
+    from watcher.config import Endpoint
+
+    rec = {name: load(name) for name in ("block", "logs", "meta")}
+    ref, watched, assets = _recorded_setup(rec)
+    raw = orjson.dumps([{"jsonrpc": "2.0", "id": 8, "result": rec["logs"]},
+                        {"jsonrpc": "2.0", "id": 7, "result": rec["block"]}])
+    client = EvmRpcClient("t", Endpoint("e", "http://127.0.0.1:1"), chain_id=1, timeout_s=1)
+    one = client._raw_replies(200, raw, 7, 2, contents=True)
+    two = client._raw_replies(200, raw, 7, 2)
+    assert type(one[0]) is answers.BlockView and one[1] == answers.generic(two[1]) == rec["logs"]
+    scans = [parse.scan_block_json(r[0], ref, watched, assets) for r in (one, two)]
+    for s, r in zip(scans, (one, two), strict=True):
+        parse.scan_logs(answers.generic(r[1]), s, watched, assets)
+    assert found(scans[0]) == found(scans[1]) and scans[0].found == scans[1].found
+    swapped = client._raw_replies(200, orjson.dumps([
+        {"jsonrpc": "2.0", "id": 7, "result": rec["logs"]},
+        {"jsonrpc": "2.0", "id": 8, "result": rec["block"]}]), 7, 2, contents=True)
+    with pytest.raises(NodeAnswerInvalid):
+        parse.scan_block_json(swapped[0], ref, watched, assets)  # logs where a block should be
+    with pytest.raises(NodeAnswerInvalid):
+        parse.scan_logs(answers.generic(swapped[1]), scans[0], watched, assets)
+    with pytest.raises(NodeAnswerInvalid) as info:
+        client._raw_replies(200, orjson.dumps([{"jsonrpc": "2.0", "id": 7, "result": "0x12"},
+                                               {"jsonrpc": "2.0", "id": 8, "result": []}]),
+                            7, 2, contents=True)
+    assert info.value.check is AnswerCheck.BATCH
