@@ -344,7 +344,7 @@ class EvmChainSource:
             return []
         worker = self._worker
         if worker is not None and len(refs) >= SCAN_WORKER_MIN_BLOCKS and \
-                getattr(watched, "generation", None) is not None and worker.usable(watched):
+                getattr(watched, "generation", None) is not None and await worker.ready(watched):
             done = await self._contents_by_worker(worker, refs, watched)
             if done is not None:
                 return done

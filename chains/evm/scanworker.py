@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 RESYNC_INTERVAL_S = 1.0
 """At most one fresh copy of the watched keys per second (a copy costs O(keys))."""
 
+KEYS_WAIT_S = 0.5
+"""How long a range waits for the worker to take a fresh copy of the keys before it is
+scanned in process instead."""
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerInit:
@@ -277,6 +281,7 @@ class ScanWorker:
         self._sent: int | None = None
         self._sent_at = -math.inf
         self._attached = False
+        self._keys_acked: asyncio.Future[int] | None = None
         self.failed = False
         self.ranges = 0
         """Ranges whose scan came from the worker and was used."""
@@ -319,8 +324,24 @@ class ScanWorker:
             return True
         if self._sent != generation and time.monotonic() - self._sent_at >= RESYNC_INTERVAL_S:
             self._sent, self._sent_at = generation, time.monotonic()
-            self._send(("keys", generation, b"".join(watched)))
+            self._keys_acked = asyncio.get_running_loop().create_future()
+            try:
+                self._send(("keys", generation, b"".join(watched)))
+            except WorkerGone:
+                return False
         return False
+
+    async def ready(self, watched: Any, wait_s: float = KEYS_WAIT_S) -> bool:
+        """:meth:`usable`, waiting up to ``wait_s`` for a copy of the keys just sent to be
+        taken (a thousand keys take milliseconds; millions, longer than a range in process)."""
+        if self.usable(watched):
+            return True
+        acked = self._keys_acked
+        if acked is None or self._sent != watched.generation or self.failed:
+            return False
+        with contextlib.suppress(TimeoutError, WorkerGone):
+            await asyncio.wait_for(asyncio.shield(acked), wait_s)
+        return self.usable(watched)
 
     async def scan(self, endpoint: str, plan: Any, refs: Sequence[BlockRef], watched: Any
                    ) -> tuple[list[parse.ScannedBlock], list[parse.ScannedBlock],
@@ -376,6 +397,8 @@ class ScanWorker:
                 msg = conn.recv()
                 if msg[0] == "keys":
                     self._acked = msg[1]
+                    if self._keys_acked is not None and not self._keys_acked.done():
+                        self._keys_acked.set_result(msg[1])
                     continue
                 future = self._pending.get(msg[1])
                 if future is not None and not future.done():
@@ -393,6 +416,8 @@ class ScanWorker:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(WorkerGone(why))
+        if self._keys_acked is not None and not self._keys_acked.done():
+            self._keys_acked.set_result(-1)  # whoever waits for it sees failed
 
     async def close(self) -> None:
         conn, proc = self._conn, self._proc
