@@ -104,8 +104,8 @@ def run_cryo(rpc: str, start: int, end: int, contract: str, *, cpus: Sequence[in
     chunk_size = chunk_size or best_k
     with tempfile.TemporaryDirectory(prefix="bench-cryo-") as out:
         # cryo's block ranges are end-exclusive: start:end+1 is start..end.
-        args = {"rpc": rpc, "start": start, "end": end + 1, "out": out, "contract": contract,
-                "topic0": TRANSFER_TOPIC, "exclude": list(RECEIPT_COLUMNS),
+        args = {"rpc": rpc, "start": start, "end": end + 1, "out": out, "contract": [contract],
+                "topic0": [TRANSFER_TOPIC], "exclude": list(RECEIPT_COLUMNS),
                 "concurrency": concurrency, "chunk": chunk_size}
         cmd = [str(py), "-c", _SCRIPT, json.dumps(args)]
         pinned = "unpinned (both cores)"
