@@ -42,16 +42,22 @@ RECEIPT_COLUMNS = ("gas_used", "success")
 
 BEST_CONCURRENCY = 16
 BEST_CHUNK_SIZE = 100
-TUNE_GRID: tuple[tuple[int, int], ...] = ((4, 100), (8, 100), (16, 100), (32, 100), (16, 50), (16, 250),
-                                          (32, 250))
+TUNE_GRID: tuple[tuple[int, int], ...] = ((16, 100), (16, 50), (32, 50), (16, 25), (32, 25), (64, 25),
+                                          (16, 10), (32, 10), (64, 10))
+"""(max_concurrent_requests, chunk_size); smaller chunks won on the first tuning (more
+chunks in flight), so the grid goes down to 10 blocks a chunk."""
 
 _SCRIPT = """
-import sys, json, cryo
+import sys, os, json, cryo
 a = json.loads(sys.argv[1])
 cryo.freeze(["blocks", "transactions", "logs"], rpc=a["rpc"], start_block=a["start"],
             end_block=a["end"], output_dir=a["out"], contract=a["contract"], topic0=a["topic0"],
             exclude_columns=a["exclude"], max_concurrent_requests=a["concurrency"],
             chunk_size=a["chunk"], verbose=False, hex=True)
+sys.stdout.flush()
+# cryo 0.3.2's Rust runtime can abort in interpreter finalization (PyGILState_Release) once
+# its work is done and written: leave without finalizing.
+os._exit(0)
 """
 
 
