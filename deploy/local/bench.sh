@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# `make bench`: prints catch-up throughput (replay server, anvil, ethereum-etl), block-to-event
-# latency and the address index's memory. Generates the benchmark chain on first use.
+# `make bench`: prints catch-up throughput (the watcher end to end and its steady rate, with
+# the bloom check on and off; cryo and a tuned ethereum-etl on the same replay server, each
+# on one core and unpinned; anvil), the per-block decode cost, block-to-event latency and the
+# address index's memory. Generates the benchmark chain, and tunes the peers, on first use.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ./deploy/local/bootstrap.sh
 python3 deploy/local/devstack.py install
 echo "== catch-up"; .venv/bin/python -m bench.catchup
+echo "== decode, check and scan per block"; .venv/bin/python -m bench.decode
 echo "== latency"; .venv/bin/python -m bench.latency
 echo "== address index memory"; .venv/bin/python -m bench.address_memory --sizes 1000000,10000000
