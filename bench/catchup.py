@@ -163,8 +163,8 @@ class Figure:
     def line(self) -> str:
         lo, hi = min(self.rates), max(self.rates)
         runs = f"{lo:,.0f}-{hi:,.0f}" if len(self.rates) > 1 else "1 run"
-        return (f"{self.tool:<52}{self.pinning:<24}{self.median:>9,.0f}  ({runs}, "
-                f"n={len(self.rates)}){'  ' + self.note if self.note else ''}")
+        return (f"{self.median:>8,.0f}  {runs + f', n={len(self.rates)}':<18}{self.pinning:<20}"
+                f"{self.tool}{'; ' + self.note if self.note else ''}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"watcher settings: batch_size {args.batch_size}, max_concurrency {args.concurrency}, "
           f"blocks_per_request {args.blocks_per_request}")
-    print(f"{'tool':<52}{'pinning':<24}{'blocks/s':>9}")
+    print(f"{'blocks/s':>8}  {'(range, runs)':<18}{'pinning':<20}tool")
     for f in figures:
         print(f.line())
     by = {f.key: f.median for f in figures}

@@ -125,22 +125,35 @@ async def _consume_until(kafka: Any, topic: str, want: set[str], proc: subproces
                          timeout_s: float) -> tuple[float, dict[str, list[dict[str, Any]]], int]:
     """Reads ``topic`` read_committed from the start until every id of ``want`` has an event;
     (when the last one arrived, the events by deposit id, how many)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
     from watcher.kafka.client import ManualConsumer
 
-    consumer = ManualConsumer(kafka, topic, timeout_s=30)
+    # The partitions, as the watcher's own reader finds them; then a consumer that waits at
+    # most 20 ms a fetch, so the last commit is seen when it lands (not up to 0.5 s later).
+    probe = ManualConsumer(kafka, topic, timeout_s=30)
+    partitions = await probe.start()
+    await probe.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers,
+                                isolation_level="read_committed", enable_auto_commit=False,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=20)
     await consumer.start()
+    tps = [TopicPartition(topic, p) for p in partitions]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
     try:
         deadline = time.monotonic() + timeout_s
         events: dict[str, list[dict[str, Any]]] = {}
         count = 0
 
-        def take(records: Sequence[Any]) -> int:
+        async def take(timeout_ms: int) -> int:
             n = 0
-            for r in records:
-                if r.value is not None:
-                    ev = orjson.loads(r.value)
-                    events.setdefault(ev["deposit_id"], []).append(ev)
-                    n += 1
+            for records in (await consumer.getmany(timeout_ms=timeout_ms)).values():
+                for r in records:
+                    if r.value is not None:
+                        ev = orjson.loads(r.value)
+                        events.setdefault(ev["deposit_id"], []).append(ev)
+                        n += 1
             return n
 
         while not want <= events.keys():
@@ -148,10 +161,10 @@ async def _consume_until(kafka: Any, topic: str, want: set[str], proc: subproces
                 raise SystemExit(f"watcher exited with {proc.returncode} before committing every deposit")
             if time.monotonic() > deadline:
                 raise SystemExit(f"timeout: {len(want - events.keys())} deposits never committed")
-            count += take(await consumer.fetch(timeout_ms=50))
+            count += await take(50)
         done = time.perf_counter()
         # Late extras (a wrong event after the last right one) are still looked for.
-        count += take(await consumer.fetch(timeout_ms=300))
+        count += await take(300)
         return done, events, count
     finally:
         await consumer.stop()
