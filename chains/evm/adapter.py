@@ -43,6 +43,10 @@ SCAN_WORKER_MIN_BLOCKS = int(os.environ.get("WATCHER_EVM_SCAN_WORKER_MIN_BLOCKS"
 """Ranges at least this long go to the scan worker: catch-up batches, never the one or two
 blocks of following the head (that stays in process, as cheap as before)."""
 
+SCAN_WORKERS = max(1, int(os.environ.get("WATCHER_EVM_SCAN_WORKERS", "2")))
+"""Scan worker processes per chain, each a share of a range: on the 2-core benchmark machine
+one worker was the bottleneck (the daemon 32 % busy), two use both cores."""
+
 RECEIPTS_PER_REQUEST = 64
 """Native-candidate receipts per POST when a whole range's are asked at once (worker)."""
 
@@ -176,7 +180,7 @@ class EvmChainSource:
         self._pool = pool if pool is not None else build_pool(cfg)
         self._want_worker = scan_worker and all(self._pool.client(n).url is not None
                                                 for n in self._pool.names)
-        self._worker: ScanWorker | None = None
+        self._workers: list[ScanWorker] = []
         if self._want_worker:
             # Now, while the daemon has no thread and no socket yet (the worker is forked).
             self._start_worker()
@@ -193,9 +197,9 @@ class EvmChainSource:
         return self._pool
 
     @property
-    def scan_worker(self) -> ScanWorker | None:
-        """The second process scanning catch-up ranges, once started (None: in process)."""
-        return self._worker
+    def scan_workers(self) -> list[ScanWorker]:
+        """The processes scanning catch-up ranges, each a share of a range (none: in process)."""
+        return list(self._workers)
 
     @property
     def traces_enabled(self) -> bool | None:
@@ -247,20 +251,23 @@ class EvmChainSource:
             url = self._pool.client(name).url
             assert url is not None
             endpoints.append((name, url))
-        worker = ScanWorker(WorkerInit(
+        init = WorkerInit(
             chain=self._chain, chain_id=cfg.chain_id, endpoints=tuple(endpoints),
             timeout_s=cfg.rpc_timeout_ms / 1000, connections=max(4, 2 * cfg.max_concurrency),
             blocks_per_request=cfg.blocks_per_request, max_concurrency=cfg.max_concurrency,
-            key_size=20))
+            key_size=20)
         pool = self._pool
-        worker.observe = lambda name, label, seconds: pool.client(name).observe_latency(
-            label, seconds)
-        try:
-            worker.start()
-        except Exception as exc:  # no process can be started: catch-up stays in process
-            log.warning("chain %s: scan worker not started (%s)", self._chain, type(exc).__name__)
-            return
-        self._worker = worker
+        for _ in range(SCAN_WORKERS):
+            worker = ScanWorker(init)
+            worker.observe = lambda name, label, seconds: pool.client(name).observe_latency(
+                label, seconds)
+            try:
+                worker.start()
+            except Exception as exc:  # no process can be started: catch-up stays in process
+                log.warning("chain %s: scan worker not started (%s)", self._chain,
+                            type(exc).__name__)
+                break
+            self._workers.append(worker)
 
     async def _ensure_started(self) -> None:
         if not self._started:
@@ -342,10 +349,11 @@ class EvmChainSource:
         await self._ensure_started()
         if not refs:
             return []
-        worker = self._worker
-        if worker is not None and len(refs) >= SCAN_WORKER_MIN_BLOCKS and \
-                getattr(watched, "generation", None) is not None and await worker.ready(watched):
-            done = await self._contents_by_worker(worker, refs, watched)
+        workers = self._workers
+        if workers and len(refs) >= SCAN_WORKER_MIN_BLOCKS and \
+                getattr(watched, "generation", None) is not None and \
+                all([await w.ready(watched) for w in workers]):
+            done = await self._contents_by_worker(workers, refs, watched)
             if done is not None:
                 return done
         size = max(1, min(self._cfg.blocks_per_request,
@@ -360,21 +368,36 @@ class EvmChainSource:
         results = await _gather_or_cancel([run(c) for c in chunks])
         return [c for chunk_result in results for c in chunk_result]
 
-    async def _contents_by_worker(self, worker: ScanWorker, refs: Sequence[BlockRef],
+    async def _contents_by_worker(self, workers: Sequence[ScanWorker], refs: Sequence[BlockRef],
                                   watched: WatchedAddressLookup) -> list[BlockContents] | None:
         """``refs`` fetched, checked and scanned, and their native candidates' receipts fetched
-        and checked, by the worker at the endpoint the pool picks (one attempt each, the
-        pool's retries and failover); then, in process, the receipts that settle doubtful
-        logs. None: scan in process instead."""
+        and checked, by the workers (a contiguous share each) at the endpoint the pool picks
+        (one attempt each, the pool's retries and failover); then, in process, the receipts
+        that settle doubtful logs. None: scan in process instead."""
 
         plan = self._plan
+        share = math.ceil(len(refs) / len(workers))
+        parts = [(w, refs[i * share:(i + 1) * share]) for i, w in enumerate(workers)
+                 if refs[i * share:(i + 1) * share]]
 
         async def op(c: EvmRpcClient) -> tuple[list[parse.ScannedBlock],
                                                list[parse.ScannedBlock], set[TxId]] | None:
+            tasks = [asyncio.ensure_future(w.scan(c.name, plan, part, watched))
+                     for w, part in parts]
             try:
-                return await worker.scan(c.name, plan, refs, watched)
+                results = await asyncio.gather(*tasks)
             except WorkerGone:
                 return None
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if any(r is None for r in results):
+                return None  # the watched set changed meanwhile
+            scanned = [s for r in results if r is not None for s in r[0]]
+            doubtful = [s for r in results if r is not None for s in r[1]]
+            succeeded: set[TxId] = set().union(*(r[2] for r in results if r is not None))
+            return scanned, doubtful, succeeded
 
         got = await self._pool.ask(op, what=f"contents of {len(refs)} blocks (scan worker)")
         if got is None:
@@ -447,8 +470,8 @@ class EvmChainSource:
             what="receipts of native transfers")
 
     async def close(self) -> None:
-        worker, self._worker = self._worker, None
-        if worker is not None:
+        workers, self._workers = self._workers, []
+        for worker in workers:
             await worker.close()
         await self._pool.close()
 

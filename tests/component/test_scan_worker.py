@@ -113,16 +113,16 @@ def worker_source(urls: dict[str, str], chain_id: str) -> EvmChainSource:
 
 async def worker_ready(src: EvmChainSource, watched: AddressIndex) -> None:
     await src.verify_identity()
-    worker = src.scan_worker
-    assert worker is not None
+    assert src.scan_workers
     async with asyncio.timeout(60):
-        while not worker.usable(watched):  # noqa: ASYNC110 - the ack has no event to wait on
-            await asyncio.sleep(0.05)
+        for worker in src.scan_workers:
+            while not worker.usable(watched):  # noqa: ASYNC110 - the ack has no event to wait on
+                await asyncio.sleep(0.05)
 
 
 def worker_ranges(src: EvmChainSource) -> int:
-    worker = src.scan_worker
-    return worker.ranges if worker is not None else 0
+    """Ranges served by the workers: each range gives every worker a share."""
+    return min((w.ranges for w in src.scan_workers), default=0)
 
 
 async def test_worker_scan_equals_the_in_process_scan(servers: list[Served]) -> None:
@@ -217,8 +217,8 @@ async def test_a_dead_worker_falls_back_to_the_process(servers: list[Served]) ->
     src = worker_source({"only": node.url}, "w-dead")
     try:
         await worker_ready(src, watched)
-        worker = src.scan_worker
-        assert worker is not None and worker.process is not None
+        worker = src.scan_workers[0]
+        assert worker.process is not None
         worker.process.kill()
         worker.process.join(10)
         got = summary(await src.contents(refs, watched))
