@@ -55,7 +55,12 @@ from watcher.types import BlockRef, TxId
 log = logging.getLogger(__name__)
 
 RESYNC_INTERVAL_S = 1.0
-"""At most one fresh copy of the watched keys per second (a copy costs O(keys))."""
+"""At most one fresh copy of the watched keys per second, per 100,000 keys (a copy costs
+O(keys) on the daemon's event loop)."""
+
+MAX_KEYS = 1_000_000
+"""Above this many watched keys catch-up stays in process: copying them to the worker would
+hold the daemon's event loop for too long at every change."""
 
 KEYS_WAIT_S = 0.5
 """How long a range waits for the worker to take a fresh copy of the keys before it is
@@ -322,7 +327,11 @@ class ScanWorker:
         generation = watched.generation
         if self._acked == generation:
             return True
-        if self._sent != generation and time.monotonic() - self._sent_at >= RESYNC_INTERVAL_S:
+        size = len(watched)
+        if size > MAX_KEYS:
+            return False
+        interval = RESYNC_INTERVAL_S * max(1.0, size / 100_000)
+        if self._sent != generation and time.monotonic() - self._sent_at >= interval:
             self._sent, self._sent_at = generation, time.monotonic()
             self._keys_acked = asyncio.get_running_loop().create_future()
             try:
