@@ -145,6 +145,7 @@ async def _consume_until(kafka: Any, topic: str, want: set[str], proc: subproces
         deadline = time.monotonic() + timeout_s
         events: dict[str, list[dict[str, Any]]] = {}
         count = 0
+        last_produced = [0.0]
 
         async def take(timeout_ms: int) -> int:
             n = 0
@@ -154,6 +155,7 @@ async def _consume_until(kafka: Any, topic: str, want: set[str], proc: subproces
                         ev = orjson.loads(r.value)
                         events.setdefault(ev["deposit_id"], []).append(ev)
                         n += 1
+                        last_produced[0] = max(last_produced[0], r.timestamp / 1000)
             return n
 
         while not want <= events.keys():
@@ -163,6 +165,9 @@ async def _consume_until(kafka: Any, topic: str, want: set[str], proc: subproces
                 raise SystemExit(f"timeout: {len(want - events.keys())} deposits never committed")
             count += await take(50)
         done = time.perf_counter()
+        if os.environ.get("BENCH_E2E_DEBUG"):
+            print(f"last record produced {time.time() - last_produced[0]:.3f} s before it was seen",
+                  file=sys.stderr)
         # Late extras (a wrong event after the last right one) are still looked for.
         count += await take(300)
         return done, events, count
