@@ -238,13 +238,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                             steady[bloom].append(run)
                     on = tuple(r.blocks_per_s for r in steady[True])
                     off = tuple(r.blocks_per_s for r in steady[False])
-                    cost = 1 - statistics.median(on) / statistics.median(off)
+                    ratio = statistics.median(on) / statistics.median(off)
                     figures.append(Figure("steady-on", "watcher steady rate (in process, start-up excluded)",
                                           "unpinned (2 cores)", on, "every answer check on"))
                     figures.append(Figure("steady-off",
                                           "  same, bloom check off (#6: what verification costs)",
                                           "unpinned (2 cores)", off,
-                                          f"verification costs {cost:.1%} of the rate"))
+                                          f"checks on / off: {ratio:.2f} (#6 target >= 0.90; "
+                                          "below the run-to-run noise when the ranges overlap)"))
                 if not args.skip_cryo:
                     from bench import cryo_peer
 
