@@ -24,6 +24,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import tempfile
 import time
@@ -36,7 +37,7 @@ import orjson
 
 from bench.chaingen import ensure_chain, load_meta, load_watched, start_anvil_from_data
 from bench.replay_server import ReplayServer
-from chains.evm.adapter import EvmAddressCodec, build_source
+from chains.evm.adapter import EvmAddressCodec, EvmChainSource
 from watcher.config import parse
 from watcher.core.addresses import AddressIndex
 from watcher.kafka.client import ensure_topics
@@ -89,7 +90,8 @@ def _config(url: str, bootstrap: str, meta: dict[str, Any], start: int, prefix: 
 async def watcher_catch_up(name: str, url: str, bootstrap: str, meta: dict[str, Any],
                            watched: Sequence[str], start: int, end: int, batch_size: int,
                            concurrency: int, per_request: int = 2,
-                           extra_watched: int = 0) -> tuple[CatchUp, set[str]]:
+                           extra_watched: int = 0, *, check_bloom: bool = True
+                           ) -> tuple[CatchUp, set[str]]:
     prefix = f"bench-{name}-{os.getpid()}-{int(time.time())}"
     cfg = _config(url, bootstrap, meta, start, prefix, batch_size, concurrency, per_request)
     await ensure_topics(cfg.kafka, chains=list(cfg.chains))
@@ -101,7 +103,7 @@ async def watcher_catch_up(name: str, url: str, bootstrap: str, meta: dict[str, 
     rng = random.Random(5)
     for _ in range(extra_watched):   # addresses that never receive anything: only a bigger index
         index.add(rng.randbytes(20))
-    source = build_source(chain)
+    source = EvmChainSource(chain, check_bloom=check_bloom)
     sink = KafkaTransactionalSink(cfg.kafka, f"{prefix}-eth", "eth")
     follower = ChainFollower(chain, source, sink, index, codec, cfg.kafka.topics.deposits)
     await follower.start()
@@ -143,6 +145,28 @@ def _pin(pid: int, cpu: int) -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@dataclass(frozen=True)
+class Figure:
+    """Runs of one tool under one pinning: the median and the range are printed."""
+
+    key: str
+    """(tool, pinning) for the ratios: watcher-1, watcher-2, cryo-1, cryo-2, etl-1, etl-2, ..."""
+    tool: str
+    pinning: str
+    rates: tuple[float, ...]
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+    def line(self) -> str:
+        lo, hi = min(self.rates), max(self.rates)
+        runs = f"{lo:,.0f}-{hi:,.0f}" if len(self.rates) > 1 else "1 run"
+        return (f"{self.median:>8,.0f}  {runs + f', n={len(self.rates)}':<18}{self.pinning:<20}"
+                f"{self.tool}{'; ' + self.note if self.note else ''}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blocks", type=int, default=2000)
@@ -155,6 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is shown")
     ap.add_argument("--skip-anvil", action="store_true")
     ap.add_argument("--skip-etl", action="store_true")
+    ap.add_argument("--skip-cryo", action="store_true")
+    ap.add_argument("--skip-steady", action="store_true",
+                    help="leave out the in-process steady rate and the bloom on/off pair")
+    ap.add_argument("--retune", action="store_true",
+                    help="tune ethereum-etl and cryo again even when a tuning is cached")
     args = ap.parse_args(argv)
 
     directory = ensure_chain(args.blocks, args.txs)
@@ -162,68 +191,132 @@ def main(argv: Sequence[str] | None = None) -> int:
     watched = load_watched(directory)
     start, end = int(meta.get("first_payload_block", 1)), int(meta["head"])
     want = expected_ids(directory)
+    from bench.e2e import run_end_to_end
     from tests.support.services import ServiceManager
 
-    results: list[CatchUp] = []
-    replay_runs: list[CatchUp] = []
-    etl_rates: list[float] = []
+    figures: list[Figure] = []
+    anvil_result: CatchUp | None = None
+    steady: dict[bool, list[CatchUp]] = {True: [], False: []}
     with tempfile.TemporaryDirectory(prefix="bench-catchup-") as tmp:
         services = ServiceManager(Path(tmp))
         try:
             kafka = services.kafka()
-            # The watcher alone on core 0; the node (replay server or anvil) and the broker share
-            # core 1, so what is measured is the watcher's own throughput.
+            # The node (replay server or anvil) and the broker on core 1. A tool "on core 0"
+            # has core 0 to itself; "unpinned" may use both cores, sharing core 1 with them.
             kafka_pid = int((Path(tmp) / "run" / "kafka.pid").read_text().split()[0])
             _pin(kafka_pid, 1)
-            os.sched_setaffinity(0, {0})
             with ReplayServer(directory, cpu=1) as replay:
-                # This VM's speed varies run to run by +-20%: every figure is a median of
-                # --repeat runs, ethereum-etl's too, with the range printed beside it.
+                # This VM's speed varies run to run: every figure is a median of --repeat runs
+                # with the range beside it, the tools interleaved run by run.
+                e2e: dict[str, list[float]] = {"unpinned": [], "core 0": []}
+                cpu_busy: list[float] = []
                 for _ in range(args.repeat):
-                    res, ids = asyncio.run(watcher_catch_up(
-                        "replay", replay.url, kafka.bootstrap_servers, meta, watched, start, end,
-                        args.batch_size, args.concurrency, args.blocks_per_request,
-                        args.extra_watched))
-                    _check(res, ids, want)
-                    replay_runs.append(res)
-                if not args.skip_etl:
-                    from bench.etl_baseline import run_etl_baseline
+                    for pin, cpus in (("unpinned", None), ("core 0", [0])):
+                        res, problems = run_end_to_end(replay.url, kafka.bootstrap_servers, directory,
+                                                       cpus=cpus, label=pin.replace(" ", ""))
+                        if problems:
+                            raise SystemExit("watcher end to end: output differs from the record:\n  "
+                                             + "\n  ".join(problems[:20]))
+                        e2e[pin].append(res.blocks_per_s)
+                        if cpus is None:
+                            cpu_busy.append(res.cpu_seconds / res.seconds)
+                checked = (f"all {len(want):,} deposits match the record field by field "
+                           "(id, amount, address, token, block, block hash)")
+                figures.append(Figure("watcher-2", "watcher end to end (`watcher run`, start to last commit)",
+                                      "unpinned (2 cores)", tuple(e2e["unpinned"]),
+                                      f"CPU {statistics.median(cpu_busy):.0%} of one core; " + checked))
+                figures.append(Figure("watcher-1", "watcher end to end", "core 0 (1 core)",
+                                      tuple(e2e["core 0"])))
+                if not args.skip_steady:
+                    for _ in range(args.repeat):
+                        for bloom in (True, False):
+                            run, ids = asyncio.run(watcher_catch_up(
+                                "replay", replay.url, kafka.bootstrap_servers, meta, watched, start, end,
+                                args.batch_size, args.concurrency, args.blocks_per_request,
+                                args.extra_watched, check_bloom=bloom))
+                            _check(run, ids, want)
+                            steady[bloom].append(run)
+                    on = tuple(r.blocks_per_s for r in steady[True])
+                    off = tuple(r.blocks_per_s for r in steady[False])
+                    ratio = statistics.median(on) / statistics.median(off)
+                    figures.append(Figure("steady-on", "watcher steady rate (in process, start-up excluded)",
+                                          "unpinned (2 cores)", on, "every answer check on"))
+                    figures.append(Figure("steady-off",
+                                          "  same, bloom check off (#6: what verification costs)",
+                                          "unpinned (2 cores)", off,
+                                          f"checks on / off: {ratio:.2f} (#6 target >= 0.90; "
+                                          "below the run-to-run noise when the ranges overlap)"))
+                if not args.skip_cryo:
+                    from bench import cryo_peer
 
-                    etl_rates = [run_etl_baseline(replay.url, start, end, cpu=0)
-                                 for _ in range(args.repeat)]
+                    cryo_peer.ensure_cryo_venv()
+                    if args.retune or not (cryo_peer.DATA_ROOT / "cryo-best.json").exists():
+                        cryo_peer.tune(replay.url, start, end, str(meta["token"]))
+                    runs: dict[str, list[float]] = {"unpinned": [], "core 0": []}
+                    for _ in range(args.repeat):
+                        for pin, cpus in (("unpinned", None), ("core 0", [0])):
+                            runs[pin].append(cryo_peer.run_cryo(replay.url, start, end, str(meta["token"]),
+                                                                cpus=cpus).blocks_per_s)
+                    c, k = cryo_peer.best_settings()
+                    what = (f"cryo {cryo_peer.CRYO_VERSION} (blocks+txs+filtered logs, no receipts; "
+                            f"{c} requests, chunk {k})")
+                    figures.append(Figure("cryo-2", what, "unpinned (2 cores)", tuple(runs["unpinned"]),
+                                          "process start to exit"))
+                    figures.append(Figure("cryo-1", "cryo, same", "core 0 (1 core)", tuple(runs["core 0"])))
+                if not args.skip_etl:
+                    from bench import etl_baseline
+
+                    best_path = etl_baseline.DATA_ROOT / "etl-best.json"
+                    if args.retune or not best_path.exists():
+                        etl_baseline.tune(replay.url, start, min(end, start + 399), cpu=0)
+                    best = etl_baseline.best_settings()
+                    tuned_at = time.strftime("%Y-%m-%d", time.gmtime(best_path.stat().st_mtime))
+                    runs = {"unpinned": [], "core 0": []}
+                    for _ in range(args.repeat):
+                        for pin, cpu in (("unpinned", None), ("core 0", 0)):
+                            runs[pin].append(etl_baseline.run_etl_baseline(replay.url, start, end, cpu=cpu))
+                    what = (f"ethereum-etl {etl_baseline.ETL_VERSION} tuned ({best.flavor}, batch "
+                            f"{best.batch_size}, {best.max_workers} workers; tuned {tuned_at})")
+                    figures.append(Figure("etl-1", what, "core 0 (1 core)", tuple(runs["core 0"]),
+                                          "its own logged time (start-up left out)"))
+                    figures.append(Figure("etl-2", "ethereum-etl tuned", "unpinned (2 cores)",
+                                          tuple(runs["unpinned"])))
             if not args.skip_anvil:
                 with start_anvil_from_data(directory) as anvil:
                     _pin(anvil.proc.pid, 1)
-                    res, ids = asyncio.run(watcher_catch_up("anvil", anvil.url, kafka.bootstrap_servers,
-                                                            meta, watched, start, end, args.batch_size,
-                                                            args.concurrency, args.blocks_per_request))
-                    _check(res, ids, want)
-                    results.append(res)
+                    anvil_result, ids = asyncio.run(watcher_catch_up(
+                        "anvil", anvil.url, kafka.bootstrap_servers, meta, watched, start, end,
+                        args.batch_size, args.concurrency, args.blocks_per_request))
+                    _check(anvil_result, ids, want)
         finally:
             services.close()
 
-    if replay_runs:
-        rates = sorted(r.blocks_per_s for r in replay_runs)
-        median = sorted(replay_runs, key=lambda r: r.blocks_per_s)[len(replay_runs) // 2]
-        results.insert(0, median)
     print()
     print(f"catch-up over blocks {start}..{end} ({end - start + 1} blocks, "
-          f"~{meta.get('txs_param', args.txs)} txs/block, {len(want)} deposits to 1,000 watched addresses)")
-    print(f"settings: batch_size {args.batch_size}, max_concurrency {args.concurrency}, "
-          f"blocks_per_request {args.blocks_per_request}; watcher on core 0, node and Kafka on core 1; "
-          f"index of {len(watched) + args.extra_watched:,} addresses")
-    print(f"{'served by':<14}{'blocks/s':>10}{'transfers/s':>13}{'events':>9}{'seconds':>9}"
-          f"{'CPU busy':>10}{'max RSS MB':>12}")
-    for r in results:
-        print(f"{r.source:<14}{r.blocks_per_s:>10.0f}{r.transfers_per_s:>13.0f}{r.events:>9}"
-              f"{r.seconds:>9.1f}{r.cpu_seconds / r.seconds:>10.0%}{r.max_rss_mb:>12.0f}")
-    if replay_runs:
-        print(f"replay runs (blocks/s): {', '.join(f'{x:.0f}' for x in rates)} -> median shown")
-    if etl_rates:
-        etl = sorted(etl_rates)[len(etl_rates) // 2]
-        print(f"{'ethereum-etl':<14}{etl:>10.0f}   export_blocks_and_transactions on the replay server, "
-              f"core 0; runs: {', '.join(f'{x:.0f}' for x in sorted(etl_rates))}")
-        print(f"watcher / ethereum-etl (medians): {results[0].blocks_per_s / etl:.1f}x")
+          f"~{meta.get('txs_param', args.txs)} txs/block, {len(want):,} deposits to "
+          f"{len(watched) + args.extra_watched:,} watched addresses), served from memory by the "
+          f"replay server; the server and Kafka pinned to core 1; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"watcher settings: batch_size {args.batch_size}, max_concurrency {args.concurrency}, "
+          f"blocks_per_request {args.blocks_per_request}")
+    print(f"{'blocks/s':>8}  {'(range, runs)':<18}{'pinning':<20}tool")
+    for f in figures:
+        print(f.line())
+    by = {f.key: f.median for f in figures}
+    w, w1 = by.get("watcher-2"), by.get("watcher-1")
+    cryo_u, cryo_1, etl_1 = by.get("cryo-2"), by.get("cryo-1"), by.get("etl-1")
+    print("ratios (medians, this run):")
+    if w and cryo_u:
+        print(f"  watcher end to end unpinned / cryo unpinned      {w / cryo_u:5.2f}x")
+    if w1 and cryo_1:
+        print(f"  watcher end to end core 0 / cryo core 0          {w1 / cryo_1:5.2f}x")
+    if w and etl_1:
+        print(f"  watcher end to end unpinned / ethereum-etl tuned {w / etl_1:5.2f}x")
+    if w1 and etl_1:
+        print(f"  watcher end to end core 0 / ethereum-etl tuned   {w1 / etl_1:5.2f}x (both one core)")
+    if anvil_result is not None:
+        print(f"watcher served by anvil (in process): {anvil_result.blocks_per_s:.0f} blocks/s "
+              f"(anvil-bound; watcher CPU {anvil_result.cpu_seconds / anvil_result.seconds:.0%})")
     return 0
 
 

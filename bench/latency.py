@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import subprocess
@@ -91,6 +92,21 @@ async def measure(anvil_url: str, bootstrap: str, topic: str, samples: int) -> l
     return latencies
 
 
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a process and its live children (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids.extend(int(c) for c in children)
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def pct(xs: Sequence[float], p: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
@@ -135,8 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          str(tmpd / "watcher.yaml")], stdout=out, stderr=out)
             try:
                 _wait_ready(f"http://127.0.0.1:{port}/readyz", proc, log)
+                cpu0, t0 = _cpu_of(proc.pid), time.perf_counter()
                 lat = asyncio.run(measure(anvil.url, kafka.bootstrap_servers, f"{prefix}.deposits",
                                           args.samples))
+                cpu, wall = _cpu_of(proc.pid) - cpu0, time.perf_counter() - t0
             finally:
                 proc.terminate()
                 proc.wait(20)
@@ -147,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"poll interval {args.poll_ms} ms:")
     print(f"  p50 {pct(ms, 50):.0f} ms   p90 {pct(ms, 90):.0f} ms   p99 {pct(ms, 99):.0f} ms   "
           f"max {max(ms):.0f} ms")
+    print(f"  watcher CPU while following (its process and any child): {cpu:.2f} s over "
+          f"{wall:.1f} s = {cpu / wall:.1%} of one core")
     return 0
 
 

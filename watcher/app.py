@@ -198,8 +198,14 @@ class App:
         await health.start()
         log.info("metrics and health listening", host=cfg.metrics_host, port=cfg.metrics_port)
         tasks: list[asyncio.Task[None]] = []
+        starting: dict[str, asyncio.Task[None]] = {}
         try:
             await registrations.start()  # its own task; stopped in the finally below
+            if not cfg.leadership.enabled:
+                # A follower's start (fencing its transactional id, identifying endpoints)
+                # reads no watched address: it overlaps the reading of the registrations.
+                starting = {name: asyncio.create_task(f.start(), name=f"start-{name}")
+                            for name, f in self.followers.items()}
             # Deposits are judged against the full address set: follow chains only once the
             # registrations topic has been read to its end.
             caught = asyncio.create_task(registrations.caught_up.wait())
@@ -219,7 +225,7 @@ class App:
                         self._lead_chain(name, new_follower, stop), name=f"lead-{name}"))
                 else:
                     f = self.followers[name]
-                    await f.start()
+                    await starting.pop(name)
                     tasks.append(asyncio.create_task(f.run(stop), name=f"follow-{name}"))
                     runner = self._new_runner(name)
                     if runner is not None:
@@ -229,13 +235,13 @@ class App:
             return 0 if stop.is_set() else 3
         finally:
             stop.set()
-            for t in tasks:
+            for t in [*starting.values(), *tasks]:
                 t.cancel()
             try:
                 # Whatever is left of the grace period; past it the process exits anyway and
                 # the broker aborts an open transaction (the next start fences it at once).
                 async with asyncio.timeout(self.close_budget_s()):
-                    for t in tasks:
+                    for t in [*starting.values(), *tasks]:
                         with contextlib.suppress(asyncio.CancelledError, Exception):
                             await t
                     for name, f in self.followers.items():

@@ -14,13 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from chains.evm import parse, verify
+from chains.evm import answers, parse, verify
 from chains.evm.errors import RpcError
 from chains.evm.rpc import TRACE_CONFIG, Call, EvmRpcClient, Transport, raise_errors
+from chains.evm.scanworker import ScanWorker, WorkerGone, WorkerInit
 from watcher.config import ChainConfig, TraceMode
 from watcher.core.endpoints import EndpointPolicy, EndpointView
 from watcher.errors import AnswerCheck, ChainError, ErrorKind, InvalidAddress, NodeAnswerInvalid
@@ -35,6 +38,17 @@ log = logging.getLogger(__name__)
 __all__ = ["TRACE_CONFIG", "EvmAddressCodec", "EvmChainSource", "build_pool", "build_source"]
 
 _ADDRESS_TEXT_RE = re.compile(r"0x[0-9a-fA-F]{40}\Z")
+
+SCAN_WORKER_MIN_BLOCKS = int(os.environ.get("WATCHER_EVM_SCAN_WORKER_MIN_BLOCKS", "16"))
+"""Ranges at least this long go to the scan worker: catch-up batches, never the one or two
+blocks of following the head (that stays in process, as cheap as before)."""
+
+SCAN_WORKERS = max(1, int(os.environ.get("WATCHER_EVM_SCAN_WORKERS", "2")))
+"""Scan worker processes per chain, each a share of a range: on the 2-core benchmark machine
+one worker was the bottleneck (the daemon 32 % busy), two use both cores."""
+
+RECEIPTS_PER_REQUEST = 64
+"""Native-candidate receipts per POST when a whole range's are asked at once (worker)."""
 
 
 class EvmAddressCodec:
@@ -68,28 +82,124 @@ def build_pool(cfg: ChainConfig, *, transports: Mapping[str, Transport] | None =
         retry=retry or RetryPolicy.from_config(cfg), **kwargs)
 
 
+@dataclass(frozen=True, slots=True)
+class ScanPlan:
+    """The calls that fetch a batch of blocks' contents, and the checks and scans of their
+    answers: one place, used in process and by the scan worker (:mod:`chains.evm.scanworker`).
+    """
+
+    assets: parse.Assets
+    log_contracts: tuple[str, ...]
+    with_traces: bool
+    check_bloom: bool
+
+    @property
+    def with_logs(self) -> bool:
+        return bool(self.log_contracts)
+
+    @property
+    def log_filter(self) -> verify.LogFilter:
+        return verify.LogFilter.of(self.log_contracts, parse.TRANSFER_TOPIC)
+
+    def calls(self, refs: Sequence[BlockRef]) -> list[Call]:
+        calls: list[Call] = []
+        contracts = list(self.log_contracts)
+        for ref in refs:
+            calls.append(("eth_getBlockByHash", [ref.hash, True]))
+            if contracts:
+                calls.append(("eth_getLogs", [{"blockHash": ref.hash, "address": contracts,
+                                               "topics": [parse.TRANSFER_TOPIC]}]))
+            if self.with_traces:
+                calls.append(("debug_traceBlockByHash", [ref.hash, TRACE_CONFIG]))
+        return calls
+
+    def decode(self, replies: list[Any], refs: Sequence[BlockRef], watched: WatchedAddressLookup
+               ) -> tuple[list[parse.ScannedBlock], list[parse.ScannedBlock]]:
+        """The scanned blocks of a batch's raw replies, and those whose empty logs answer
+        the bloom does not let us believe (their receipts must settle it)."""
+        raise_errors(replies)
+        with_logs, with_traces = self.with_logs, self.with_traces
+        per_block = 1 + with_logs + with_traces
+        assets = self.assets
+        log_filter = self.log_filter if self.check_bloom and with_logs else None
+        out: list[parse.ScannedBlock] = []
+        doubtful: list[parse.ScannedBlock] = []
+        for i, ref in enumerate(refs):
+            at = i * per_block
+            scanned = parse.scan_block_json(replies[at], ref, watched, assets)
+            if with_logs:
+                at += 1
+                logs = answers.generic(replies[at])
+                parse.scan_logs(logs, scanned, watched, assets)
+                if log_filter is not None and not verify.check_logs_answer(
+                        logs, verify.parse_bloom(scanned.logs_bloom, "block.logsBloom"),
+                        log_filter):
+                    doubtful.append(scanned)
+            if with_traces:
+                at += 1
+                parse.scan_traces(answers.generic(replies[at]), scanned, watched, assets)
+            out.append(scanned)
+        return out, doubtful
+
+
+def receipt_calls(wanted: Sequence[tuple[BlockHash, TxId, int]]) -> list[Call]:
+    """The receipts of native candidates (``parse.candidates_of``), one call each."""
+    return [("eth_getTransactionReceipt", [txid]) for _, txid, _ in wanted]
+
+
+def succeeded_of(replies: list[Any], wanted: Sequence[tuple[BlockHash, TxId, int]]) -> set[TxId]:
+    """Txids whose receipt (checked to be of that transaction, block and index) says success."""
+    return {txid for (bh, txid, index), receipt in zip(wanted, raise_errors(replies), strict=True)
+            if parse.receipt_succeeded(receipt, txid, bh, index)}
+
+
+def receipt_groups(wanted: Sequence[tuple[BlockHash, TxId, int]], size: int
+                   ) -> list[Sequence[tuple[BlockHash, TxId, int]]]:
+    return [wanted[i:i + size] for i in range(0, len(wanted), size)]
+
+
 class EvmChainSource:
     """Read access to one EVM chain through its endpoint pool."""
 
     def __init__(self, cfg: ChainConfig, pool: EndpointPool[EvmRpcClient] | None = None, *,
-                 check_bloom: bool = True) -> None:
+                 check_bloom: bool = True, scan_worker: bool | None = None) -> None:
         """``check_bloom=False`` believes empty ``eth_getLogs`` answers: only for a benchmark
-        measuring what the bloom check costs, never in production (deposits can be lost)."""
+        measuring what the bloom check costs, never in production (deposits can be lost).
+
+        ``scan_worker``: whether ranges of at least :data:`SCAN_WORKER_MIN_BLOCKS` blocks
+        are fetched and scanned by a second process (:mod:`chains.evm.scanworker`). None
+        (the default): on when this process may run on two cores or more, every endpoint
+        speaks HTTP, the source built its own pool, and ``WATCHER_EVM_SCAN_WORKER`` is not
+        ``off``."""
         self._cfg = cfg
         self._check_bloom = check_bloom
         self._chain = str(cfg.id)
+        if scan_worker is None:
+            scan_worker = pool is None and _two_cores() and \
+                os.environ.get("WATCHER_EVM_SCAN_WORKER", "auto") != "off"
         self._pool = pool if pool is not None else build_pool(cfg)
+        self._want_worker = scan_worker and all(self._pool.client(n).url is not None
+                                                for n in self._pool.names)
+        self._workers: list[ScanWorker] = []
+        if self._want_worker:
+            # Now, while the daemon has no thread and no socket yet (the worker is forked).
+            self._start_worker()
         self._assets = parse.Assets.from_config(cfg)
         self._log_filter_addresses = self._assets.token_contracts
-        self._log_filter = verify.LogFilter.of(self._log_filter_addresses, parse.TRANSFER_TOPIC)
         self._traces: bool | None = None if cfg.traces is not TraceMode.OFF else False
         if cfg.traces is TraceMode.ON:
             self._require_traces()
+        self._plan_cache: ScanPlan | None = None
         self._started = False
 
     @property
     def pool(self) -> EndpointPool[EvmRpcClient]:
         return self._pool
+
+    @property
+    def scan_workers(self) -> list[ScanWorker]:
+        """The processes scanning catch-up ranges, each a share of a range (none: in process)."""
+        return list(self._workers)
 
     @property
     def traces_enabled(self) -> bool | None:
@@ -98,6 +208,16 @@ class EvmChainSource:
 
     def endpoint_states(self) -> Mapping[str, EndpointView]:
         return self._pool.states()
+
+    @property
+    def _plan(self) -> ScanPlan:
+        """What to ask for each block and how to check it (fixed once traces are decided)."""
+        plan = self._plan_cache
+        if plan is None or plan.with_traces != bool(self._traces):
+            plan = ScanPlan(self._assets, tuple(self._log_filter_addresses), bool(self._traces),
+                            self._check_bloom)
+            self._plan_cache = plan
+        return plan
 
     def _require_traces(self) -> None:
         for name in self._pool.names:
@@ -122,6 +242,32 @@ class EvmChainSource:
             if self._traces:
                 self._require_traces()
         self._started = True
+
+    def _start_worker(self) -> None:
+        cfg = self._cfg
+        assert cfg.chain_id is not None
+        endpoints = []
+        for name in self._pool.names:
+            url = self._pool.client(name).url
+            assert url is not None
+            endpoints.append((name, url))
+        init = WorkerInit(
+            chain=self._chain, chain_id=cfg.chain_id, endpoints=tuple(endpoints),
+            timeout_s=cfg.rpc_timeout_ms / 1000, connections=max(4, 2 * cfg.max_concurrency),
+            blocks_per_request=cfg.blocks_per_request, max_concurrency=cfg.max_concurrency,
+            key_size=20)
+        pool = self._pool
+        for _ in range(SCAN_WORKERS):
+            worker = ScanWorker(init)
+            worker.observe = lambda name, label, seconds: pool.client(name).observe_latency(
+                label, seconds)
+            try:
+                worker.start()
+            except Exception as exc:  # no process can be started: catch-up stays in process
+                log.warning("chain %s: scan worker not started (%s)", self._chain,
+                            type(exc).__name__)
+                break
+            self._workers.append(worker)
 
     async def _ensure_started(self) -> None:
         if not self._started:
@@ -150,7 +296,8 @@ class EvmChainSource:
 
             def decode(replies: list[Any]) -> list[BlockRef]:
                 refs: list[BlockRef] = []
-                for n, obj in enumerate(raise_errors(replies), start):
+                for n, raw in enumerate(raise_errors(replies), start):
+                    obj = answers.header(raw)
                     if obj is None:
                         if known is not None and n <= known:
                             raise NodeAnswerInvalid(
@@ -160,7 +307,7 @@ class EvmChainSource:
                     refs.append(parse.parse_header(obj, expect_number=n))
                 return refs
 
-            return await c.batch_decoded(calls, decode)
+            return await c.batch_raw_decoded(calls, decode)
 
         return await self._pool.ask(op, what=f"headers {start}+{count}")
 
@@ -202,6 +349,13 @@ class EvmChainSource:
         await self._ensure_started()
         if not refs:
             return []
+        workers = self._workers
+        if workers and len(refs) >= SCAN_WORKER_MIN_BLOCKS and \
+                getattr(watched, "generation", None) is not None and \
+                all([await w.ready(watched) for w in workers]):
+            done = await self._contents_by_worker(workers, refs, watched)
+            if done is not None:
+                return done
         size = max(1, min(self._cfg.blocks_per_request,
                           math.ceil(len(refs) / self._cfg.max_concurrency)))
         chunks = [refs[i:i + size] for i in range(0, len(refs), size)]
@@ -213,6 +367,46 @@ class EvmChainSource:
 
         results = await _gather_or_cancel([run(c) for c in chunks])
         return [c for chunk_result in results for c in chunk_result]
+
+    async def _contents_by_worker(self, workers: Sequence[ScanWorker], refs: Sequence[BlockRef],
+                                  watched: WatchedAddressLookup) -> list[BlockContents] | None:
+        """``refs`` fetched, checked and scanned, and their native candidates' receipts fetched
+        and checked, by the workers (a contiguous share each) at the endpoint the pool picks
+        (one attempt each, the pool's retries and failover); then, in process, the receipts
+        that settle doubtful logs. None: scan in process instead."""
+
+        plan = self._plan
+        share = math.ceil(len(refs) / len(workers))
+        parts = [(w, refs[i * share:(i + 1) * share]) for i, w in enumerate(workers)
+                 if refs[i * share:(i + 1) * share]]
+
+        async def op(c: EvmRpcClient) -> tuple[list[parse.ScannedBlock],
+                                               list[parse.ScannedBlock], set[TxId]] | None:
+            tasks = [asyncio.ensure_future(w.scan(c.name, plan, part, watched))
+                     for w, part in parts]
+            try:
+                results = await asyncio.gather(*tasks)
+            except WorkerGone:
+                return None
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if any(r is None for r in results):
+                return None  # the watched set changed meanwhile
+            scanned = [s for r in results if r is not None for s in r[0]]
+            doubtful = [s for r in results if r is not None for s in r[1]]
+            succeeded: set[TxId] = set().union(*(r[2] for r in results if r is not None))
+            return scanned, doubtful, succeeded
+
+        got = await self._pool.ask(op, what=f"contents of {len(refs)} blocks (scan worker)")
+        if got is None:
+            return None
+        scanned, doubtful, succeeded = got
+        for block in doubtful:
+            logs = await self._logs_from_receipts(block)
+            parse.scan_logs(logs, block, watched, self._assets)
+        return [BlockContents(ref=s.ref, transfers=s.transfers(succeeded)) for s in scanned]
 
     async def _contents_chunk(self, refs: Sequence[BlockRef],
                               watched: WatchedAddressLookup) -> list[BlockContents]:
@@ -237,50 +431,12 @@ class EvmChainSource:
                     ) -> tuple[list[parse.ScannedBlock], list[parse.ScannedBlock]]:
         """One batch: each block by hash with its transactions, its token logs, its traces.
         Also the blocks whose empty logs answer the bloom does not let us believe."""
-        with_logs = bool(self._log_filter_addresses)
-        with_traces = bool(self._traces)
-        calls: list[Call] = []
-        for ref in refs:
-            calls.append(("eth_getBlockByHash", [ref.hash, True]))
-            if with_logs:
-                calls.append(("eth_getLogs", [{"blockHash": ref.hash,
-                                               "address": self._log_filter_addresses,
-                                               "topics": [parse.TRANSFER_TOPIC]}]))
-            if with_traces:
-                calls.append(("debug_traceBlockByHash", [ref.hash, TRACE_CONFIG]))
-        per_block = 1 + with_logs + with_traces
-        assets = self._assets
-        log_filter = self._log_filter
-        check_bloom = self._check_bloom
-
-        def decode(replies: list[Any]
-                   ) -> tuple[list[parse.ScannedBlock], list[parse.ScannedBlock]]:
-            raise_errors(replies)
-            out: list[parse.ScannedBlock] = []
-            doubtful: list[parse.ScannedBlock] = []
-            for i, ref in enumerate(refs):
-                at = i * per_block
-                block = replies[at]
-                if block is None:
-                    raise NodeAnswerInvalid(f"null for block {ref.hash} of the followed chain",
-                                            check=AnswerCheck.NULL_BLOCK)
-                scanned = parse.scan_block(block, ref, watched, assets)
-                if with_logs:
-                    at += 1
-                    logs = replies[at]
-                    parse.scan_logs(logs, scanned, watched, assets)
-                    if check_bloom and not verify.check_logs_answer(
-                            logs, verify.parse_bloom(scanned.logs_bloom, "block.logsBloom"),
-                            log_filter):
-                        doubtful.append(scanned)
-                if with_traces:
-                    at += 1
-                    parse.scan_traces(replies[at], scanned, watched, assets)
-                out.append(scanned)
-            return out, doubtful
-
-        return await self._pool.ask(lambda c: c.batch_decoded(calls, decode),
-                                    what=f"contents of {len(refs)} blocks")
+        plan = self._plan
+        calls = plan.calls(refs)
+        return await self._pool.ask(
+            lambda c: c.batch_raw_decoded(calls, lambda r: plan.decode(r, refs, watched),
+                                              contents=True),
+            what=f"contents of {len(refs)} blocks")
 
     async def _logs_from_receipts(self, block: parse.ScannedBlock) -> list[Any]:
         bh = block.ref.hash
@@ -296,7 +452,8 @@ class EvmChainSource:
                 if exc.kind is not ErrorKind.FINAL:
                     raise
             # No eth_getBlockReceipts on this node: one receipt per transaction, one batch.
-            calls: list[Call] = [("eth_getTransactionReceipt", [tx["hash"]]) for tx in txs]
+            calls: list[Call] = [("eth_getTransactionReceipt", [answers.tx_hash_of(tx)])
+                                 for tx in txs]
             return await c.batch_decoded(
                 calls, lambda r: verify.logs_of_receipts(raise_errors(r), txs, bh, bloom))
 
@@ -307,17 +464,15 @@ class EvmChainSource:
         wanted = parse.candidates_of(scanned)
         if not wanted:
             return set()
-        calls: list[Call] = [("eth_getTransactionReceipt", [txid]) for _, txid, _ in wanted]
-
-        def decode(replies: list[Any]) -> set[TxId]:
-            return {txid for (bh, txid, index), receipt
-                    in zip(wanted, raise_errors(replies), strict=True)
-                    if parse.receipt_succeeded(receipt, txid, bh, index)}
-
-        return await self._pool.ask(lambda c: c.batch_decoded(calls, decode),
-                                    what="receipts of native transfers")
+        calls = receipt_calls(wanted)
+        return await self._pool.ask(
+            lambda c: c.batch_decoded(calls, lambda r: succeeded_of(r, wanted)),
+            what="receipts of native transfers")
 
     async def close(self) -> None:
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            await worker.close()
         await self._pool.close()
 
 
@@ -332,6 +487,13 @@ async def _gather_or_cancel(aws: Sequence[Awaitable[list[BlockContents]]]
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+def _two_cores() -> bool:
+    try:
+        return len(os.sched_getaffinity(0)) >= 2
+    except (AttributeError, OSError):
+        return (os.cpu_count() or 1) >= 2
 
 
 def build_source(cfg: ChainConfig) -> EvmChainSource:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from eth_utils.address import to_checksum_address as _eip55
-
+from chains.evm import answers
+from chains.evm.keccak import checksum_lower
 from watcher.config import ChainConfig
 from watcher.errors import AnswerCheck, NodeAnswerInvalid
 from watcher.ports import WatchedAddressLookup
@@ -56,7 +56,7 @@ def quantity(value: object, what: str) -> int:
 
 @lru_cache(maxsize=1 << 16)
 def _checksum_lower(lower_hex: str) -> str:
-    return str(_eip55(lower_hex))
+    return checksum_lower(lower_hex)
 
 
 def to_checksum_address(value: str) -> str:
@@ -128,14 +128,20 @@ class Assets:
 
 def parse_header(obj: object, *, expect_hash: str | None = None,
                  expect_number: int | None = None) -> BlockRef:
-    """A :class:`BlockRef` from a block object (``eth_getBlockBy*``), checked against the ask."""
-    if not isinstance(obj, dict):
+    """A :class:`BlockRef` from a block object (``eth_getBlockBy*``), a dict or a typed view
+    (:mod:`chains.evm.answers`), checked against the ask."""
+    if isinstance(obj, dict):
+        number, hash_, parent, timestamp = (obj.get("number"), obj.get("hash"),
+                                            obj.get("parentHash"), obj.get("timestamp"))
+    elif type(obj) is answers.HeaderView or type(obj) is answers.BlockView:
+        number, hash_, parent, timestamp = obj.number, obj.hash, obj.parentHash, obj.timestamp
+    else:
         raise NodeAnswerInvalid("block: not an object")
     ref = BlockRef(
-        number=quantity(obj.get("number"), "block.number"),
-        hash=block_hash(obj.get("hash"), "block.hash"),
-        parent_hash=block_hash(obj.get("parentHash"), "block.parentHash"),
-        timestamp=quantity(obj.get("timestamp"), "block.timestamp"),
+        number=quantity(number, "block.number"),
+        hash=block_hash(hash_, "block.hash"),
+        parent_hash=block_hash(parent, "block.parentHash"),
+        timestamp=quantity(timestamp, "block.timestamp"),
     )
     if expect_hash is not None and ref.hash != expect_hash.lower():
         raise NodeAnswerInvalid(f"asked for block {expect_hash}, got {ref.hash}",
@@ -161,7 +167,8 @@ class NativeCandidate:
 class ScannedBlock:
     ref: BlockRef
     txs: list[Any]
-    """The node's transaction objects, kept as they are (no copy)."""
+    """The node's transaction objects (dicts, or :class:`answers.TxView` on the typed path),
+    kept as they are (no copy); read through :func:`answers.tx_hash_of`."""
     logs_bloom: object = None
     """The header's ``logsBloom`` as the node gave it, parsed only when logs look short."""
     candidates: list[NativeCandidate] = field(default_factory=list)
@@ -212,7 +219,10 @@ def scan_block(obj: object, ref: BlockRef, watched: WatchedAddressLookup,
         keys = [fromhex(to[2:]) if to is not None else b"" for to in tos]
         hits = matches(watched, keys)
         for index in hits:
-            candidate = _native_candidate(txs[index], index, tos[index], assets)
+            tx = txs[index]
+            candidate = _native_candidate(tx.get("value"), tx.get("transactionIndex"),
+                                          tx.get("hash"), tx.get("from"), index, tos[index],
+                                          assets)
             if candidate is not None:
                 scanned.candidates.append(candidate)
     except NodeAnswerInvalid:
@@ -225,20 +235,79 @@ def scan_block(obj: object, ref: BlockRef, watched: WatchedAddressLookup,
     return scanned
 
 
-def _native_candidate(tx: dict[str, Any], index: int, to: str,
-                      assets: Assets) -> NativeCandidate | None:
-    amount = quantity(tx.get("value"), "transaction.value")
+def scan_block_json(raw: Any, ref: BlockRef, watched: WatchedAddressLookup,
+                    assets: Assets) -> ScannedBlock:
+    """:func:`scan_block` of an encoded answer (or of one a contents batch already decoded),
+    decoded into :class:`answers.BlockView` (only the fields the checks and the scan read).
+    Same checks, same result."""
+    try:
+        view = answers.block(raw)
+    except answers.DecodeError as exc:
+        raise NodeAnswerInvalid(f"block {ref.hash}: malformed ({_first_line(exc)})") from None
+    if view is None:
+        raise NodeAnswerInvalid(f"null for block {ref.hash} of the followed chain",
+                                check=AnswerCheck.NULL_BLOCK)
+    return scan_block_view(view, ref, watched, assets)
+
+
+def scan_block_view(view: answers.BlockView, ref: BlockRef, watched: WatchedAddressLookup,
+                    assets: Assets) -> ScannedBlock:
+    """:func:`scan_block` of a typed block view: the same checks in the same order."""
+    header = parse_header(view, expect_hash=ref.hash)
+    if header.number != ref.number or header.parent_hash != ref.parent_hash:
+        raise NodeAnswerInvalid(f"block {ref.hash}: number or parent differs from its header",
+                                check=AnswerCheck.PARENT_LINK)
+    txs = view.transactions
+    if txs is None:
+        raise NodeAnswerInvalid(f"block {ref.hash}: transactions missing")
+    bh = ref.hash
+    scanned = ScannedBlock(ref=ref, txs=txs, logs_bloom=view.logsBloom)
+    fromhex = bytes.fromhex
+    try:
+        named = [tx.blockHash for tx in txs]
+        if named.count(bh) != len(named) and any(n.lower() != bh for n in named):
+            raise NodeAnswerInvalid(f"block {bh}: a transaction names another block",
+                                    check=AnswerCheck.BLOCK_HASH)
+        tos = [tx.to for tx in txs]
+        keys = [fromhex(to[2:]) if to is not None else b"" for to in tos]
+        for index in matches(watched, keys):
+            tx = txs[index]
+            to = tos[index]
+            if to is None:
+                continue  # a contract creation pays no one (its key b"" is never watched)
+            candidate = _native_candidate(tx.value, tx.transactionIndex, tx.hash, tx.sender,
+                                          index, to, assets)
+            if candidate is not None:
+                scanned.candidates.append(candidate)
+    except NodeAnswerInvalid:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise NodeAnswerInvalid(
+            f"block {bh}: malformed transaction ({type(exc).__name__})") from None
+    if len({c.transfer.txid for c in scanned.candidates}) != len(scanned.candidates):
+        raise NodeAnswerInvalid(f"block {bh}: a transaction hash appears twice")
+    return scanned
+
+
+def _first_line(exc: Exception) -> str:
+    """msgspec's message names the JSON path and the expected type; never a value."""
+    return str(exc).splitlines()[0][:200]
+
+
+def _native_candidate(value: object, tx_index: object, txid: object, sender: object,
+                      index: int, to: str, assets: Assets) -> NativeCandidate | None:
+    amount = quantity(value, "transaction.value")
     if amount == 0:
         return None
-    if quantity(tx.get("transactionIndex"), "transaction.transactionIndex") != index:
+    if quantity(tx_index, "transaction.transactionIndex") != index:
         raise NodeAnswerInvalid(f"transaction {index}: transactionIndex differs from its position")
     return NativeCandidate(index, Transfer(
-        txid=tx_hash(tx.get("hash"), "transaction.hash"),
+        txid=tx_hash(txid, "transaction.hash"),
         locator="tx",
         asset=assets.native_symbol,
         token_contract=None,
         to_address=address(to, "transaction.to"),
-        from_address=address(tx.get("from"), "transaction.from"),
+        from_address=address(sender, "transaction.from"),
         amount=amount,
         decimals=assets.native_decimals,
     ))
@@ -344,8 +413,8 @@ def scan_logs(obj: object, scanned: ScannedBlock, watched: WatchedAddressLookup,
 
 def _check_tx_at(scanned: ScannedBlock, index: int, txid: TxId) -> None:
     txs = scanned.txs
-    if index >= len(txs) or not isinstance(txs[index], dict) or \
-            str(txs[index].get("hash", "")).lower() != txid:
+    if index >= len(txs) or not isinstance(found := answers.tx_hash_of(txs[index]), str) or \
+            found.lower() != txid:
         raise NodeAnswerInvalid(
             f"block {scanned.ref.hash}: transaction {txid} is not at index {index}",
             check=AnswerCheck.LOGS)
@@ -372,7 +441,9 @@ def scan_traces(obj: object, scanned: ScannedBlock, watched: WatchedAddressLooku
     tx_index = 0
     try:
         for tx_index, item in enumerate(obj):
-            expected = txs[tx_index]["hash"]
+            expected = answers.tx_hash_of(txs[tx_index])
+            if not isinstance(expected, str):
+                raise TypeError("transaction.hash")
             traced = item.get("txHash")
             if traced is not None and traced.lower() != expected.lower():
                 raise NodeAnswerInvalid(f"traces of {bh}: trace {tx_index} is of another tx",

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 
-from chains.evm import parse
+from chains.evm import answers, parse
 from chains.evm.errors import RpcError, http_error, rpc_error_from_object, transport_error
 from watcher.config import Endpoint, FinalityMode
 from watcher.errors import AnswerCheck, ChainError, ChainIdentityMismatch, ErrorKind, NodeAnswerInvalid
@@ -60,6 +60,7 @@ class HttpTransport:
     """aiohttp, one session per endpoint (created on first use), keep-alive."""
 
     def __init__(self, url: str, limit: int) -> None:
+        self.url = url
         self._url = url
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
@@ -85,7 +86,10 @@ class EvmRpcClient:
 
     def __init__(self, chain: str, endpoint: Endpoint, *, chain_id: int, timeout_s: float,
                  finality_mode: FinalityMode = FinalityMode.DEPTH,
-                 transport: Transport | None = None, connections: int = 16) -> None:
+                 transport: Transport | None = None, connections: int = 16,
+                 observe: Callable[[str, float], None] | None = None) -> None:
+        """``observe(label, seconds)`` replaces ``RPC_LATENCY`` (a scan worker's client,
+        whose figures the daemon records)."""
         self.chain = chain
         self._name = endpoint.name
         self.chain_id = chain_id
@@ -99,6 +103,7 @@ class EvmRpcClient:
         self._transport: Transport = transport if transport is not None else self._http_post
         self._ids = itertools.count(1)
         self._latency: dict[str, Any] = {}
+        self._observer = observe
 
     async def _http_post(self, body: bytes, timeout_s: float) -> tuple[int, bytes]:
         assert self._http is not None
@@ -107,6 +112,16 @@ class EvmRpcClient:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def url(self) -> str | None:
+        """The endpoint's URL when this client speaks HTTP itself (None with a test transport);
+        handed to a scan worker, never logged."""
+        return self._http.url if self._http is not None else None
+
+    def observe_latency(self, label: str, seconds: float) -> None:
+        """Records a round trip made on this endpoint's behalf (by a scan worker)."""
+        self._observe(label, seconds)
 
     # ------------------------------------------------------------ NodeClient
 
@@ -198,18 +213,67 @@ class EvmRpcClient:
         :class:`RpcError` the node answered for that call, in the order of ``calls``."""
         if not calls:
             return decode([])
-        first = next(self._ids)
-        for _ in range(len(calls) - 1):
-            next(self._ids)
-        body = orjson.dumps([
-            {"jsonrpc": "2.0", "id": first + i, "method": method, "params": list(params)}
-            for i, (method, params) in enumerate(calls)
-        ])
+        first, body = self._batch_body(calls)
         label = _batch_label(calls)
         answer = await self._post(body, label)
         count = len(calls)
         return self._finish(lambda: decode(_batch_replies(answer, first, count, self.name)),
                             label)
+
+    async def batch_raw_decoded(self, calls: Sequence[Call],
+                                decode: Callable[[list[Any]], T], *,
+                                contents: bool = False) -> T:
+        """Like :meth:`batch_decoded`, but each reply is a result still encoded (a
+        ``msgspec.Raw``, for :mod:`chains.evm.answers`) or the :class:`RpcError` answered.
+
+        The envelope is decoded with msgspec and checked as :meth:`batch_decoded` checks
+        it (one reply per call, ids matched in any order); an answer that is not a list
+        of reply objects (a refused batch, an HTTP error) is classified as there.
+
+        ``contents``: the batch asks block contents (blocks with transactions, logs,
+        traces); its results are decoded in the same pass (:func:`answers.contents_batch`):
+        a block as a view, logs and traces as lists."""
+        if not calls:
+            return decode([])
+        first, body = self._batch_body(calls)
+        label = _batch_label(calls)
+        status, raw = await self._exchange(body, label)
+        count = len(calls)
+        return self._finish(lambda: decode(self._raw_replies(status, raw, first, count,
+                                                             contents)), label)
+
+    def _raw_replies(self, status: int, raw: bytes, first: int, count: int,
+                     contents: bool = False) -> list[Any]:
+        envelopes: Sequence[answers.Envelope | answers.ContentsEnvelope] | None = None
+        if status == 200:
+            try:
+                envelopes = answers.contents_batch(raw) if contents else answers.batch(raw)
+            except answers.DecodeError:
+                envelopes = None
+        if envelopes is None:
+            # Not a list of reply objects: the generic path names what it is (a refused
+            # batch, an HTTP error, not JSON) and raises; anything it accepts is still odd.
+            _batch_replies(self._answer(status, raw), first, count, self.name)
+            raise NodeAnswerInvalid("malformed answer to a batch", self.name,
+                                    check=AnswerCheck.BATCH)
+        if len(envelopes) != count:
+            raise NodeAnswerInvalid("answer to a batch has another number of items", self.name,
+                                    check=AnswerCheck.BATCH)
+        replies: list[Any] = [None] * count
+        seen = [False] * count
+        for item in envelopes:
+            rid = item.id
+            if type(rid) is not int or not first <= rid < first + count or seen[rid - first]:
+                raise NodeAnswerInvalid("batch answer with a missing, unknown or repeated id",
+                                        self.name, check=AnswerCheck.BATCH)
+            seen[rid - first] = True
+            if item.error is not None:
+                replies[rid - first] = rpc_error_from_object(item.error, self.name)
+            elif answers.has_no_result(item.result):
+                raise NodeAnswerInvalid("answer has neither result nor error", self.name)
+            else:
+                replies[rid - first] = item.result
+        return replies
 
     def _finish(self, run: Callable[[], T], label: str) -> T:
         try:
@@ -222,14 +286,33 @@ class EvmRpcClient:
             raise NodeAnswerInvalid(f"malformed answer to {label} ({type(exc).__name__})",
                                     self.name) from None
 
+    def _batch_body(self, calls: Sequence[Call]) -> tuple[int, bytes]:
+        """The first id of a batch (ids are consecutive) and its encoded request."""
+        first = next(self._ids)
+        for _ in range(len(calls) - 1):
+            next(self._ids)
+        return first, orjson.dumps([
+            {"jsonrpc": "2.0", "id": first + i, "method": method, "params": list(params)}
+            for i, (method, params) in enumerate(calls)
+        ])
+
     async def _post(self, body: bytes, label: str) -> Any:
         """One HTTP round trip; the decoded JSON answer, or a classified :class:`ChainError`."""
+        status, raw = await self._exchange(body, label)
+        return self._answer(status, raw)
+
+    async def _exchange(self, body: bytes, label: str) -> tuple[int, bytes]:
+        """One HTTP round trip: (status, raw body), or a classified transport error."""
         started = time.perf_counter()
         try:
             status, raw = await self._transport(body, self._timeout_s)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise transport_error(exc, self.name) from None
         self._observe(label, time.perf_counter() - started)
+        return status, raw
+
+    def _answer(self, status: int, raw: bytes) -> Any:
+        """The decoded JSON answer of a round trip, or its classified :class:`ChainError`."""
         try:
             answer = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -244,6 +327,9 @@ class EvmRpcClient:
         return answer
 
     def _observe(self, label: str, seconds: float) -> None:
+        if self._observer is not None:
+            self._observer(label, seconds)
+            return
         child = self._latency.get(label)
         if child is None:
             child = RPC_LATENCY.labels(self.chain, self.name, label)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from eth_utils.crypto import keccak
-
+from chains.evm import answers
+from chains.evm.keccak import keccak256
 from watcher.errors import AnswerCheck, NodeAnswerInvalid
 from watcher.types import BlockHash
 
@@ -34,7 +34,7 @@ _BLOOM_RE = re.compile(r"0x[0-9a-fA-F]{512}\Z")
 @lru_cache(maxsize=4096)
 def bloom_bits(item: bytes) -> tuple[int, int, int]:
     """The three bit positions (0 = least significant bit of the last byte) ``item`` sets."""
-    h = keccak(item)
+    h = keccak256(item)
     return tuple(((h[i] << 8) | h[i + 1]) & 2047 for i in (0, 2, 4))  # type: ignore[return-value]
 
 
@@ -104,7 +104,7 @@ def logs_of_receipts(receipts: object, txs: Sequence[Any], block: BlockHash,
     pairs: list[tuple[bytes, list[bytes]]] = []
     try:
         for index, (receipt, tx) in enumerate(zip(receipts, txs, strict=True)):
-            check_receipt(receipt, str(tx["hash"]).lower(), index, block)
+            check_receipt(receipt, str(answers.tx_hash_of(tx)).lower(), index, block)
             for log in receipt["logs"]:
                 pairs.append((bytes.fromhex(log["address"][2:]),
                               [bytes.fromhex(t[2:]) for t in log["topics"]]))

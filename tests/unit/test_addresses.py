@@ -498,3 +498,16 @@ def test_small_set_mirror_follows_a_bulk_load() -> None:
     assert index._small == {A, B}
     index.load_packed(A + B + C)
     assert index._small is None and index.matches([C, D]) == [0]
+
+
+def test_generation_changes_with_the_keys_only() -> None:
+    ix = AddressIndex(4)
+    g0 = ix.generation
+    assert ix.add(b"aaaa") and ix.generation != g0
+    g1 = ix.generation
+    assert not ix.add(b"aaaa", "a label") and ix.generation == g1  # a label only
+    assert not ix.remove(b"bbbb") and ix.generation == g1
+    assert ix.remove(b"aaaa") and ix.generation not in (g0, g1)
+    g2 = ix.generation
+    ix.load_packed(b"cccc")  # a snapshot restore replaces every key
+    assert ix.generation not in (g0, g1, g2)

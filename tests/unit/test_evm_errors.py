@@ -14,6 +14,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from chains.evm import answers
 from chains.evm.errors import (
     RpcError,
     classify_exception,
@@ -23,7 +24,7 @@ from chains.evm.errors import (
     rpc_error_from_object,
     transport_error,
 )
-from chains.evm.rpc import Call, EvmRpcClient
+from chains.evm.rpc import Call, EvmRpcClient, raise_errors
 from watcher.config import Endpoint
 from watcher.core.endpoints import BehindBest, HeadSeen, IdentityOk
 from watcher.errors import ChainError, ErrorKind, NodeAnswerInvalid
@@ -215,7 +216,12 @@ class Pool:
                            decode: Callable[[Any], Any]) -> Any:
         return await self.pool.ask(lambda c: c.call_decoded(method, params, decode), what=method)
 
-    async def batch(self, calls: Sequence[Call]) -> list[Any]:
+    async def batch(self, calls: Sequence[Call], via: str = "dict") -> list[Any]:
+        """``via="typed"``: the msgspec envelope (``batch_raw_decoded``), results decoded after."""
+        if via == "typed":
+            def decode(replies: list[Any]) -> list[Any]:
+                return [answers.generic(r) for r in raise_errors(replies)]
+            return await self.pool.ask(lambda c: c.batch_raw_decoded(calls, decode), what="batch")
         return await self.pool.ask(lambda c: c.batch(calls), what="batch")
 
     async def close(self) -> None:
@@ -237,20 +243,21 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def test_batch_matches_answers_by_id(nodes: list[FakeNode]) -> None:
+@pytest.mark.parametrize("via", ["dict", "typed"])
+async def test_batch_matches_answers_by_id(nodes: list[FakeNode], via: str) -> None:
     def respond(payload: Any) -> tuple[int, Any]:
         if isinstance(payload, dict):
             return 200, {"jsonrpc": "2.0", "id": payload["id"], "result": payload["params"][0]}
         return 200, [{"jsonrpc": "2.0", "id": c["id"], "result": c["params"][0]}
                      for c in reversed(payload)]
     n = await node(nodes, respond)
-    p = pool("t-order", n.url)
+    p = pool(f"t-order-{via}", n.url)
     try:
-        assert await p.batch([("m", [i]) for i in range(5)]) == [0, 1, 2, 3, 4]
+        assert await p.batch([("m", [i]) for i in range(5)], via) == [0, 1, 2, 3, 4]
         assert await p.call("m", [7]) == 7
-        assert metric("watcher_rpc_latency_seconds_count", chain="t-order", endpoint="e0",
+        assert metric("watcher_rpc_latency_seconds_count", chain=f"t-order-{via}", endpoint="e0",
                       method="batch:m") == 1
-        assert metric("watcher_rpc_latency_seconds_count", chain="t-order", endpoint="e0",
+        assert metric("watcher_rpc_latency_seconds_count", chain=f"t-order-{via}", endpoint="e0",
                       method="m") == 1
     finally:
         await p.close()
@@ -264,46 +271,50 @@ async def test_batch_matches_answers_by_id(nodes: list[FakeNode]) -> None:
     ("not-a-list", lambda items: items[0]),
     ("not-objects", lambda items: [1, 2]),
 ])
+@pytest.mark.parametrize("via", ["dict", "typed"])
 async def test_batch_answer_defects_are_invalid(nodes: list[FakeNode], name: str,
-                                                mangle: Callable[[Any], Any]) -> None:
+                                                mangle: Callable[[Any], Any], via: str) -> None:
     def respond(payload: Any) -> tuple[int, Any]:
         return 200, mangle([{"jsonrpc": "2.0", "id": c["id"], "result": 1} for c in payload])
     n = await node(nodes, respond)
-    p = pool(f"t-defect-{name}", n.url, attempts=2)
+    p = pool(f"t-defect-{name}-{via}", n.url, attempts=2)
     try:
         with pytest.raises(NodeAnswerInvalid) as info:
-            await p.batch([("m", []), ("m", [])])
+            await p.batch([("m", []), ("m", [])], via)
         assert info.value.kind is R and info.value.endpoint == "e0"
         assert n.requests == 2  # retried: another answer may be sound
     finally:
         await p.close()
 
 
-async def test_item_error_raises_with_its_kind(nodes: list[FakeNode]) -> None:
+@pytest.mark.parametrize("via", ["dict", "typed"])
+async def test_item_error_raises_with_its_kind(nodes: list[FakeNode], via: str) -> None:
     def respond(payload: Any) -> tuple[int, Any]:
         return 200, [{"jsonrpc": "2.0", "id": payload[0]["id"], "result": 1},
                      {"jsonrpc": "2.0", "id": payload[1]["id"],
                       "error": {"code": -32601, "message": "Method not found"}}]
     n = await node(nodes, respond)
-    p = pool("t-item", n.url)
+    chain = f"t-item-{via}"
+    p = pool(chain, n.url)
     try:
         with pytest.raises(RpcError) as info:
-            await p.batch([("m", []), ("nope", [])])
+            await p.batch([("m", []), ("nope", [])], via)
         assert info.value.kind is F and info.value.code == -32601
         assert n.requests == 1  # FINAL: not retried
-        assert retries("t-item") == 0
-        assert metric("watcher_rpc_errors_total", chain="t-item", endpoint="e0", kind="final") == 1
+        assert retries(chain) == 0
+        assert metric("watcher_rpc_errors_total", chain=chain, endpoint="e0", kind="final") == 1
     finally:
         await p.close()
 
 
-async def test_batch_refused_as_a_whole(nodes: list[FakeNode]) -> None:
+@pytest.mark.parametrize("via", ["dict", "typed"])
+async def test_batch_refused_as_a_whole(nodes: list[FakeNode], via: str) -> None:
     n = await node(nodes, lambda p: (200, {"jsonrpc": "2.0", "id": None, "error": {
         "code": -32600, "message": "batch too large"}}))
-    p = pool("t-whole", n.url)
+    p = pool(f"t-whole-{via}", n.url)
     try:
         with pytest.raises(RpcError) as info:
-            await p.batch([("m", []), ("m", [])])
+            await p.batch([("m", []), ("m", [])], via)
         assert info.value.too_large and info.value.kind is F
     finally:
         await p.close()

@@ -80,8 +80,8 @@ def _pow2_at_least(n: int) -> int:
 class AddressIndex:
     """A set of fixed-width byte keys with optional string labels."""
 
-    __slots__ = ("_deleted", "_key_size", "_keys", "_labels", "_limit", "_mask", "_small",
-                 "_small_limit", "_states", "_used")
+    __slots__ = ("_deleted", "_generation", "_key_size", "_keys", "_labels", "_limit", "_mask",
+                 "_small", "_small_limit", "_states", "_used")
 
     def __init__(self, key_size: int, capacity: int = 1024,
                  small_set_limit: int = SMALL_SET_LIMIT) -> None:
@@ -101,6 +101,7 @@ class AddressIndex:
         self._small_limit = small_set_limit
         self._small: set[bytes] | None = set() if small_set_limit > 0 else None
         self._deleted = 0
+        self._generation = 0
         self._alloc(_pow2_at_least(capacity))
 
     def _alloc(self, capacity: int) -> None:
@@ -209,6 +210,12 @@ class AddressIndex:
     def __len__(self) -> int:
         return self._used
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever the set of keys does (not on a label change): a copy of the keys
+        taken at generation ``g`` is still exact while ``generation == g``."""
+        return self._generation
+
     def __iter__(self) -> Iterator[bytes]:
         keys = self._keys
         size = self._key_size
@@ -270,6 +277,7 @@ class AddressIndex:
         keys[i * size:(i + 1) * size] = key
         states[i] = tag
         self._used += 1
+        self._generation += 1
         small = self._small
         if small is not None:
             if self._used > self._small_limit:
@@ -304,6 +312,7 @@ class AddressIndex:
             states[i] = DELETED
             self._deleted += 1
         self._used -= 1
+        self._generation += 1
         if self._small is not None:
             self._small.discard(key)
         if self._labels:
@@ -427,6 +436,8 @@ class AddressIndex:
             (self._keys, self._states, self._mask, self._limit, self._labels, self._used,
              self._deleted, self._small) = saved
             raise
+        # Other keys now: a scan worker's copy taken before this load must not be used.
+        self._generation += 1
 
     def _place_all(self, blob: bytes, n: int) -> None:
         size = self._key_size
