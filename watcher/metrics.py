@@ -62,6 +62,12 @@ DETECTION_LATENCY = Histogram("watcher_detection_latency_seconds",
                               "Block timestamp to committed deposit event", ["chain"],
                               buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
                               registry=REGISTRY)
+CONFIRMATION_LATENCY = Histogram(
+    "watcher_deposit_confirmation_seconds",
+    "Timestamp of the block that first held a deposit to its committed deposit.confirmed: the "
+    "customer's wait for credit (the payments SLO beside detection latency)", ["chain"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600),
+    registry=REGISTRY)
 
 BLOCKS_PROCESSED = Counter("watcher_blocks_processed_total", "Blocks applied to the window",
                            ["chain"], registry=REGISTRY)
@@ -220,6 +226,7 @@ def init_series(chains: Sequence[ChainSeries]) -> None:
         ch = c.chain
         for metric in (REORGS, REORG_BEYOND_WINDOW, REVERTED_AFTER_CONFIRMATION, BLOCKS_PROCESSED,
                        QUORUM_DISAGREEMENTS, OPERATOR_RESUMES, REORG_DEPTH, DETECTION_LATENCY,
+                       CONFIRMATION_LATENCY,
                        KAFKA_COMMIT_LATENCY, TRACKED_DEPOSITS, QUORUM_HELD):
             metric.labels(ch)
         CHAIN_HALTED.labels(ch).set(0)

@@ -108,6 +108,10 @@ ROWS: tuple[tuple[str, bool, tuple[Spec, ...]], ...] = (
               "{{chain}} {{type}}"),), description="Committed events per interval."),
         Spec("Block-to-event latency", quantiles("watcher_detection_latency_seconds", "chain", "{{chain}}"),
              unit="s", description="Block timestamp to committed deposit event: the payments SLO."),
+        Spec("Inclusion to confirmed", quantiles("watcher_deposit_confirmation_seconds", "chain",
+                                                 "{{chain}}"),
+             unit="s", description="Paying block's timestamp to the committed deposit.confirmed: "
+                                   "how long a customer waits for credit."),
         Spec("Reversals after confirmation", (
             q("sum by (chain) (increase("
               f"watcher_deposits_reverted_after_confirmation_total{{{C}}}[{RANGE}]))", "{{chain}}"),),

@@ -257,3 +257,38 @@ async def test_start_block_above_the_node_head_waits_for_it() -> None:
     assert [e["deposit_id"] for e in sink.events()] == ["eth:0xlate:tx"]
     assert f.state is not None and f.state.window.bottom is not None
     assert f.state.window.bottom.number == 5
+
+
+def test_confirmed_deposits_observe_the_wait_for_credit() -> None:
+    """watcher_deposit_confirmation_seconds: paying block's timestamp to deposit.confirmed
+    (the follower's clock is 1_800_000_000); pending and reverted events are not waits."""
+    from watcher.core.deposits import DepositEvent, TrackedDeposit
+    from watcher.metrics import REGISTRY
+    from watcher.types import (
+        Address,
+        AssetSymbol,
+        BlockHash,
+        BlockRef,
+        DepositEventType,
+        DepositId,
+        Transfer,
+        TxId,
+    )
+
+    sim, sink = SimChain(), MemorySink()
+    f = follower(sim, sink)
+    chain = str(f.cfg.id)
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"chain": chain}) or 0.0
+
+    block = BlockRef(7, BlockHash("0xb7"), BlockHash("0xb6"), timestamp=1_800_000_000 - 600)
+    t = Transfer(TxId("0xt"), "tx", AssetSymbol("ETH"), None, Address(ALICE), None, 5, 18)
+    d = TrackedDeposit(DepositId(f"{chain}:0xt:tx"), block, t, 3, None)
+    count, total = sample("watcher_deposit_confirmation_seconds_count"), \
+        sample("watcher_deposit_confirmation_seconds_sum")
+    f._count_events([DepositEvent(DepositEventType.PENDING, d, 1),
+                     DepositEvent(DepositEventType.CONFIRMED, d, 3),
+                     DepositEvent(DepositEventType.REVERTED, d, 0, DepositEventType.CONFIRMED)])
+    assert sample("watcher_deposit_confirmation_seconds_count") == count + 1
+    assert sample("watcher_deposit_confirmation_seconds_sum") == total + 600

@@ -282,6 +282,7 @@ class ChainFollower:
             if ev.type is not DepositEventType.REVERTED and ev.deposit.block.timestamp:
                 metrics.DETECTION_LATENCY.labels(chain).observe(
                     max(0.0, now - ev.deposit.block.timestamp))
+            self._observe_confirmed(ev, now)
         if applied.reorg_depth:
             self._mempool_resync = True
             metrics.REORGS.labels(chain).inc()
@@ -385,8 +386,18 @@ class ChainFollower:
         self.status.committed_events += len(records)
 
     def _count_events(self, events: list[DepositEvent]) -> None:
+        now = self.clock()
         for ev in events:
             metrics.DEPOSIT_EVENTS.labels(self.cfg.id, ev.type.value).inc()
+            self._observe_confirmed(ev, now)
+
+    def _observe_confirmed(self, ev: DepositEvent, now: float) -> None:
+        """The customer's wait for credit: the paying block's timestamp to ``confirmed``
+        (a block's timestamp is when the deposit was first in the chain; a mempool sighting
+        earlier is not kept per deposit)."""
+        if ev.type is DepositEventType.CONFIRMED and ev.deposit.block.timestamp:
+            metrics.CONFIRMATION_LATENCY.labels(self.cfg.id).observe(
+                max(0.0, now - ev.deposit.block.timestamp))
 
     # ------------------------------------------------------------ fetching
 
