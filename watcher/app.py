@@ -229,6 +229,7 @@ class App:
                     tasks.append(asyncio.create_task(f.run(stop), name=f"follow-{name}"))
                     runner = self._new_runner(name)
                     if runner is not None:
+                        runner.status = f.status
                         tasks.append(asyncio.create_task(self._pay(runner, stop),
                                                          name=f"withdraw-{name}"))
             await follow_until_stopped(tasks, stop, self.drain_s)
@@ -319,6 +320,7 @@ class App:
         if runner is None:
             await self._follow(f, stop)
             return
+        runner.status = f.status
         # Not a TaskGroup: its ExceptionGroup would hide the error kind (FENCED, say) from
         # whoever handles a term's failure; the first error is raised as it is.
         parts = [asyncio.ensure_future(self._follow(f, stop)),

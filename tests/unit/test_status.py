@@ -44,7 +44,7 @@ def test_endpoints_from_a_source_that_reports_them_itself() -> None:
 
 def doc() -> dict[str, Any]:
     st = FollowerStatus(started=True, head_height=120, processed_height=100, pending_deposits=3,
-                        committed_events=42, last_ok_at=5.0)
+                        pending_withdrawals=2, committed_events=42, last_ok_at=5.0)
     halted = FollowerStatus(started=True, halted_reason="reorg beyond the window: x")
     return status_document({"eth": st, "polygon": halted},
                            {"eth": lambda: endpoints_of(PoolSource(), {"b": 120}.get)}, 1000.0)
@@ -54,6 +54,7 @@ def test_status_document() -> None:
     d = doc()
     eth = d["chains"]["eth"]
     assert (eth["state"], eth["lag_blocks"], eth["pending_deposits"]) == ("catching_up", 20, 3)
+    assert eth["pending_withdrawals"] == 2
     assert eth["endpoints"][1] == {"name": "b", "state": "followed", "head": 120, "problem": None}
     poly = d["chains"]["polygon"]
     assert (poly["state"], poly["halted_reason"], poly["lag_blocks"]) == (
@@ -62,8 +63,9 @@ def test_status_document() -> None:
 
 def test_render_is_one_line_per_chain_and_endpoint() -> None:
     lines = render(doc()).splitlines()
-    assert lines[0].split() == ["CHAIN", "STATE", "HEAD", "PROCESSED", "LAG", "PENDING", "EVENTS"]
-    assert lines[1].split() == ["eth", "catching_up", "120", "100", "20", "3", "42"]
+    assert lines[0].split() == ["CHAIN", "STATE", "HEAD", "PROCESSED", "LAG", "PENDING", "PAYING",
+                                "EVENTS"]
+    assert lines[1].split() == ["eth", "catching_up", "120", "100", "20", "3", "2", "42"]
     assert lines[2].split() == ["endpoint", "a", "healthy", "head", "-"]
     assert "halted: reorg beyond the window: x" in lines[6]
 

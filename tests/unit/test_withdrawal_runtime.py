@@ -210,12 +210,15 @@ async def test_signed_bytes_are_committed_before_they_are_sent() -> None:
         attempts = [a for w in last["book"]["withdrawals"] for a in w["attempts"]]
         assert raw.hex() in [a[1] for a in attempts], "broadcast before its bytes were committed"
     node.on_send = check_committed
+    from watcher.runtime.follower import FollowerStatus
+    r.status = FollowerStatus()  # the app hands the runner its chain's status
     await r.start()
     reqs.add(request("w-1"))
     await r.step()
     assert len(node.sent) == 1
     types = [e["type"] for e in sink.events()]
     assert types == ["withdrawal.accepted", "withdrawal.broadcast"]
+    assert r.status.pending_withdrawals == 1  # what `watcher status` shows as PAYING
     state = orjson.loads(sink.commits[-1][1])
     assert state["offsets"] == {"0": 1}
     for _ in range(2):
@@ -224,6 +227,7 @@ async def test_signed_bytes_are_committed_before_they_are_sent() -> None:
     confirmed = [e for e in sink.events() if e["type"] == "withdrawal.confirmed"]
     assert len(confirmed) == 1 and confirmed[0]["txid"] == txid_of(node.sent[0])
     assert confirmed[0]["fee"] == "21000" and confirmed[0]["nonce"] == 0
+    assert r.status.pending_withdrawals == 0
 
 
 async def test_a_record_for_another_chain_only_moves_the_offset() -> None:

@@ -46,11 +46,12 @@ def _n(value: object) -> str:
 def render(doc: Mapping[str, Any]) -> str:
     """The table of a ``/status`` document."""
     lines = [f"{'CHAIN':<10} {'STATE':<12} {'HEAD':>10} {'PROCESSED':>10} {'LAG':>6} "
-             f"{'PENDING':>8} {'EVENTS':>8}"]
+             f"{'PENDING':>8} {'PAYING':>7} {'EVENTS':>8}"]
     for chain, st in sorted(doc.get("chains", {}).items()):
         lines.append(f"{chain:<10} {_n(st.get('state')):<12} {_n(st.get('head_height')):>10} "
                      f"{_n(st.get('processed_height')):>10} {_n(st.get('lag_blocks')):>6} "
-                     f"{_n(st.get('pending_deposits')):>8} {_n(st.get('committed_events')):>8}")
+                     f"{_n(st.get('pending_deposits')):>8} {_n(st.get('pending_withdrawals')):>7} "
+                     f"{_n(st.get('committed_events')):>8}")
         if st.get("halted_reason"):
             lines.append(f"  halted: {st['halted_reason']}")
         if st.get("last_error"):

@@ -88,6 +88,8 @@ class FollowerStatus:
     quorum_problem: str | None = None
     """Why deposits deep enough are held back from confirmation, while they are."""
     pending_deposits: int | None = None
+    pending_withdrawals: int | None = None
+    """Withdrawals accepted and not yet confirmed or failed (None: no withdrawals here)."""
     """Tracked deposits not yet confirmed (in the window, below their required confirmations)."""
     listeners: list[Callable[[], None]] = field(default_factory=list)
 

@@ -104,7 +104,7 @@ def chain_status(status: FollowerStatus, endpoints: Sequence[EndpointView]) -> d
         "endpoints": [{"name": e.name, "state": e.state, "head": e.head, "problem": e.problem}
                       for e in endpoints],
         # Withdrawals are not followed yet; the field is reserved for that slice.
-        "pending_withdrawals": None,
+        "pending_withdrawals": status.pending_withdrawals,
     }
 
 

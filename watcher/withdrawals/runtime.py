@@ -79,6 +79,7 @@ from watcher.metrics import (
     WITHDRAWALS_WAITING_FUNDS,
 )
 from watcher.ports import HotWalletNode, OutRecord, RequestSource, Signer, TransactionalSink
+from watcher.runtime.follower import FollowerStatus
 from watcher.types import Address, BlockHash, ChainHead, ChainId
 from watcher.withdrawals.events import rejection_record, withdrawal_record
 from watcher.withdrawals.intake import Accepted, DeadLetter, IntakePolicy, Rejected, Repeat, evaluate
@@ -150,6 +151,8 @@ class WithdrawalRunner:
         self._retry: list[Decision] = []
         self._committed: bytes | None = None
         self._tip = 0
+        self.status: FollowerStatus | None = None
+        """The chain's status, where the open withdrawals are shown (set by the app)."""
         self._balances_at = 0.0
         self.started = False
 
@@ -500,6 +503,9 @@ class WithdrawalRunner:
         summary = self.book.summary(self._tip)
         for state, count in summary.by_state.items():
             WITHDRAWALS_BY_STATE.labels(self.chain, state.value).set(count)
+        if self.status is not None:  # what `watcher status` shows beside pending deposits
+            self.status.pending_withdrawals = sum(
+                n for state, n in summary.by_state.items() if state not in TERMINAL)
         WITHDRAWALS_STUCK.labels(self.chain).set(summary.stuck)
         waiting: dict[str, int] = dict.fromkeys(self._assets, 0)
         for w in self.book.withdrawals():
