@@ -20,7 +20,7 @@ import asyncio
 import os
 import random
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +32,7 @@ import yaml
 from tests.integration.test_crash_recovery import MIN_KILLS, Daemon, chaos_kills
 from tests.support.btc_e2e import CHAIN, btc_config, new_uid, own_btcd
 from tests.support.btc_wallet import Payee, RegtestWallet, Tx, regtest_payee
+from tests.support.oracle import lifecycle_problems
 from tests.support.services import BtcdService, KafkaService, ServiceManager
 from tests.support.solidity import (
     Event,
@@ -49,7 +50,6 @@ pytestmark = pytest.mark.integration
 
 CHAOS_SECONDS = float(os.environ.get("BTC_CRASH_TEST_SECONDS", "60"))
 TIERS = [{"below": 10_000_000, "required": 1}, {"required": 2}]
-ORDER = {"deposit.pending": 0, "deposit.confirmed": 1, "deposit.reverted": 2}
 
 
 def required_for(amount: int) -> int:
@@ -256,21 +256,7 @@ def check(events: list[Event], canonical: dict[int, str], height: int, sending: 
                 e.get("reason") not in ("replaced", "double_spent", "dropped"):
             problems.append(f"(b) a seen deposit reverted without a mempool reason: {e}")
 
-    per_fact: dict[tuple[str, str], list[Event]] = defaultdict(list)
-    for e in in_blocks:
-        per_fact[(e["deposit_id"], e["block_hash"])].append(e)
-    for (did, bh), evs in per_fact.items():
-        types = [e["type"] for e in evs]
-        if types != sorted(types, key=ORDER.__getitem__):
-            problems.append(f"(b) {did} in {bh}: out of order {types}")
-        number = evs[0]["block_number"]
-        required = evs[0]["required_confirmations"]
-        if canonical.get(number) == bh:
-            if height - number + 1 >= required and (
-                    types.count("deposit.confirmed") != 1 or "deposit.reverted" in types):
-                problems.append(f"(c) {did} in canonical block {number} {bh}: {types}")
-        elif types[-1] != "deposit.reverted":
-            problems.append(f"(d) {did} in orphaned block {number} {bh}: {types}")
+    problems += lifecycle_problems(in_blocks, canonical, height)
 
     confirmed = {(e["deposit_id"], e["block_hash"]): e for e in events
                  if e["type"] == "deposit.confirmed"}

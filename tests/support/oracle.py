@@ -38,21 +38,7 @@ def check_stream(events: Sequence[Event], canonical: Mapping[int, str | None], h
     facts = Counter((e["deposit_id"], e["block_hash"], e["type"]) for e in events)
     problems += [f"(a) {f} appears {n} times" for f, n in facts.items() if n > 1]
 
-    per_fact: dict[tuple[str, str], list[Event]] = defaultdict(list)
-    for e in events:
-        per_fact[(e["deposit_id"], e["block_hash"])].append(e)
-    for (did, bh), evs in per_fact.items():
-        types = [e["type"] for e in evs]
-        if types != sorted(types, key=ORDER.__getitem__):
-            problems.append(f"(b) {did} in {bh}: out of order {types}")
-        number = evs[0]["block_number"]
-        needed = evs[0]["required_confirmations"]
-        if canonical.get(number) == bh:
-            if height - number + 1 >= needed and (
-                    types.count("deposit.confirmed") != 1 or "deposit.reverted" in types):
-                problems.append(f"(c) {did} in canonical block {number} {bh}: {types}")
-        elif types[-1] != "deposit.reverted":
-            problems.append(f"(d) {did} in orphaned block {number} {bh}: {types}")
+    problems += lifecycle_problems(events, canonical, height)
 
     confirmed = {(e["deposit_id"], e["block_hash"]): e for e in events
                  if e["type"] == "deposit.confirmed"}
@@ -85,4 +71,28 @@ def check_stream(events: Sequence[Event], canonical: Mapping[int, str | None], h
             problems.append(f"(e) unexpected confirmed deposit {key}: {ev}")
     unwatched = set(noise)
     problems += [f"noise published: {e}" for e in events if e["txid"] in unwatched]
+    return problems
+
+
+def lifecycle_problems(events: Iterable[Event], canonical: Mapping[int, str | None],
+                       height: int) -> list[str]:
+    """Rules (b)-(d) over every fact ``(deposit_id, block_hash)`` of block-path events, for
+    any chain family: its events in lifecycle order; in a canonical block deep enough,
+    exactly one confirmed and never reverted; in an orphaned block, reverted last."""
+    problems: list[str] = []
+    per_fact: dict[tuple[str, str], list[Event]] = defaultdict(list)
+    for e in events:
+        per_fact[(e["deposit_id"], e["block_hash"])].append(e)
+    for (did, bh), evs in per_fact.items():
+        types = [e["type"] for e in evs]
+        if types != sorted(types, key=ORDER.__getitem__):
+            problems.append(f"(b) {did} in {bh}: out of order {types}")
+        number = evs[0]["block_number"]
+        needed = evs[0]["required_confirmations"]
+        if canonical.get(number) == bh:
+            if height - number + 1 >= needed and (
+                    types.count("deposit.confirmed") != 1 or "deposit.reverted" in types):
+                problems.append(f"(c) {did} in canonical block {number} {bh}: {types}")
+        elif types[-1] != "deposit.reverted":
+            problems.append(f"(d) {did} in orphaned block {number} {bh}: {types}")
     return problems
