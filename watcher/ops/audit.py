@@ -44,8 +44,8 @@ from watcher.ops.common import (
     chain_config,
     check_range,
     load,
-    one_line_errors,
     open_chain,
+    range_parser,
     run_command,
     scan,
 )
@@ -53,12 +53,7 @@ from watcher.types import ChainId
 
 
 def add_parser(sub: Any) -> None:
-    p = one_line_errors(sub.add_parser(
-        "audit", help="compare a range's deposits on the chain with the deposits topic"))
-    p.add_argument("--config", "-c", required=True)
-    p.add_argument("--chain", required=True)
-    p.add_argument("--from", dest="start", type=int, required=True, metavar="N")
-    p.add_argument("--to", dest="end", type=int, required=True, metavar="M")
+    p = range_parser(sub, "audit", "compare a range's deposits on the chain with the deposits topic")
     p.add_argument("--topic", help="audit this topic (e.g. a copy) instead of the deposits topic")
     p.add_argument("--json", action="store_true", help="one JSON document instead of lines")
     p.set_defaults(ops_main=main)

@@ -91,6 +91,16 @@ def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def range_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand over a block range of one chain: ``-c FILE --chain C --from N --to M``."""
+    p = one_line_errors(sub.add_parser(name, help=help_text))
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--chain", required=True)
+    p.add_argument("--from", dest="start", type=int, required=True, metavar="N")
+    p.add_argument("--to", dest="end", type=int, required=True, metavar="M")
+    return p
+
+
 def quiet_libraries() -> None:
     """A command's outcome is its one line: Kafka clients' reconnect chatter and the
     registration follower's retries would bury it (the daemon keeps them in its log)."""

@@ -45,8 +45,8 @@ from watcher.ops.common import (
     chain_config,
     check_range,
     load,
-    one_line_errors,
     open_chain,
+    range_parser,
     run_command,
     scan,
 )
@@ -54,12 +54,7 @@ from watcher.types import ChainId
 
 
 def add_parser(sub: Any) -> None:
-    p = one_line_errors(sub.add_parser(
-        "rescan", help="re-derive the deposit events of a block range and publish them"))
-    p.add_argument("--config", "-c", required=True)
-    p.add_argument("--chain", required=True)
-    p.add_argument("--from", dest="start", type=int, required=True, metavar="N")
-    p.add_argument("--to", dest="end", type=int, required=True, metavar="M")
+    p = range_parser(sub, "rescan", "re-derive the deposit events of a block range and publish them")
     p.add_argument("--topic", help="publish to this topic instead of the configured deposits topic")
     p.add_argument("--dry-run", action="store_true", help="print the events (JSON lines), publish nothing")
     p.set_defaults(ops_main=main)
