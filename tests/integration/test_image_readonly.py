@@ -60,16 +60,23 @@ def sandboxed(binary: str, prefix: Path, bcl: Path, *argv: str) -> subprocess.Co
     python = Path(os.path.realpath(sys.executable))
     python_home = Path(sys.base_prefix)
     deps = Path(sysconfig.get_paths()["purelib"])
+    # Hide the source tree (wherever the checkout lives: CI clones it elsewhere than /work),
+    # the dev venv and root's home; re-add only what the image has. The working directory
+    # is /tmp, because `python -c` puts the working directory first on sys.path.
+    hidden = ["/work", "/root", "/opt"]
+    for extra in (ROOT, Path(sys.prefix)):
+        if not any(extra.is_relative_to(h) for h in hidden):
+            hidden.append(str(extra))
     cmd = [binary, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
            "--tmpfs", "/tmp",
-           # Hide the source tree, the dev venv and root's home; re-add only what the image has.
-           "--tmpfs", "/work", "--tmpfs", "/root", "--tmpfs", "/opt",
+           *[arg for h in hidden for arg in ("--tmpfs", h)],
            "--ro-bind", str(python_home), str(python_home),
            "--ro-bind", str(prefix), "/opt/watcher",
            "--ro-bind", str(deps), "/opt/deps",
            "--ro-bind", str(bcl), "/opt/bitcoinlib",
            "--ro-bind", str(ROOT / "config" / "example.yaml"), "/opt/etc/config.yaml",
-           "--remount-ro", "/work", "--remount-ro", "/root", "--remount-ro", "/opt",
+           *[arg for h in hidden for arg in ("--remount-ro", h)],
+           "--chdir", "/tmp",
            "--unshare-all", "--die-with-parent", "--uid", "10001", "--gid", "10001",
            "--clearenv", "--setenv", "PATH", "/opt/watcher/bin:/usr/bin:/bin",
            "--setenv", "PYTHONPATH", "/opt/watcher:/opt/deps", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
