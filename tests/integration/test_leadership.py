@@ -100,6 +100,35 @@ async def test_one_leader_and_a_clean_handover(kafka: KafkaService) -> None:
             await m.stop()
 
 
+async def test_the_leader_keeps_the_lead_while_others_join_and_leave(kafka: KafkaService) -> None:
+    """A standby replica restarting (a rolling deploy, a crash loop) must not move the lead:
+    every move restarts the chain's follower. With the range assignor the partition goes to
+    the smallest member id, so about half of these rejoins would move it."""
+    kcfg = _kafka_cfg(kafka, uuid.uuid4().hex[:10])
+    await ensure_topics(kcfg)  # type: ignore[arg-type]
+    leader = KafkaLeadership(kcfg, "eth", session_timeout_ms=SESSION_TIMEOUT_MS)  # type: ignore[arg-type]
+    lost: list[float] = []
+    try:
+        await leader.start()
+        await asyncio.wait_for(leader.wait_leading(), 20)
+        watch = asyncio.create_task(leader.wait_lost())
+        watch.add_done_callback(lambda _t: lost.append(time.monotonic()))
+        for round_ in range(6):
+            other = KafkaLeadership(kcfg, "eth", session_timeout_ms=SESSION_TIMEOUT_MS)  # type: ignore[arg-type]
+            await other.start()
+            # Joined once the group settled: the newcomer stands by, the leader still leads.
+            await asyncio.sleep(1.5)
+            assert leader.is_leader(), f"round {round_}: the lead moved to a newcomer"
+            assert not other.is_leader(), f"round {round_}: two leaders"
+            await other.stop()  # leaves the group: one more rebalance
+            await asyncio.sleep(0.5)
+        assert not lost, "the leader stepped down during a rebalance"
+        assert leader.is_leader()
+        watch.cancel()
+    finally:
+        await leader.stop()
+
+
 async def test_two_partitions_refused(kafka: KafkaService) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
