@@ -13,7 +13,7 @@ import hashlib
 import os
 import random
 from collections.abc import Callable, Iterator
-from types import ModuleType
+from typing import Protocol
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,18 +38,12 @@ from tests.support.btcblocks import (
 )
 from watcher.errors import NodeAnswerInvalid
 
-
-def _compiled() -> ModuleType:
-    try:
-        from chains.bitcoin import _blockwalk
-    except ImportError as exc:
-        if os.environ.get(walker.ENV) == "compiled":
-            raise
-        pytest.skip(f"the C extension is not built: {exc}")
-    return _blockwalk
-
-
-C = _compiled()
+try:
+    from chains.bitcoin import _blockwalk as C
+except ImportError as exc:
+    if os.environ.get(walker.ENV) == "compiled":
+        raise
+    pytest.skip(f"the C extension is not built: {exc}", allow_module_level=True)
 
 
 @pytest.fixture(params=[True, False], ids=["sha-ni", "portable"])
@@ -121,6 +115,13 @@ def test_merkle_root_errors() -> None:
 Outcome = tuple[object, ...]
 
 
+class _Walks(Protocol):
+    """Either module: the reference or the extension."""
+
+    def walk(self, buf: bytes, off: int, count: int, what: str, /) -> reference.Walked: ...
+    def merkle_root(self, txids: list[bytes], /) -> bytes: ...
+
+
 def _normalised(buf: bytes, walked: reference.Walked) -> Outcome:
     """A walk's result with every offset past the end as one value: the C walk clamps an
     offset that a size pushed beyond 2**62, the reference keeps the big integer (both fail
@@ -172,7 +173,7 @@ def _parse_tx_outcome(raw: bytes) -> Outcome:
     return ("ok", t.raw_txids, t.keys)
 
 
-def _parse_outcome_with(module: ModuleType, parse: Callable[[bytes], Outcome], raw: bytes) -> Outcome:
+def _parse_outcome_with(module: _Walks, parse: Callable[[bytes], Outcome], raw: bytes) -> Outcome:
     """``parse(raw)`` with ``module``'s walk (block.py calls chains.bitcoin.walker's at each
     parse)."""
     saved = walker.walk, walker.merkle_root
