@@ -36,6 +36,7 @@ from chains.bitcoin.block import merkle_root, parse_block, scan
 from chains.bitcoin.networks import network
 from chains.bitcoin.script import KEY_SIZE, PADDING
 from tests.support.btcblocks import mainnet_like_block
+from watcher.core import addresses
 from watcher.core.addresses import AddressIndex
 from watcher.types import AssetSymbol
 
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     raw, block_hash, txs = mainnet_like_block(a.seed, a.txs)
     n_in = sum(len(t.ins) for t in txs)
     n_out = sum(len(t.outs) for t in txs)
-    print(f"block walk: {walker.IMPLEMENTATION} ({walker.REASON})")
+    probe = "compiled" if addresses._c_matches is not None else "interpreted"
+    print(f"block walk: {walker.IMPLEMENTATION} ({walker.REASON}); AddressIndex probe: {probe}")
     print(f"python {sys.version.split()[0]}; block: {len(txs):,} transactions, "
           f"{len(raw) / 1e6:.2f} MB, {n_in:,} inputs, {n_out:,} outputs "
           f"({sum(t.has_witness for t in txs):,} segwit transactions), seed {a.seed}")

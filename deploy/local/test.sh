@@ -4,7 +4,7 @@
 # that the suite starts itself on free ports).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# The Bitcoin block walk's C extension (chains/bitcoin/_blockwalk.c) needs a C compiler and
+# The C extensions (chains/bitcoin/_blockwalk.c, watcher/core/_probe.c) need a C compiler and
 # Python's headers; the suite runs with WATCHER_BTC_WALK=compiled, so a build without them fails
 # here rather than testing only the slow fallback.
 py_h=$(python3 -c 'import os, sysconfig; print(os.path.join(sysconfig.get_paths()["include"], "Python.h"))')
@@ -14,7 +14,7 @@ if ! command -v cc >/dev/null || [ ! -f "$py_h" ]; then
   else echo "test: no C compiler: run 'sudo apt-get install -y gcc libc6-dev python3-dev'" >&2; fi
 fi
 ./deploy/local/bootstrap.sh
-if ! .venv/bin/python -c 'import chains.bitcoin._blockwalk' 2>/dev/null; then
+if ! .venv/bin/python -c 'import chains.bitcoin._blockwalk, watcher.core._probe' 2>/dev/null; then
   rm -f .venv/.installed-*  # built before the compiler was there: build again
   ./deploy/local/bootstrap.sh
 fi

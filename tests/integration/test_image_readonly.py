@@ -109,14 +109,15 @@ def test_entry_point_checks_the_example_config_on_a_read_only_root(tmp_path: Pat
     assert imports.returncode == 0, imports.stderr
     assert imports.stdout.split() == ["/opt/watcher/watcher/__init__.py", "10001"]
 
-    # The wheel carries the compiled Bitcoin block walk (the Dockerfile requires it too).
+    # The wheel carries the compiled Bitcoin block walk and probe (the Dockerfile requires them).
     walk = sandboxed(binary, prefix, bcl, "-c",
-                     "from chains.bitcoin import walker, _blockwalk; "
-                     "print(walker.IMPLEMENTATION, _blockwalk.__file__)")
+                     "from chains.bitcoin import walker, _blockwalk; from watcher.core import _probe; "
+                     "print(walker.IMPLEMENTATION, _blockwalk.__file__, _probe.__file__)")
     assert walk.returncode == 0, walk.stderr
-    kind, where = walk.stdout.split()
+    kind, walk_so, probe_so = walk.stdout.split()
     assert kind == "compiled"
-    assert where.startswith("/opt/watcher/chains/bitcoin/_blockwalk.") and where.endswith(".so")
+    assert walk_so.startswith("/opt/watcher/chains/bitcoin/_blockwalk.") and walk_so.endswith(".so")
+    assert probe_so.startswith("/opt/watcher/watcher/core/_probe.") and probe_so.endswith(".so")
 
     # And the root really is read-only: only /tmp takes writes.
     probe = sandboxed(binary, prefix, bcl, "-c",
