@@ -80,7 +80,18 @@ static void compress_portable(uint32_t *state, const uint8_t *data, size_t block
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define HAVE_SHA_NI_CODE 1
+#include <cpuid.h>
 #include <immintrin.h>
+
+/* CPUID, not __builtin_cpu_supports("sha") (which older gcc and clang do not know):
+ * leaf 7 EBX bit 29 = SHA, leaf 1 ECX bits 9 and 19 = SSSE3 and SSE4.1. */
+static int cpu_has_sha_ni(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 9)) || !(c & (1u << 19))) return 0;
+    if (__get_cpuid_max(0, NULL) < 7) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    return (b >> 29) & 1;
+}
 
 /* The SHA extensions (Intel SHA-NI, AMD Zen and later): four rounds per sha256rnds2 pair.
  * The state is kept as ABEF / CDGH, the layout the instructions use. */
@@ -552,7 +563,7 @@ static PyObject *set_sha_extensions(PyObject *self, PyObject *on) {
     int want = PyObject_IsTrue(on);
     if (want < 0) return NULL;
 #ifdef HAVE_SHA_NI_CODE
-    if (want && __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1")) {
+    if (want && cpu_has_sha_ni()) {
         compress = compress_sha_ni;
         Py_RETURN_TRUE;
     }
@@ -587,7 +598,7 @@ PyMODINIT_FUNC PyInit__blockwalk(void) {
     empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
     if (empty_bytes == NULL) return NULL;
 #ifdef HAVE_SHA_NI_CODE
-    if (__builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1")) compress = compress_sha_ni;
+    if (cpu_has_sha_ni()) compress = compress_sha_ni;
 #endif
     return PyModule_Create(&module);
 }
