@@ -267,5 +267,5 @@ WITHDRAWAL_CONFIRMATION_SECONDS = Histogram(
 # -- Bitcoin block walk (issue #7 speed, btcspeed) --------------------------------------------
 BTC_BLOCK_WALK = Gauge("watcher_btc_block_walk",
                        "1 for the Bitcoin block walk this process runs (kind: compiled C extension, "
-                       "or the interpreted reference, ~10x slower), 0 for the other",
+                       "or the interpreted reference, ~5x slower per block), 0 for the other",
                        ["kind"], registry=REGISTRY)

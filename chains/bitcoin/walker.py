@@ -66,10 +66,15 @@ else:
 
 @cache
 def _log_choice() -> None:
-    if IMPLEMENTATION == "compiled":
-        log.info("bitcoin block walk: compiled (%s)", REASON)
+    from watcher.core import addresses
+
+    probe = "compiled" if addresses._c_matches is not None else "interpreted (~3x slower)"
+    if IMPLEMENTATION == "compiled" and addresses._c_matches is not None:
+        log.info("bitcoin block walk: compiled (%s); address probe: %s", REASON, probe)
     else:
-        log.warning("bitcoin block walk: interpreted, ~10x slower per block (%s)", REASON)
+        log.warning("bitcoin block walk: %s (%s); address probe: %s", IMPLEMENTATION
+                    if IMPLEMENTATION == "compiled" else "interpreted, ~5x slower per block",
+                    REASON, probe)
 
 
 def announce() -> Implementation:

@@ -11,6 +11,7 @@ import pytest
 import chains.bitcoin
 from chains.bitcoin import walker
 from watcher import metrics
+from watcher.core import addresses
 
 
 def _blocked(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,7 +51,10 @@ def test_the_choice_is_logged_once_and_exported(caplog: pytest.LogCaptureFixture
     lines = [r for r in caplog.records if r.name == "chains.bitcoin.walker"]
     assert len(lines) == 1
     assert lines[0].getMessage().startswith(f"bitcoin block walk: {walker.IMPLEMENTATION}")
-    assert lines[0].levelno == (logging.INFO if walker.IMPLEMENTATION == "compiled" else logging.WARNING)
+    fast = walker.IMPLEMENTATION == "compiled" and addresses._c_matches is not None
+    assert lines[0].levelno == (logging.INFO if fast else logging.WARNING)
+    assert "address probe: " + ("compiled" if addresses._c_matches is not None else "interpreted") \
+        in lines[0].getMessage()
     other = "interpreted" if walker.IMPLEMENTATION == "compiled" else "compiled"
     assert metrics.BTC_BLOCK_WALK.labels(walker.IMPLEMENTATION)._value.get() == 1
     assert metrics.BTC_BLOCK_WALK.labels(other)._value.get() == 0
