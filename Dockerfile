@@ -8,16 +8,24 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# A C compiler for the extensions (chains/bitcoin/_blockwalk.c, watcher/core/_probe.c); the slim
+# image has Python's headers. Only this stage has it: the runtime image gets the built .so.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY watcher/ watcher/
 COPY chains/ chains/
 # A wheel of the project, installed with its pinned dependencies into a venv that the
 # runtime stage copies whole; pip compiles the .pyc files here, so nothing is written later.
+# The extension is optional to pip (a build without a compiler succeeds, interpreted); the image
+# is not: the imports (WATCHER_BTC_WALK=compiled) fail the build if they are missing.
 RUN python -m pip wheel --no-deps -w /dist . \
  && python -m venv /opt/watcher \
  && /opt/watcher/bin/pip install /dist/*.whl \
- && /opt/watcher/bin/pip uninstall -y pip
+ && /opt/watcher/bin/pip uninstall -y pip \
+ && cd / && WATCHER_BTC_WALK=compiled /opt/watcher/bin/python -c "import chains.bitcoin.walker, watcher.core._probe"
 COPY deploy/docker/init_bitcoinlib.py /tmp/init_bitcoinlib.py
 RUN BCL_DATA_DIR=/opt/bitcoinlib /opt/watcher/bin/python /tmp/init_bitcoinlib.py
 

@@ -12,7 +12,10 @@ txid, merkle root, index keys) plus ``scan`` (matching and transfers), median of
 ``--repeats``; the steps are also timed alone. embit reads every transaction and computes
 its txid; bitcoinlib runs ``Block.parse_bytes(parse_transactions=True)``;
 python-bitcoinlib's ``CBlock.deserialize`` runs too when it is installed. The garbage
-collector is left on, as in the service.
+collector is left on, as in the service. The first line says which block walk ran
+(``chains.bitcoin.walker``: the C extension, or the interpreted reference when it is not
+built or ``WATCHER_BTC_WALK=interpreted``); with the extension, parse_block is also timed
+with the reference.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+from chains.bitcoin import blockwalk, walker
 from chains.bitcoin.block import merkle_root, parse_block, scan
 from chains.bitcoin.networks import network
 from chains.bitcoin.script import KEY_SIZE, PADDING
 from tests.support.btcblocks import mainnet_like_block
+from watcher.core import addresses
 from watcher.core.addresses import AddressIndex
 from watcher.types import AssetSymbol
 
@@ -127,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     raw, block_hash, txs = mainnet_like_block(a.seed, a.txs)
     n_in = sum(len(t.ins) for t in txs)
     n_out = sum(len(t.outs) for t in txs)
+    probe = "compiled" if addresses._c_matches is not None else "interpreted"
+    print(f"block walk: {walker.IMPLEMENTATION} ({walker.REASON}); AddressIndex probe: {probe}")
     print(f"python {sys.version.split()[0]}; block: {len(txs):,} transactions, "
           f"{len(raw) / 1e6:.2f} MB, {n_in:,} inputs, {n_out:,} outputs "
           f"({sum(t.has_witness for t in txs):,} segwit transactions), seed {a.seed}")
@@ -161,6 +168,17 @@ def main(argv: list[str] | None = None) -> None:
     print(_fmt("  of which parse_block (hash, txids, merkle, keys)", parse_ms))
     print(_fmt(f"    of which the merkle root ({len(raw_ids):,} txids)", merkle_ms))
     print(_fmt(f"  of which matching {len(parsed.txs.keys):,} keys", match_ms))
+    if walker.IMPLEMENTATION == "compiled":
+        # The same parse with the pure-Python reference walk (what runs without the extension).
+        saved = walker.walk, walker.merkle_root
+        walker.walk, walker.merkle_root = blockwalk.walk, blockwalk.merkle_root
+        try:
+            ref_ms = _times(lambda: parse_block(raw, block_hash), max(3, a.repeats // 3))
+        finally:
+            walker.walk, walker.merkle_root = saved
+        print(_fmt("  parse_block with the interpreted reference walk", ref_ms))
+        print(f"  compiled walk: parse_block {ref_ms.median / parse_ms.median:.1f}x faster than "
+              "interpreted")
 
     med = total.median
     others: dict[str, Timing] = {}
@@ -184,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
               f"scan is {scaled:.1f} ms")
     verdict = "met" if med <= TARGET_MS else "NOT met"
     print(f"target {TARGET_MS:.0f} ms for parse + txids + match against {len(index):,}, "
-          "measured here: "
+          f"{walker.IMPLEMENTATION} walk, measured here: "
           f"{verdict} ({med:.1f} ms cpu, {statistics.median(total.wall):.1f} ms wall; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
 

@@ -263,3 +263,9 @@ WITHDRAWAL_CONFIRMATION_SECONDS = Histogram(
     "watcher_withdrawal_confirmation_seconds",
     "From the request record's timestamp to withdrawal.confirmed (or .failed)",
     ["chain"], buckets=_WITHDRAWAL_BUCKETS, registry=REGISTRY)
+
+# -- Bitcoin block walk (issue #7 speed, btcspeed) --------------------------------------------
+BTC_BLOCK_WALK = Gauge("watcher_btc_block_walk",
+                       "1 for the Bitcoin block walk this process runs (kind: compiled C extension, "
+                       "or the interpreted reference, ~5x slower per block), 0 for the other",
+                       ["kind"], registry=REGISTRY)

@@ -12,11 +12,11 @@ another block, ``TXID`` for a merkle mismatch), never an ``IndexError``. Witness
 covered by the merkle root and is only skipped, never read.
 
 Speed is the design: a mainnet block (3,500 transactions, 1.3 MB) is walked once with
-integer offsets into the ``bytes`` (no per-byte loop, no object per transaction or
-output); txids are hashed from ``memoryview`` slices; each output's index key (the
-layout of :mod:`chains.bitcoin.script`) is built in the same pass; values, scripts,
-address text and outpoints become Python objects only for the outputs that match and for
-what a caller asks for.
+integer offsets into the ``bytes`` (:mod:`chains.bitcoin.blockwalk`, run as a C extension
+when built: :mod:`chains.bitcoin.walker`), no object per transaction or output; txids and
+each output's index key (the layout of :mod:`chains.bitcoin.script`) come from the same
+pass; values, scripts, address text and outpoints become Python objects only for the
+outputs that match and for what a caller asks for.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from functools import lru_cache
 from typing import Protocol
 
 from chains.bitcoin import script as _script
+from chains.bitcoin import walker as _walker
+from chains.bitcoin.blockwalk import varint as _varint
 from chains.bitcoin.networks import Network
 from watcher.errors import AnswerCheck, NodeAnswerInvalid
 from watcher.types import Address, AssetSymbol, BlockHash, Transfer, TxId
@@ -40,7 +42,6 @@ _FIND_LIMIT = 64
 """Up to this many outpoints, :meth:`Transactions.spenders` searches the bytes for each."""
 
 _sha256 = hashlib.sha256
-_NO_KEY = b""
 
 
 def _dsha(data: bytes | memoryview) -> bytes:
@@ -50,20 +51,6 @@ def _dsha(data: bytes | memoryview) -> bytes:
 def _hex(internal: bytes) -> str:
     """Display form of a hash: the bytes reversed, lower-case hex."""
     return internal[::-1].hex()
-
-
-def _varint(buf: bytes, off: int) -> tuple[int, int]:
-    """The CompactSize at ``off`` (first byte >= 0xfd) and the offset after it."""
-    b = buf[off]
-    if b == 0xFD:
-        end = off + 3
-    elif b == 0xFE:
-        end = off + 5
-    else:
-        end = off + 9
-    if end > len(buf):
-        raise IndexError("varint beyond the end")
-    return int.from_bytes(buf[off + 1:end], "little"), end
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,138 +305,15 @@ class RawBlock:
 
 
 def _walk(buf: bytes, off: int, count: int, what: str) -> tuple[int, Transactions]:
-    """Parses ``count`` transactions from ``off``; returns the end offset and offsets.
-
-    One pass, locals only: this loop is the cost of a block.
-    """
-    mv = memoryview(buf)
-    sha = _sha256
-    tx_starts: list[int] = []
-    txids: list[bytes] = []
-    witness: list[bool] = []
-    out_first: list[int] = []
-    keys: list[bytes] = []
-    add_key = keys.append
-    padding = _script.PADDING
-    pad12, pad11, pad9 = padding[22], padding[23], padding[25]
-    k_hashed = bytes((_script.HASHED,))
-    no_key = _NO_KEY
-    varint = _varint
-    p2pkh_head = b"\x76\xa9\x14"
-    p2pkh_tail = b"\x88\xac"
-    for _ in range(count):
-        start = off
-        tx_starts.append(start)
-        out_first.append(len(keys))
-        off += 4
-        b = buf[off]
-        segwit = b == 0
-        if segwit:
-            if buf[off + 1] != 1:
-                raise NodeAnswerInvalid(f"{what}: transaction {len(txids)} has witness flag "
-                                        f"{buf[off + 1]}, not 1")
-            off += 2
-            b = buf[off]
-        body = off
-        if b < 0xFD:
-            n_in = b
-            off += 1
-        else:
-            n_in, off = varint(buf, off)
-        if n_in == 0:
-            raise NodeAnswerInvalid(f"{what}: transaction {len(txids)} has no input")
-        for _ in range(n_in):
-            b = buf[off + 36]
-            if b < 0xFD:
-                off += 41 + b
-            else:
-                size, p = varint(buf, off + 36)
-                off = p + size + 4
-        b = buf[off]
-        if b < 0xFD:
-            n_out = b
-            off += 1
-        else:
-            n_out, off = varint(buf, off)
-        if n_out == 0:
-            raise NodeAnswerInvalid(f"{what}: transaction {len(txids)} has no output")
-        for _ in range(n_out):
-            b = buf[off + 8]
-            if b < 0xFD:
-                s = off + 9
-            else:
-                b, s = varint(buf, off + 8)
-            e = s + b
-            # The same keys as chains.bitcoin.script.script_key, most common template first.
-            if b == 22 and buf[s] == 0 and buf[s + 1] == 20:
-                add_key(buf[s:e] + pad12)
-            elif b == 34 and buf[s + 1] == 32 and (buf[s] == 0x51 or buf[s] == 0):
-                add_key(buf[s:e])
-            elif b == 25 and buf[s:s + 3] == p2pkh_head and buf[s + 23:e] == p2pkh_tail:
-                add_key(buf[s:e] + pad9)
-            elif b == 23 and buf[s] == 0xA9 and buf[s + 1] == 20 and buf[s + 22] == 0x87:
-                add_key(buf[s:e] + pad11)
-            elif 4 <= b <= 42 and 0x51 <= buf[s] <= 0x60 and buf[s + 1] == b - 2:
-                add_key(buf[s:e] + padding[b] if b <= 34 else
-                        k_hashed + sha(buf[s:e]).digest() + b"\0")
-            else:
-                add_key(no_key)
-            off = e
-        body_end = off
-        if segwit:
-            for _ in range(n_in):
-                items = buf[off]
-                # P2WPKH's two items (signature, key) and P2TR's one, unrolled: most inputs.
-                if items == 2:
-                    b = buf[off + 1]
-                    if b < 0xFD:
-                        p = off + 2 + b
-                        b = buf[p]
-                        if b < 0xFD:
-                            off = p + 1 + b
-                            continue
-                elif items == 1:
-                    b = buf[off + 1]
-                    if b < 0xFD:
-                        off += 2 + b
-                        continue
-                if items < 0xFD:
-                    off += 1
-                else:
-                    items, off = varint(buf, off)
-                for _ in range(items):
-                    b = buf[off]
-                    if b < 0xFD:
-                        off += 1 + b
-                    else:
-                        size, p = varint(buf, off)
-                        off = p + size
-            h = sha(mv[start:start + 4])
-            h.update(mv[body:body_end])
-            h.update(mv[off:off + 4])
-        else:
-            h = sha(mv[start:off + 4])
-        off += 4
-        txids.append(sha(h.digest()).digest())
-        witness.append(segwit)
-    tx_starts.append(off)
-    out_first.append(len(keys))
-    mv.release()
-    return off, Transactions(buf, tx_starts, txids, witness, out_first, keys)
+    """Parses ``count`` transactions from ``off``; returns the end offset and offsets (the
+    walk of :mod:`chains.bitcoin.blockwalk`, compiled or not: :mod:`chains.bitcoin.walker`)."""
+    end, tx_starts, txids, witness, out_first, keys = _walker.walk(buf, off, count, what)
+    return end, Transactions(buf, tx_starts, txids, witness, out_first, keys)
 
 
 def merkle_root(txids: list[bytes]) -> bytes:
     """Bitcoin's merkle root (internal order) of txids in internal order."""
-    level = txids
-    if not level:
-        raise ValueError("no txids")
-    sha = _sha256
-    while len(level) > 1:
-        if len(level) & 1:
-            level = [*level, level[-1]]
-        pairs = iter(level)
-        level = [sha(sha(a + b).digest()).digest() for a, b in zip(pairs, pairs, strict=False)]
-    return level[0]
+    return _walker.merkle_root(txids)
 
 
 def _bytes_of(raw: object, what: str) -> bytes:

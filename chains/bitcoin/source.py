@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from chains.bitcoin import block as blocks
+from chains.bitcoin import walker
 from chains.bitcoin.address import UtxoAddressCodec
 from chains.bitcoin.networks import Network, network
 from chains.bitcoin.rpc import BitcoinRpcClient
@@ -360,5 +361,6 @@ async def _gather_or_cancel(aws: Sequence[Awaitable[T]]) -> list[T]:
 
 def build_family(cfg: ChainConfig) -> tuple[BitcoinChainSource, UtxoAddressCodec, int]:
     """The source, the address codec of the configured network and the index key width."""
+    walker.announce()  # compiled or interpreted block walk: logged once, and the metric
     source = BitcoinChainSource(cfg)
     return source, UtxoAddressCodec(source.network), KEY_SIZE

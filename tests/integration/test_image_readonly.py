@@ -5,7 +5,9 @@ project's wheel, installed into its own prefix; bitcoinlib's data directory prep
 deploy/docker/init_bitcoinlib.py) and runs the ``watcher`` entry point inside bubblewrap:
 ``/`` bound read-only, only ``/tmp`` writable, the source tree and the dev venv hidden,
 uid 10001, no network. Dependencies come from the dev venv's site-packages (the same pins
-the image installs), bound read-only.
+the image installs), bound read-only. The wheel is built from the sources (a C compiler
+compiles the Bitcoin block walk, as in the Dockerfile's build stage), never from a .so
+left in the work tree.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def build_prefix(tmp: Path) -> tuple[Path, Path]:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
     for package in ("watcher", "chains"):
-        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)],
                    check=True, capture_output=True, timeout=300)
     (wheel,) = dist.glob("chain_watcher-*.whl")
@@ -106,6 +108,16 @@ def test_entry_point_checks_the_example_config_on_a_read_only_root(tmp_path: Pat
                         "print(watcher.__file__, os.getuid())")
     assert imports.returncode == 0, imports.stderr
     assert imports.stdout.split() == ["/opt/watcher/watcher/__init__.py", "10001"]
+
+    # The wheel carries the compiled Bitcoin block walk and probe (the Dockerfile requires them).
+    walk = sandboxed(binary, prefix, bcl, "-c",
+                     "from chains.bitcoin import walker, _blockwalk; from watcher.core import _probe; "
+                     "print(walker.IMPLEMENTATION, _blockwalk.__file__, _probe.__file__)")
+    assert walk.returncode == 0, walk.stderr
+    kind, walk_so, probe_so = walk.stdout.split()
+    assert kind == "compiled"
+    assert walk_so.startswith("/opt/watcher/chains/bitcoin/_blockwalk.") and walk_so.endswith(".so")
+    assert probe_so.startswith("/opt/watcher/watcher/core/_probe.") and probe_so.endswith(".so")
 
     # And the root really is read-only: only /tmp takes writes.
     probe = sandboxed(binary, prefix, bcl, "-c",

@@ -1,0 +1,3 @@
+# Types of the C extension built from _probe.c (AddressIndex.matches' probe loop).
+def matches(keys: list[bytes], states: bytearray, table: bytearray, mask: int, size: int, /
+            ) -> list[int] | None: ...
