@@ -7,7 +7,7 @@ runtime sees nothing else of a node or a broker.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -290,4 +290,23 @@ class RequestSource(Protocol):
 
     async def fetch(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Consumed]: ...
 
+    async def behind(self) -> frozenset[int]:
+        """Partitions with records written but not fetched yet (see the runner's order rule)."""
+        ...
+
     async def stop(self) -> None: ...
+
+
+class SettledRecords(Protocol):
+    """A chain's settled-withdrawal records, a compacted topic keyed by request id:
+    :class:`watcher.kafka.settled.KafkaSettledRecords`. Written only as records of the
+    runner's own transactions (:attr:`topic`); read whole when a runner starts."""
+
+    @property
+    def topic(self) -> str: ...
+
+    async def ensure(self) -> None: ...
+
+    def batches(self) -> AsyncIterator[list[tuple[bytes | None, bytes | None]]]:
+        """Every committed ``(key, value)``, in offset order."""
+        ...

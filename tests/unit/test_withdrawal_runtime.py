@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -133,7 +133,30 @@ class FakeSink:
         pass
 
     def events(self) -> list[dict[str, Any]]:
-        return [orjson.loads(r.value) for recs, _ in self.commits for r in recs if r.value]
+        return [orjson.loads(r.value) for recs, _ in self.commits for r in recs
+                if r.value and r.topic == "out"]
+
+    def settled(self) -> dict[bytes, bytes | None]:
+        return {r.key: r.value for recs, _ in self.commits for r in recs if r.topic == SETTLED}
+
+
+SETTLED = "cp.settled"
+
+
+class FakeSettled:
+    """The settled-records topic: what the sink committed to it."""
+
+    topic = SETTLED
+
+    def __init__(self, sink: FakeSink) -> None:
+        self.sink = sink
+        self.ensured = 0
+
+    async def ensure(self) -> None:
+        self.ensured += 1
+
+    async def batches(self) -> AsyncIterator[list[tuple[bytes | None, bytes | None]]]:
+        yield list(self.sink.settled().items())
 
 
 class FakeRequests:
@@ -141,9 +164,9 @@ class FakeRequests:
         self.records: list[Consumed] = []
         self.position = 0
 
-    def add(self, value: bytes | None, partition: int = 0) -> None:
+    def add(self, value: bytes | None, partition: int = 0, ts: int = 1_700_000_000_000) -> None:
         offset = sum(1 for r in self.records if r.partition == partition)
-        self.records.append(Consumed("req", partition, offset, b"k", value, 1_700_000_000_000, ()))
+        self.records.append(Consumed("req", partition, offset, b"k", value, ts, ()))
 
     async def start(self, partitions: Sequence[int] | None = None) -> list[int]:
         return [0, 1]
@@ -157,9 +180,12 @@ class FakeRequests:
         self.position = max(self.position, max(done, default=-1) + 1)
 
     async def fetch(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Consumed]:
-        out = self.records[self.position:]
-        self.position = len(self.records)
+        out = self.records[self.position:self.position + (max_records or len(self.records))]
+        self.position += len(out)
         return out
+
+    async def behind(self) -> frozenset[int]:
+        return frozenset(r.partition for r in self.records[self.position:])
 
     async def stop(self) -> None:
         pass
@@ -175,8 +201,12 @@ class DeadLetters:
 
 
 def runner(chain: str, node: FakeNode, sink: FakeSink, reqs: FakeRequests,
-           dead: DeadLetters | None = None) -> WithdrawalRunner:
-    cfg = parse(raw_config())
+           dead: DeadLetters | None = None, daily_limit: str = "100000",
+           clock: Any = None) -> WithdrawalRunner:
+    raw = raw_config()
+    for c in raw["withdrawals"]["chains"].values():
+        c["assets"]["ETH"]["daily_limit"] = daily_limit
+    cfg = parse(raw)
     assert cfg.withdrawals is not None
     from chains.evm.adapter import EvmAddressCodec
 
@@ -185,7 +215,8 @@ def runner(chain: str, node: FakeNode, sink: FakeSink, reqs: FakeRequests,
     return WithdrawalRunner(chain=cfg.chains[ChainId(chain)], cw=cfg.withdrawals.chains[ChainId(chain)],
                             policy=policy, primary=ChainId("arb"), topics=RunnerTopics("req", "out"),
                             signer=HotKeySigner("t", HOT_KEY), node=node, sink=sink, requests=reqs,
-                            dead_letters=dead or DeadLetters())
+                            dead_letters=dead or DeadLetters(), settled=FakeSettled(sink),
+                            **({} if clock is None else {"clock": clock}))
 
 
 @pytest.mark.parametrize(("value", "expected"), [
