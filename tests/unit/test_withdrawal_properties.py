@@ -258,7 +258,7 @@ class Sim:
     def submit(self, rid: str) -> None:
         if rid not in self.submitted:
             self.submitted.append(rid)
-        if self.book.digest_of(rid) is not None:
+        if self.book.knows(rid):
             return  # intake's Repeat: no event
         self.run(self.book.accept(Request(RequestId(rid), AssetSymbol("ETH"), None,
                                           Address("0x" + "11" * 20), 1 + len(rid), 18, f"d-{rid}",

@@ -224,7 +224,7 @@ class UtxoSim:
     def submit(self, rid: str) -> None:
         if rid not in self.submitted:
             self.submitted.append(rid)
-        if self.book.digest_of(rid) is None:
+        if self.book.knows(rid) is False:
             self.run(self.book.accept(Request(RequestId(rid), AssetSymbol("BTC"), None, Address("bcrt1q"),
                                               10_000, 8, f"d-{rid}", self.height)))
 

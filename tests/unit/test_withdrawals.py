@@ -91,7 +91,7 @@ def test_accept_announces_commits_then_asks_for_funds() -> None:
     assert ds[0] == Emit(ds[0].event) and events(ds) == [T.ACCEPTED]  # type: ignore[union-attr]
     assert kinds(ds) == ["Emit", "Commit", "CheckFunds"]
     assert b.get(R1).state is S.ACCEPTED  # type: ignore[union-attr]
-    assert b.digest_of("w-1") == "d-w-1"
+    assert b.seen("w-1", "d-w-1") is True
     with pytest.raises(ValueError, match="already accepted"):
         b.accept(request())
 
@@ -517,7 +517,7 @@ def test_settled_withdrawals_are_forgotten_at_finality_but_stay_duplicates() -> 
     assert b.tip(15, 11) == [] and b.get(R1) is not None  # not final yet: kept
     assert b.tip(16, 12) == []
     assert b.get(R1) is None
-    assert b.digest_of("w-1") == "d-w-1"
+    assert b.seen("w-1", "d-w-1") is True
     assert b"t1" not in WithdrawalBook.restore(b.snapshot(), ETH, CFG).snapshot()
 
 
@@ -562,14 +562,14 @@ def test_a_settled_request_leaves_the_snapshot_for_one_small_record() -> None:
     assert b"w-1" not in ch.snapshot and b"d-w-2" in ch.snapshot
     r = reopen(b, store)
     assert r.snapshot() == b.snapshot()
-    assert r.get(R1) is None and r.digest_of("w-1") == "d-w-1" and r.digest_of("w-2") == "d-w-2"
+    assert r.get(R1) is None and r.seen("w-1", "d-w-1") is True and r.seen("w-2", "d-w-2") is True
     assert b.take_changes().records == {}  # written once
 
 
 def test_the_snapshot_stays_small_however_many_requests_settled() -> None:
     b = book_with_next()
     store: dict[RequestId, bytes] = {}
-    sizes = []
+    sizes: list[int] = []
     for i in range(300):
         rid = RequestId(f"w-{i}")
         b.accept(request(rid))
@@ -587,7 +587,8 @@ def test_the_snapshot_stays_small_however_many_requests_settled() -> None:
     # (a few bytes more only as ids, heights and nonces get longer).
     assert max(sizes) < 600 and sizes[-1] - sizes[10] < 16
     r = reopen(b, store)
-    assert all(r.digest_of(f"w-{i}") == f"d-w-{i}" for i in range(300))
+    assert all(r.seen(f"w-{i}", f"d-w-{i}") is True for i in range(300))
+    assert all(r.seen(f"w-{i}", f"d-w-{i + 1}") is False for i in range(299))
 
 
 def test_a_failed_commit_never_turns_into_remembered_ids() -> None:
@@ -595,12 +596,13 @@ def test_a_failed_commit_never_turns_into_remembered_ids() -> None:
     b.reject(RequestId("w-r"), "d-w-r")
     b.take_changes()  # the commit fails: changes_committed is not called
     r = WithdrawalBook.restore(WithdrawalBook(ETH, CFG).snapshot(), ETH, CFG, b.settled)
-    assert r.digest_of("w-r") is None  # the record is read again and decided again
+    assert r.knows("w-r") is False  # the record is read again and decided again
 
 
 def test_a_version_1_snapshot_loads_and_moves_its_history_to_records() -> None:
     r = WithdrawalBook.restore(GOLDEN_V1_SNAPSHOT, ETH, CFG)
-    assert (r.digest_of("w-0"), r.digest_of("w-1"), r.digest_of("w-r")) == ("d-w-0", "d-w-1", "d-w-r")
+    assert r.seen("w-0", "d-w-0") is r.seen("w-1", "d-w-1") is r.seen("w-r", "d-w-r") is True
+    assert r.seen("w-0", "d-other") is False and r.seen("w-9", "d-w-9") is None
     w = r.get(R1)
     assert w is not None and w.state is S.REPLACED and (w.refusals, w.retry_height) == (0, None)
     ch = r.take_changes()
@@ -609,7 +611,7 @@ def test_a_version_1_snapshot_loads_and_moves_its_history_to_records() -> None:
         "w-0": b'{"version":1,"digest":"d-w-0","chain":"eth","outcome":"migrated"}',
         "w-r": b'{"version":1,"digest":"d-w-r","chain":"eth","outcome":"migrated"}'}
     again = reopen(r, {})
-    assert again.digest_of("w-0") == "d-w-0" and again.take_changes().records == {}
+    assert again.seen("w-0", "d-w-0") is True and again.take_changes().records == {}
 
 
 @pytest.mark.parametrize(("key", "value", "match"), [
@@ -628,13 +630,13 @@ def test_bad_settled_records_are_refused_by_key(key: bytes, value: bytes | None,
 def test_an_id_claimed_by_another_chain_is_taken_here_and_recorded() -> None:
     b = book_with_next()
     assert b.claim(RequestId("w-x"), "d-x", ChainId("arb")) == []
-    assert b.digest_of("w-x") == "d-x"
+    assert b.seen("w-x", "d-x") is True
     assert b.take_changes().records == {
         "w-x": b'{"version":1,"digest":"d-x","chain":"arb","outcome":"claimed"}'}
     with pytest.raises(ValueError, match="not claimed"):
         b.claim(RequestId("w-y"), "d-y", ETH)
     b.claim(RequestId("w-x"), "d-other", ChainId("arb"))  # the first claim stays
-    assert reopen(b, {}).digest_of("w-x") == "d-x"
+    assert reopen(b, {}).seen("w-x", "d-x") is True
 
 
 # ---------------------------------------------------------------- refused sends

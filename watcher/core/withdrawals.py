@@ -13,8 +13,9 @@ however long the watcher runs (see :meth:`WithdrawalBook.take_changes`):
 * one **settled record** per request id that left the live set (settled at finality,
   refused after authentication, or claimed by another chain), written once, on a
   compacted topic keyed by the request id, in the same transaction as the snapshot.
-  The book keeps only ``request id -> digest`` of them (:attr:`WithdrawalBook.settled`),
-  which is all the duplicate rule needs, and which is loaded back at a restart.
+  The book keeps only ``request id -> digest`` of them, compactly
+  (:class:`~watcher.core.settled.SettledIndex`, 24 bytes each), which is all the
+  duplicate rule needs, and which is loaded back at a restart.
 
 States::
 
@@ -52,6 +53,7 @@ from typing import Any, NewType
 
 import orjson
 
+from watcher.core.settled import SettledIndex
 from watcher.errors import ErrorKind, WatcherError
 from watcher.types import Address, AssetSymbol, BlockHash, ChainId, EventId, TxId
 
@@ -463,13 +465,14 @@ def settled_record(digest: str, chain: str, outcome: SettledOutcome) -> bytes:
 
 
 def load_settled(records: Iterable[tuple[bytes | None, bytes | None]],
-                 into: dict[RequestId, str] | None = None) -> dict[RequestId, str]:
-    """``request id -> digest`` from the latest ``(key, value)`` of each settled record.
+                 into: SettledIndex | None = None) -> SettledIndex:
+    """``request id -> digest`` from the ``(key, value)`` of each settled record (staged:
+    one sort at the first lookup, however many batches are loaded).
 
     Raises :class:`SnapshotError` naming the record's key and field when one cannot be read:
     a settled record is what stops an old request from being paid again, so none is skipped.
     """
-    out: dict[RequestId, str] = {} if into is None else into
+    out = SettledIndex() if into is None else into
     loads = orjson.loads
     for key, value in records:
         if key is None or value is None:
@@ -486,7 +489,7 @@ def load_settled(records: Iterable[tuple[bytes | None, bytes | None]],
         except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError) as exc:
             raise SnapshotError(f"settled record with key {key[:140]!r} is unreadable: "
                                 f"{exc!r}") from exc
-        out[RequestId(rid)] = digest
+        out.stage(rid, digest)
     return out
 
 
@@ -510,16 +513,16 @@ class WithdrawalBook:
     """
 
     def __init__(self, chain: ChainId, cfg: MachineConfig,
-                 settled: dict[RequestId, str] | None = None) -> None:
+                 settled: SettledIndex | None = None) -> None:
         """``settled``: the committed settled records (:func:`load_settled`); the book adds
-        to it only in :meth:`changes_committed`, so after a failed commit the same mapping
+        to it only in :meth:`changes_committed`, so after a failed commit the same index
         serves the book restored from the last snapshot."""
         self.chain = chain
         self.cfg = cfg
         self.nonces = NonceManager()
         self.limits = RollingAmounts()
         self._w: dict[RequestId, Withdrawal] = {}
-        self.settled: dict[RequestId, str] = {} if settled is None else settled
+        self.settled = SettledIndex() if settled is None else settled
         self._fresh: dict[RequestId, tuple[str, str, SettledOutcome]] = {}
         """Settled since the last commit: id -> (digest, claiming chain, outcome)."""
         self._by_key: dict[str, RequestId] = {}
@@ -532,18 +535,24 @@ class WithdrawalBook:
     def withdrawals(self) -> list[Withdrawal]:
         return list(self._w.values())
 
-    def digest_of(self, request_id: str) -> str | None:
-        """The digest of the request accepted (or refused after authentication) under this id,
-        here or by another chain, however long ago, for the duplicate rule
-        (:mod:`watcher.withdrawals.intake`)."""
+    def seen(self, request_id: str, digest: str) -> bool | None:
+        """For the duplicate rule (:mod:`watcher.withdrawals.intake`): whether a request was
+        accepted (or refused after authentication) under this id, here or by another chain,
+        however long ago: None (never), True (with this digest: an exact repeat), False
+        (with other content)."""
         rid = RequestId(request_id)
         w = self._w.get(rid)
         if w is not None:
-            return w.request.digest
+            return w.request.digest == digest
         fresh = self._fresh.get(rid)
         if fresh is not None:
-            return fresh[0]
-        return self.settled.get(rid)
+            return fresh[0] == digest
+        return self.settled.seen(rid, digest)
+
+    def knows(self, request_id: str) -> bool:
+        """The id is taken (live, settled, refused or claimed)."""
+        rid = RequestId(request_id)
+        return rid in self._w or rid in self._fresh or rid in self.settled
 
     def bound_keys(self) -> frozenset[str]:
         """Every binding key a request holds (``in:<txid>:<vout>``, ``nonce:<n>``): coin
@@ -574,7 +583,7 @@ class WithdrawalBook:
     def accept(self, request: Request) -> list[Decision]:
         """A request passed intake: recorded, counted against the daily limit, announced."""
         rid = request.request_id
-        if self.digest_of(rid) is not None:
+        if self.knows(rid):
             raise ValueError(f"request {rid} is already accepted")
         self.limits.add(request.asset, request.amount, request.received_ms)
         self._w[rid] = Withdrawal(request, WithdrawalState.ACCEPTED)
@@ -584,7 +593,7 @@ class WithdrawalBook:
     def reject(self, request_id: RequestId, digest: str) -> list[Decision]:
         """An authenticated request of this chain was refused: remembered, so that the same
         request is a silent repeat from now on and never accepted later."""
-        if self.digest_of(request_id) is None:
+        if not self.knows(request_id):
             self._fresh[request_id] = (digest, self.chain, SettledOutcome.REJECTED)
         return []
 
@@ -593,7 +602,7 @@ class WithdrawalBook:
         this id: the id is taken here too, so the same id for this chain is a duplicate."""
         if chain == self.chain:
             raise ValueError("a chain's own requests are accepted or rejected, not claimed")
-        if self.digest_of(request_id) is None:
+        if not self.knows(request_id):
             self._fresh[request_id] = (digest, chain, SettledOutcome.CLAIMED)
         return []
 
@@ -898,12 +907,12 @@ class WithdrawalBook:
     def changes_committed(self) -> None:
         """The last :meth:`take_changes` is durable: its records join :attr:`settled`."""
         for rid, (digest, _, _) in self._fresh.items():
-            self.settled[rid] = digest
+            self.settled.add(rid, digest)
         self._fresh.clear()
 
     @classmethod
     def restore(cls, data: bytes, chain: ChainId, cfg: MachineConfig,
-                settled: dict[RequestId, str] | None = None) -> WithdrawalBook:
+                settled: SettledIndex | None = None) -> WithdrawalBook:
         """The book from its last snapshot and the settled records (:func:`load_settled`).
 
         A version 1 snapshot (from before settled records) loads too: every digest it holds
@@ -926,7 +935,7 @@ class WithdrawalBook:
             if version == 1:
                 for k, v in raw["digests"].items():
                     rid = RequestId(str(k))
-                    if book.digest_of(rid) is None:
+                    if not book.knows(rid):
                         book._fresh[rid] = (str(v), chain, SettledOutcome.MIGRATED)
         except SnapshotError:
             raise

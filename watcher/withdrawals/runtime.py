@@ -57,6 +57,7 @@ import structlog
 
 from chains.evm.tx import sender_of, sign_withdrawal
 from watcher.config import ChainConfig, ChainWithdrawals, Family
+from watcher.core.settled import SettledIndex
 from watcher.core.withdrawals import (
     TERMINAL,
     Bind,
@@ -197,7 +198,7 @@ class WithdrawalRunner:
             "book": orjson.Fragment(snapshot),
         })
 
-    def _load(self, data: bytes | None, settled: dict[RequestId, str]) -> None:
+    def _load(self, data: bytes | None, settled: SettledIndex) -> None:
         """From the last checkpoint and the committed settled records (``settled``, kept
         across a reload: the book adds to it only once a commit succeeded)."""
         self._out, self._out_events, self._retry = [], [], []
@@ -231,9 +232,10 @@ class WithdrawalRunner:
         await self._settled.ensure()
         checkpoint = await self.sink.load_checkpoint(CHECKPOINT_NAME)
         started = time.perf_counter()
-        settled: dict[RequestId, str] = {}
+        settled = SettledIndex()
         async for batch in self._settled.batches():
             load_settled(batch, into=settled)
+        settled.merge()
         self._load(checkpoint, settled)
         log.info("withdrawals: state loaded", chain=self.chain, settled=len(settled),
                  seconds=round(time.perf_counter() - started, 3))
