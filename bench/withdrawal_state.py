@@ -32,9 +32,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import orjson
 from aiokafka import AIOKafkaProducer
 
+from watcher.core.settled import SettledIndex
 from watcher.core.withdrawals import (
     BroadcastOutcome,
     Fees,
@@ -65,7 +65,7 @@ def records(n: int) -> list[tuple[bytes, bytes]]:
             for i in range(n)]
 
 
-def live_book(settled: dict[RequestId, str]) -> WithdrawalBook:
+def live_book(settled: SettledIndex) -> WithdrawalBook:
     """10 requests in flight (signed, 110-byte raw transactions) and one accepted request a
     minute for the last day (the rolling amounts at their largest for one asset)."""
     b = WithdrawalBook(ETH, CFG, settled)
@@ -85,14 +85,15 @@ def live_book(settled: dict[RequestId, str]) -> WithdrawalBook:
     return b
 
 
-def step_bytes(n: int, settled: dict[RequestId, str]) -> tuple[int, int]:
+def step_bytes(n: int, settled: SettledIndex) -> tuple[int, int]:
     """(live layout, version 1 layout) bytes of one step that settles one more request."""
     b = live_book(settled)
     b.reject(RequestId("w-new"), digest(-1 % 2**63))  # one new settled record this step
     ch = b.take_changes()
     new = len(ch.snapshot) + sum(len(k) + len(v) for k, v in ch.records.items())
-    # Version 1: the same live part plus every digest in the snapshot of every step.
-    v1_digests = len(orjson.dumps({"digests": settled})) + len(',"digests":') - len('{"digests":}')
+    # Version 1: the same live part plus every digest in the snapshot of every step
+    # ("w-<i>":"<64 hex>", comma-separated, in "digests":{...}).
+    v1_digests = len(',"digests":{}') + sum(len(f"w-{i}") + 2 + 1 + 66 for i in range(n)) + n - 1
     return new, len(ch.snapshot) + v1_digests
 
 
@@ -100,8 +101,10 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def kafka_round(bootstrap: str, n: int, recs: list[tuple[bytes, bytes]]) -> tuple[float, float]:
-    """Writes ``recs`` to a fresh compacted topic; returns (write s, read-and-load s)."""
+async def kafka_round(bootstrap: str, n: int,
+                      recs: list[tuple[bytes, bytes]]) -> tuple[float, float, float]:
+    """Writes ``recs`` to a fresh compacted topic; returns (write s, load without an index
+    snapshot s, load with one s)."""
     from watcher.config import parse
     from watcher.kafka.settled import KafkaSettledRecords
 
@@ -114,24 +117,33 @@ async def kafka_round(bootstrap: str, n: int, recs: list[tuple[bytes, bytes]]) -
     store = KafkaSettledRecords(cfg, "eth", timeout_s=120)
     await store.ensure()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
-                                compression_type="lz4", max_batch_size=512 * 1024)
+                                compression_type="lz4", max_batch_size=512 * 1024,
+                                max_request_size=4 * 1024 * 1024)
     await producer.start()
-    started = time.perf_counter()
-    try:
-        futures = [await producer.send(store.topic, value=v, key=k) for k, v in recs]
+
+    async def send(items: list[tuple[str, bytes, bytes]]) -> None:
+        futures = [await producer.send(t, value=v, key=k) for t, k, v in items]
         await producer.flush()
         for f in futures:
             f.result()
+    try:
+        started = time.perf_counter()
+        await send([(store.topic, k, v) for k, v in recs])
+        wrote = time.perf_counter() - started
+        started = time.perf_counter()
+        loaded = await store.load()
+        plain = time.perf_counter() - started
+        assert len(loaded.index) == n and loaded.read == n, (len(loaded.index), n)
+        covered = await store.end_offset()
+        await send([(r.topic, r.key, r.value or b"")
+                    for r in store.index_records(loaded.index, covered)])
     finally:
         await producer.stop()
-    wrote = time.perf_counter() - started
     started = time.perf_counter()
-    settled: dict[RequestId, str] = {}
-    async for batch in store.batches():
-        load_settled(batch, into=settled)
-    read = time.perf_counter() - started
-    assert len(settled) == n, (len(settled), n)
-    return wrote, read
+    again = await store.load()
+    indexed = time.perf_counter() - started
+    assert len(again.index) == n and again.read == 0 and again.seq == 1
+    return wrote, plain, indexed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,30 +169,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             settled = load_settled(recs)
             loaded = time.perf_counter() - started
             started = time.perf_counter()
-            book = WithdrawalBook.restore(live_book({}).snapshot(), ETH, CFG, settled)
+            book = WithdrawalBook.restore(live_book(SettledIndex()).snapshot(), ETH, CFG, settled)
             restored = time.perf_counter() - started
             last = f"w-{n - 1}"
             assert book.seen(last, digest(n - 1)) is True and book.seen(last, digest(n)) is False
             grown = rss_mb() - before
             new, old = step_bytes(n, settled)
-            kw = kr = float("nan")
+            kw = kr = ki = float("nan")
             if kafka is not None:
-                kw, kr = asyncio.run(kafka_round(kafka.bootstrap_servers, n, recs))
-            rows.append((n, new, old, loaded + restored, grown, kw, kr))
+                kw, kr, ki = asyncio.run(kafka_round(kafka.bootstrap_servers, n, recs))
+            rows.append((n, new, old, loaded + restored, settled.nbytes(), grown, kw, kr, ki))
             del recs, settled, book
     finally:
         if services is not None:
             services.close()
         tmp.cleanup()
     print(f"{'settled':>9} {'bytes/step':>11} {'v1 bytes/step':>14} {'load in-proc':>13} "
-          f"{'memory':>8} {'kafka write':>12} {'kafka load':>11}")
-    for n, new, old, load_s, mem, kw, kr in rows:
-        print(f"{n:>9,} {new:>11,} {old:>14,} {load_s:>12.2f}s {mem:>6.0f}MB "
-              f"{kw:>11.1f}s {kr:>10.1f}s")
+          f"{'index':>7} {'peak':>6} {'kafka write':>12} {'load all':>9} {'load idx':>9}")
+    for n, new, old, load_s, index_b, mem, kw, kr, ki in rows:
+        print(f"{n:>9,} {new:>11,} {old:>14,} {load_s:>12.2f}s {index_b / 2**20:>5.1f}MB "
+              f"{mem:>4.0f}MB {kw:>11.1f}s {kr:>8.1f}s {ki:>8.1f}s")
     print("bytes/step: the live snapshot (10 in flight, a day of per-minute amounts) plus one "
           "new settled record; v1: the same with every settled digest in the snapshot "
-          f"(over {16 * 1024 * 1024:,} bytes a commit is refused). memory: peak RSS growth "
-          "while loading (ru_maxrss; a later, smaller N shows 0).")
+          f"(over {16 * 1024 * 1024:,} bytes a commit is refused). index: the settled index "
+          "held in memory; peak: RSS growth while loading (ru_maxrss; a later, smaller N "
+          "shows 0). load all: every record read back (no index snapshot); load idx: from "
+          "an index snapshot covering them all.")
     return 0
 
 

@@ -7,7 +7,7 @@ runtime sees nothing else of a node or a broker.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,7 +26,9 @@ from watcher.types import (
 )
 
 if TYPE_CHECKING:
+    from watcher.core.settled import SettledIndex
     from watcher.kafka.client import Consumed
+    from watcher.kafka.settled import SettledLoad
 
 
 class WatchedAddressLookup(Protocol):
@@ -298,15 +300,24 @@ class RequestSource(Protocol):
 
 
 class SettledRecords(Protocol):
-    """A chain's settled-withdrawal records, a compacted topic keyed by request id:
-    :class:`watcher.kafka.settled.KafkaSettledRecords`. Written only as records of the
-    runner's own transactions (:attr:`topic`); read whole when a runner starts."""
+    """A chain's settled-withdrawal records, a compacted topic keyed by request id, and
+    snapshots of their index: :class:`watcher.kafka.settled.KafkaSettledRecords`. Written
+    only as records of the runner's own transactions (:attr:`topic`,
+    :meth:`index_records`); loaded when a runner starts."""
 
     @property
     def topic(self) -> str: ...
 
     async def ensure(self) -> None: ...
 
-    def batches(self) -> AsyncIterator[list[tuple[bytes | None, bytes | None]]]:
-        """Every committed ``(key, value)``, in offset order."""
+    async def load(self) -> SettledLoad:
+        """The index of every committed settled record."""
+        ...
+
+    async def end_offset(self) -> int:
+        """The offset below which every committed settled record lies."""
+        ...
+
+    def index_records(self, index: SettledIndex, covered: int) -> list[OutRecord]:
+        """A snapshot of ``index`` (which holds exactly the records below ``covered``)."""
         ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -19,9 +19,11 @@ from nacl.signing import SigningKey
 
 from chains.evm.tx import txid_of
 from watcher.config import parse
-from watcher.core.withdrawals import BroadcastOutcome, Spend
+from watcher.core.settled import SettledIndex
+from watcher.core.withdrawals import BroadcastOutcome, Spend, load_settled
 from watcher.errors import ChainError, ErrorKind, SinkError
 from watcher.kafka.client import Consumed
+from watcher.kafka.settled import SettledLoad
 from watcher.ports import HotBlock, OutRecord
 from watcher.types import Address, BlockHash, ChainHead, ChainId, TxId
 from watcher.withdrawals.policy import intake_policy
@@ -152,12 +154,21 @@ class FakeSettled:
     def __init__(self, sink: FakeSink) -> None:
         self.sink = sink
         self.ensured = 0
+        self.indexed: list[tuple[int, int]] = []
 
     async def ensure(self) -> None:
         self.ensured += 1
 
-    async def batches(self) -> AsyncIterator[list[tuple[bytes | None, bytes | None]]]:
-        yield list(self.sink.settled().items())
+    async def load(self) -> SettledLoad:
+        records = list(self.sink.settled().items())
+        return SettledLoad(load_settled(records), 0, 0, len(records))
+
+    async def end_offset(self) -> int:
+        return len(self.sink.settled())
+
+    def index_records(self, index: SettledIndex, covered: int) -> list[OutRecord]:
+        self.indexed.append((len(index), covered))
+        return [OutRecord("cp.index", b"manifest:a", str(covered).encode())]
 
 
 class FakeRequests:
@@ -611,3 +622,28 @@ async def test_a_refused_payment_is_retried_with_backoff_counted_and_stuck() -> 
                                      {"chain": "eth"}) == before + 3
     assert [e["type"] for e in sink.events()] == ["withdrawal.accepted", "withdrawal.broadcast"]
     assert REGISTRY.get_sample_value("watcher_withdrawals_stuck", {"chain": "eth"}) == 0
+
+
+async def test_an_index_snapshot_is_written_every_so_many_settled_records(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import watcher.withdrawals.runtime as rt
+    monkeypatch.setattr(rt, "INDEX_EVERY", 3)
+    node, sink, reqs = FakeNode(), FakeSink(), FakeRequests()
+    r = runner("eth", node, sink, reqs)
+    store = r._settled
+    assert isinstance(store, FakeSettled)
+    await r.start()
+    for i in range(2):
+        reqs.add(request(f"w-big-{i}", amount="5001"))  # over the per-request limit: settled
+    await r.step()
+    assert store.indexed == []
+    reqs.add(request("w-big-2", amount="5001"))
+    await r.step()
+    assert store.indexed == [(3, 3)]  # the index of the 3 records, covering offsets 0..2
+    index_commit, state = sink.commits[-1]
+    assert [x.topic for x in index_commit] == ["cp.index"]
+    assert state == sink.commits[-2][1]  # its own transaction, the checkpoint unchanged
+    # A start that read 3 records past the last snapshot writes one at its first commit.
+    again = runner("eth", node, sink, reqs)
+    await again.start()
+    assert again._settled.indexed == [(3, 3)]  # type: ignore[attr-defined]

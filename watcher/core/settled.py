@@ -22,12 +22,18 @@ can ever make the watcher pay a request again.
 from __future__ import annotations
 
 import hashlib
+import sys
 from array import array
 from bisect import bisect_left
+from collections.abc import Sequence
 
 MERGE_AT = 65_536
 """Recent additions merged into the sorted columns once this many wait (a dict of 65,536
 entries is some 15 MB; a merge is linear in the total)."""
+
+
+CHUNK_ENTRIES = 43_690
+"""Entries per chunk of :meth:`SettledIndex.to_chunks`: just under 1 MiB."""
 
 
 def _key(request_id: str) -> tuple[int, int]:
@@ -113,9 +119,9 @@ class SettledIndex:
         :meth:`add` and the first lookup after :meth:`stage` themselves)."""
         p_hi, p_lo, p_dg = self._pending
         for rid, d in self._recent.items():
-            hi, lo = _key(rid)
-            p_hi.append(hi)
-            p_lo.append(lo)
+            a, b = _key(rid)
+            p_hi.append(a)
+            p_lo.append(b)
             p_dg.append(_content(d))
         if not p_hi:
             return
@@ -128,5 +134,46 @@ class SettledIndex:
         self._lo = array("Q", map(lo.__getitem__, order))
         self._dg = array("Q", map(dg.__getitem__, order))
 
+    def nbytes(self) -> int:
+        """Bytes of the sorted columns (the recent dict not counted)."""
+        return 3 * 8 * len(self._hi)
 
-__all__ = ["MERGE_AT", "SettledIndex"]
+    # ------------------------------------------------------------ chunks
+
+    def to_chunks(self, entries: int = CHUNK_ENTRIES) -> list[bytes]:
+        """The whole index as chunks of at most ``entries`` entries each (little-endian
+        ``hi``, ``lo``, ``digest`` columns of the slice, one after the other), in order:
+        :meth:`from_chunks` of them is this index."""
+        self.merge()
+        out: list[bytes] = []
+        for a in range(0, len(self._hi), entries):
+            parts = []
+            for col in (self._hi, self._lo, self._dg):
+                part = col[a:a + entries]
+                if sys.byteorder != "little":
+                    part.byteswap()
+                parts.append(part.tobytes())
+            out.append(b"".join(parts))
+        return out
+
+    @classmethod
+    def from_chunks(cls, chunks: Sequence[bytes]) -> SettledIndex:
+        """Raises ValueError when a chunk is cut or the columns are not in order."""
+        index = cls()
+        for n, chunk in enumerate(chunks):
+            if len(chunk) % 24:
+                raise ValueError(f"chunk {n} is {len(chunk)} bytes, not a multiple of 24")
+            k = len(chunk) // 24
+            for i, col in enumerate((index._hi, index._lo, index._dg)):
+                part = array("Q")
+                part.frombytes(chunk[i * 8 * k:(i + 1) * 8 * k])
+                if sys.byteorder != "little":
+                    part.byteswap()
+                col.extend(part)
+        hi = index._hi
+        if any(hi[i] > hi[i + 1] for i in range(len(hi) - 1)):
+            raise ValueError("the chunks are not in the order of the index")
+        return index
+
+
+__all__ = ["CHUNK_ENTRIES", "MERGE_AT", "SettledIndex"]

@@ -76,7 +76,6 @@ from watcher.core.withdrawals import (
     WithdrawalEvent,
     WithdrawalEventType,
     WithdrawalState,
-    load_settled,
 )
 from watcher.errors import ChainError, ErrorKind, SignerError, SinkError
 from watcher.kafka.client import Consumed
@@ -122,6 +121,8 @@ DEAD_LETTER_SOURCE = "withdrawal-requests"
 NATIVE_GAS_LIMIT = 21_000
 MAX_BLOCKS_PER_ROUND = 200
 BALANCE_EVERY_S = 15.0
+INDEX_EVERY = 65_536
+"""Settled records between two snapshots of the settled index (24 bytes an id each)."""
 
 
 def route(value: bytes | None, configured: frozenset[str], primary: ChainId) -> str:
@@ -168,6 +169,8 @@ class WithdrawalRunner:
         self._settled = settled
         self._order = order if order is not None else RequestOrder()
         self._partitions: list[int] = []
+        self._since_index = 0
+        """Settled records committed since the last index snapshot (or read past it)."""
         self._clock = clock
         self._mcfg = machine_config(cw, chain.family)
         self._cap = Fees(cw.max_fee, cw.max_tip)
@@ -232,12 +235,12 @@ class WithdrawalRunner:
         await self._settled.ensure()
         checkpoint = await self.sink.load_checkpoint(CHECKPOINT_NAME)
         started = time.perf_counter()
-        settled = SettledIndex()
-        async for batch in self._settled.batches():
-            load_settled(batch, into=settled)
-        settled.merge()
-        self._load(checkpoint, settled)
-        log.info("withdrawals: state loaded", chain=self.chain, settled=len(settled),
+        loaded = await self._settled.load()
+        self._load(checkpoint, loaded.index)
+        # Many records read past the last index snapshot: the next commit writes one.
+        self._since_index = loaded.read
+        log.info("withdrawals: state loaded", chain=self.chain, settled=len(loaded.index),
+                 index_seq=loaded.seq, records_read=loaded.read,
                  seconds=round(time.perf_counter() - started, 3))
         self._partitions = await self._requests.start()
         await self._position()
@@ -553,6 +556,7 @@ class WithdrawalRunner:
         changes = self.book.take_changes()
         state = self._state(changes.snapshot)
         if not self._out and not changes.records and state == self._committed:
+            await self._maybe_index()
             return
         settled = [OutRecord(self._settled.topic, rid.encode(), value)
                    for rid, value in changes.records.items()]
@@ -561,11 +565,26 @@ class WithdrawalRunner:
         self._committed = state
         WITHDRAWAL_STATE_BYTES.labels(self.chain).observe(
             len(state) + sum(len(r.key) + len(r.value or b"") for r in settled))
+        self._since_index += len(settled)
+        await self._maybe_index()
         events, self._out, self._out_events = self._out_events, [], []
         now = self._clock()
         for ev in events:
             self._count(ev, now)
         self._gauges()
+
+    async def _maybe_index(self) -> None:
+        """Every :data:`INDEX_EVERY` settled records, a snapshot of the settled index in a
+        transaction of its own (with the unchanged checkpoint), so that a start reads the
+        index and the records after it instead of every record ever written."""
+        if self._since_index < INDEX_EVERY or self._committed is None:
+            return
+        covered = await self._settled.end_offset()
+        records = self._settled.index_records(self.book.settled, covered)
+        await self.sink.commit(records, CHECKPOINT_NAME, self._committed)
+        log.info("withdrawals: settled index snapshot written", chain=self.chain,
+                 settled=len(self.book.settled), covered=covered, chunks=len(records) - 1)
+        self._since_index = 0
 
     def _count(self, ev: WithdrawalEvent, now: float) -> None:
         WITHDRAWAL_EVENTS.labels(self.chain, ev.type.value).inc()
