@@ -12,8 +12,10 @@ Kafka transaction of its own transactional id ``<prefix>-withdrawals-<chain>``:
   the history),
 * the settled records of the step (one per request id that left the live state, was
   refused after authentication or was claimed by another chain) on the chain's compacted
-  ``watcher.checkpoints.<chain>.withdrawals`` (:mod:`watcher.kafka.settled`), read whole
-  when a runner starts, so that an exact repeat of a request paid long ago adds no event.
+  ``watcher.checkpoints.<chain>.withdrawals`` (:mod:`watcher.kafka.settled`), loaded when
+  a runner starts (from the newest snapshot of their index, written every
+  :data:`INDEX_EVERY` records, and the records after it), so that an exact repeat of a
+  request paid long ago adds no event.
 
 So the input offsets, the events and the state are consume-process-produce atomic: the
 offsets live in the checkpoint instead of a group's ``__consumer_offsets`` (same
@@ -566,12 +568,12 @@ class WithdrawalRunner:
         WITHDRAWAL_STATE_BYTES.labels(self.chain).observe(
             len(state) + sum(len(r.key) + len(r.value or b"") for r in settled))
         self._since_index += len(settled)
-        await self._maybe_index()
         events, self._out, self._out_events = self._out_events, [], []
         now = self._clock()
         for ev in events:
             self._count(ev, now)
         self._gauges()
+        await self._maybe_index()
 
     async def _maybe_index(self) -> None:
         """Every :data:`INDEX_EVERY` settled records, a snapshot of the settled index in a
