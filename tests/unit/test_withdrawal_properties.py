@@ -167,6 +167,9 @@ class Sim:
         self.committed = (changes.snapshot, list(self.delivered))
         self.store.update(changes.records)
         self.book.changes_committed()
+        # Live state only: a request with a settled record is never in the snapshot too.
+        live = {w["r"][0] for w in orjson.loads(changes.snapshot)["withdrawals"]}
+        assert not live & set(self.store), live & set(self.store)
         self.published.extend(self.pending_events)
         self.pending_events = []
 
