@@ -77,6 +77,7 @@ def withdrawal_runners(cfg: WatcherConfig, sources: Mapping[str, ChainSource],
     from chains.evm.tx import sender_of
     from chains.evm.wallet import EvmHotWallet
     from watcher.kafka.client import ManualConsumer
+    from watcher.kafka.settled import KafkaSettledRecords
     from watcher.kafka.sink import KafkaTransactionalSink
     from watcher.withdrawals.policy import hot_key_signer, intake_policy
     from watcher.withdrawals.runtime import RunnerTopics
@@ -105,7 +106,8 @@ def withdrawal_runners(cfg: WatcherConfig, sources: Mapping[str, ChainSource],
             signer=signer, node=EvmHotWallet(source.pool, sender_of(signer.public_key)),
             sink=KafkaTransactionalSink(
                 cfg.kafka, f"{cfg.kafka.transactional_id_prefix}-withdrawals-{cid}", cid),
-            requests=ManualConsumer(cfg.kafka, topics.requests), dead_letters=dead_letters)
+            requests=ManualConsumer(cfg.kafka, topics.requests), dead_letters=dead_letters,
+            settled=KafkaSettledRecords(cfg.kafka, cid))
     return new_runner
 
 

@@ -154,7 +154,8 @@ WITHDRAWAL_REQUESTS = Counter(
 WITHDRAWALS_BY_STATE = Gauge("watcher_withdrawals", "Withdrawals in the state, by state",
                              ["chain", "state"], registry=REGISTRY)
 WITHDRAWALS_STUCK = Gauge("watcher_withdrawals_stuck",
-                          "Payments handed to the network and not mined within stuck_blocks",
+                          "Payments handed to the network and not mined within stuck_blocks, or "
+                          "refused for good by every node",
                           ["chain"], registry=REGISTRY)
 WITHDRAWAL_REPLACEMENTS = Counter("watcher_withdrawal_replacements_total",
                                   "Fee-bumped replacements broadcast", ["chain"], registry=REGISTRY)
@@ -269,3 +270,14 @@ BTC_BLOCK_WALK = Gauge("watcher_btc_block_walk",
                        "1 for the Bitcoin block walk this process runs (kind: compiled C extension, "
                        "or the interpreted reference, ~5x slower per block), 0 for the other",
                        ["kind"], registry=REGISTRY)
+# -- withdrawal state and refused sends (issue #8, wdstate) ---------------------------------
+WITHDRAWAL_SENDS_REFUSED = Counter(
+    "watcher_withdrawal_sends_refused_total",
+    "Payments every node refused for good (FINAL, e.g. insufficient funds for gas); the same "
+    "bytes are sent again with a growing delay and the withdrawal counts as stuck meanwhile",
+    ["chain"], registry=REGISTRY)
+WITHDRAWAL_STATE_BYTES = Histogram(
+    "watcher_withdrawal_state_bytes",
+    "Bytes of withdrawal state committed per transaction (live snapshot plus settled records)",
+    ["chain"], buckets=(1_000, 10_000, 100_000, 1_000_000, 4_000_000, 16_000_000),
+    registry=REGISTRY)

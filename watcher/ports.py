@@ -26,7 +26,9 @@ from watcher.types import (
 )
 
 if TYPE_CHECKING:
+    from watcher.core.settled import SettledIndex
     from watcher.kafka.client import Consumed
+    from watcher.kafka.settled import SettledLoad
 
 
 class WatchedAddressLookup(Protocol):
@@ -290,4 +292,32 @@ class RequestSource(Protocol):
 
     async def fetch(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Consumed]: ...
 
+    async def behind(self) -> frozenset[int]:
+        """Partitions with records written but not fetched yet (see the runner's order rule)."""
+        ...
+
     async def stop(self) -> None: ...
+
+
+class SettledRecords(Protocol):
+    """A chain's settled-withdrawal records, a compacted topic keyed by request id, and
+    snapshots of their index: :class:`watcher.kafka.settled.KafkaSettledRecords`. Written
+    only as records of the runner's own transactions (:attr:`topic`,
+    :meth:`index_records`); loaded when a runner starts."""
+
+    @property
+    def topic(self) -> str: ...
+
+    async def ensure(self) -> None: ...
+
+    async def load(self) -> SettledLoad:
+        """The index of every committed settled record."""
+        ...
+
+    async def end_offset(self) -> int:
+        """The offset below which every committed settled record lies."""
+        ...
+
+    def index_records(self, index: SettledIndex, covered: int) -> list[OutRecord]:
+        """A snapshot of ``index`` (which holds exactly the records below ``covered``)."""
+        ...

@@ -45,6 +45,9 @@ _MESSAGE_RULES: tuple[tuple[str, ErrorKind], ...] = (
     ("invalid params", ErrorKind.FINAL),
     ("invalid argument", ErrorKind.FINAL),
     ("execution reverted", ErrorKind.FINAL),
+    # A send every node refuses until the hot wallet is funded (geth -32000, anvil -32003):
+    # FINAL, so the pool does not try every endpoint and the payment backs off (same bytes).
+    ("insufficient funds", ErrorKind.FINAL),
 )
 
 # Answers that only a smaller request can cure: FINAL for a retry, a cue to split.

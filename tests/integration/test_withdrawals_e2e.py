@@ -28,6 +28,7 @@ from eth_utils.address import to_checksum_address
 from nacl.signing import SigningKey
 from web3.contract import AsyncContract
 
+from tests.support.kafka import read_all
 from tests.support.services import AnvilFactory, KafkaService, ServiceManager
 from tests.support.solidity import (
     Chain,
@@ -41,7 +42,9 @@ from tests.support.solidity import (
 )
 from watcher.app import App
 from watcher.config import WatcherConfig, parse
-from watcher.kafka.client import ensure_topics
+from watcher.kafka.client import CHECKPOINT_PARTITION, checkpoint_topic, ensure_topics
+from watcher.kafka.settled import settled_topic
+from watcher.kafka.sink import read_last
 
 pytestmark = pytest.mark.integration
 
@@ -135,6 +138,12 @@ class Env:
                 if sender.lower() == HOT_ADDRESS.lower():
                     found.extend(txs.values())
         return found
+
+
+async def read_last_value(cfg: WatcherConfig, name: str) -> bytes | None:
+    record = await read_last(cfg.kafka, checkpoint_topic(cfg.kafka.topics, "eth"),
+                             CHECKPOINT_PARTITION, name.encode())
+    return record.value if record is not None else None
 
 
 def describe(events: list[Event]) -> str:
@@ -261,8 +270,8 @@ async def test_rejections_repeats_and_dead_letters_are_never_paid(env: Env) -> N
         "w-amount": ("invalid_amount", signed_request(body("w-amount", "ETH", carol, "01"))),
         "w-limit": ("limit_exceeded", signed_request(body("w-limit", "ETH", carol, str(5 * ETH + 1)))),
     }
-    # The rolling limit: 12 ETH a day; two of 5 ETH pass, the third does not. Which one is
-    # refused depends on the order the partitions are read in (records keyed by request id).
+    # The rolling limit: 12 ETH a day; two of 5 ETH pass, the third does not: the last by
+    # the records' own (timestamp, partition), whatever order the partitions are read in.
     day1 = signed_request(body("w-day-1", "ETH", carol, str(5 * ETH)))
     day2 = signed_request(body("w-day-2", "ETH", carol, str(5 * ETH)))
     day3 = signed_request(body("w-day-3", "ETH", carol, str(5 * ETH)))
@@ -293,6 +302,11 @@ async def test_rejections_repeats_and_dead_letters_are_never_paid(env: Env) -> N
     assert rejected["w-ok"]["reason"] == "duplicate"
     day_refused = [rid for rid in ("w-day-1", "w-day-2", "w-day-3") if rid in rejected]
     assert len(day_refused) == 1, describe(evs)
+    requests = [r for r in await read_all(env.cfg.kafka, env.cfg.kafka.topics.withdrawal_requests)
+                if r.key in (b"w-day-1", b"w-day-2", b"w-day-3")]
+    last = max(requests, key=lambda r: (r.timestamp_ms, r.partition))
+    assert day_refused == [(last.key or b"").decode()], [(r.key, r.timestamp_ms, r.partition)
+                                                         for r in requests]
     assert rejected[day_refused[0]]["reason"] == "limit_exceeded"
     assert "rolling 24-hour limit" in rejected[day_refused[0]]["message"]
     for e in evs:
@@ -307,6 +321,15 @@ async def test_rejections_repeats_and_dead_letters_are_never_paid(env: Env) -> N
     letters = await env.dead.wait_for(lambda d: len(d) >= 1, "the dead letter", WAIT_S)
     assert letters[0]["source_topic"] == env.cfg.kafka.topics.withdrawal_requests
     assert letters[0]["value_encoding"] == "base64"
+    # Refusals after authentication are settled records on the chain's compacted topic
+    # (the duplicate rule's memory), not digests in the live checkpoint.
+    settled = {(r.key or b"").decode(): json.loads(r.value or b"") for r in await read_all(
+        env.cfg.kafka, settled_topic(env.cfg.kafka.topics.checkpoints, "eth"))}
+    for rid in ("w-asset", "w-addr", "w-amount", "w-limit", day_refused[0]):
+        assert settled[rid]["outcome"] == "rejected" and settled[rid]["chain"] == "eth", settled
+    assert "w-badsig" not in settled and "w-chain" not in settled  # never authenticated/claimed
+    checkpoint = json.loads(await read_last_value(env.cfg, "withdrawals") or b"")
+    assert checkpoint["version"] == 2 and "digests" not in checkpoint["book"]
 
 
 async def test_stuck_payment_is_replaced_and_confirms_once(env: Env) -> None:

@@ -59,6 +59,9 @@ R, F = ErrorKind.RETRIABLE, ErrorKind.FINAL
     (-32000, "execution reverted", F),
     (-32000, "nonce too low", ErrorKind.NONCE_TOO_LOW),
     (-32003, "nonce too low", ErrorKind.NONCE_TOO_LOW),  # anvil's code
+    (-32000, "insufficient funds for gas * price + value: address 0x01 have 0 want 21000",
+     ErrorKind.FINAL),
+    (-32003, "Insufficient funds for gas * price + value", ErrorKind.FINAL),  # anvil
     (-32000, "nonce too low: next nonce 5, tx nonce 4", ErrorKind.NONCE_TOO_LOW),
     (-32000, "already known", ErrorKind.ALREADY_KNOWN),
     (-32010, "Known transaction: 0xabc", ErrorKind.ALREADY_KNOWN),

@@ -47,6 +47,7 @@ from watcher.core.withdrawals import (
     WithdrawalBook,
     WithdrawalEvent,
     WithdrawalEventType,
+    load_settled,
 )
 from watcher.types import Address, AssetSymbol, BlockHash, ChainId, TxId
 
@@ -91,7 +92,6 @@ class Sim:
     signed_nonces: dict[str, list[int]] = field(default_factory=dict)
     submitted: list[str] = field(default_factory=list)
     budget: int | None = None
-    header: bytes = b""
     store: dict[RequestId, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -162,10 +162,14 @@ class Sim:
     # ------------------------------------------------------------ the runtime
 
     def commit(self) -> None:
-        self.committed = (self.book.snapshot(), list(self.delivered))
-        changes = self.book.take_changes()  # the incremental form, committed alongside
-        self.header = changes.header
+        # The live snapshot and the settled records of the step, in one transaction.
+        changes = self.book.take_changes()
+        self.committed = (changes.snapshot, list(self.delivered))
         self.store.update(changes.records)
+        self.book.changes_committed()
+        # Live state only: a request with a settled record is never in the snapshot too.
+        live = {w["r"][0] for w in orjson.loads(changes.snapshot)["withdrawals"]}
+        assert not live & set(self.store), live & set(self.store)
         self.published.extend(self.pending_events)
         self.pending_events = []
 
@@ -242,9 +246,9 @@ class Sim:
         """From the last commit; ``budget`` crashes the restart itself after that many steps."""
         snapshot, delivered = self.committed
         self.budget = budget
-        self.book = WithdrawalBook.restore(snapshot, ETH, CFG)
-        parts = WithdrawalBook.restore_parts(self.header, self.store.values(), ETH, CFG)
-        assert normalized(parts.snapshot()) == normalized(snapshot)
+        self.book = WithdrawalBook.restore(snapshot, ETH, CFG, load_settled(
+            (k.encode(), v) for k, v in self.store.items()))
+        assert normalized(self.book.snapshot()) == normalized(snapshot)
         self.delivered = list(delivered)
         self.pending_events = []
         try:
@@ -257,7 +261,7 @@ class Sim:
     def submit(self, rid: str) -> None:
         if rid not in self.submitted:
             self.submitted.append(rid)
-        if self.book.digest_of(rid) is not None:
+        if self.book.knows(rid):
             return  # intake's Repeat: no event
         self.run(self.book.accept(Request(RequestId(rid), AssetSymbol("ETH"), None,
                                           Address("0x" + "11" * 20), 1 + len(rid), 18, f"d-{rid}",

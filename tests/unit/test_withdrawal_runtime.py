@@ -7,6 +7,7 @@ signing and the runner are the real ones.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -18,9 +19,11 @@ from nacl.signing import SigningKey
 
 from chains.evm.tx import txid_of
 from watcher.config import parse
-from watcher.core.withdrawals import BroadcastOutcome, Spend
+from watcher.core.settled import SettledIndex
+from watcher.core.withdrawals import BroadcastOutcome, Spend, load_settled
 from watcher.errors import ChainError, ErrorKind, SinkError
 from watcher.kafka.client import Consumed
+from watcher.kafka.settled import SettledLoad
 from watcher.ports import HotBlock, OutRecord
 from watcher.types import Address, BlockHash, ChainHead, ChainId, TxId
 from watcher.withdrawals.policy import intake_policy
@@ -133,7 +136,39 @@ class FakeSink:
         pass
 
     def events(self) -> list[dict[str, Any]]:
-        return [orjson.loads(r.value) for recs, _ in self.commits for r in recs if r.value]
+        return [orjson.loads(r.value) for recs, _ in self.commits for r in recs
+                if r.value and r.topic == "out"]
+
+    def settled(self) -> dict[bytes, bytes | None]:
+        return {r.key: r.value for recs, _ in self.commits for r in recs if r.topic == SETTLED}
+
+
+SETTLED = "cp.settled"
+
+
+class FakeSettled:
+    """The settled-records topic: what the sink committed to it."""
+
+    topic = SETTLED
+
+    def __init__(self, sink: FakeSink) -> None:
+        self.sink = sink
+        self.ensured = 0
+        self.indexed: list[tuple[int, int]] = []
+
+    async def ensure(self) -> None:
+        self.ensured += 1
+
+    async def load(self) -> SettledLoad:
+        records = list(self.sink.settled().items())
+        return SettledLoad(load_settled(records), 0, 0, len(records))
+
+    async def end_offset(self) -> int:
+        return len(self.sink.settled())
+
+    def index_records(self, index: SettledIndex, covered: int) -> list[OutRecord]:
+        self.indexed.append((len(index), covered))
+        return [OutRecord("cp.index", b"manifest:a", str(covered).encode())]
 
 
 class FakeRequests:
@@ -141,9 +176,9 @@ class FakeRequests:
         self.records: list[Consumed] = []
         self.position = 0
 
-    def add(self, value: bytes | None, partition: int = 0) -> None:
+    def add(self, value: bytes | None, partition: int = 0, ts: int = 1_700_000_000_000) -> None:
         offset = sum(1 for r in self.records if r.partition == partition)
-        self.records.append(Consumed("req", partition, offset, b"k", value, 1_700_000_000_000, ()))
+        self.records.append(Consumed("req", partition, offset, b"k", value, ts, ()))
 
     async def start(self, partitions: Sequence[int] | None = None) -> list[int]:
         return [0, 1]
@@ -157,9 +192,12 @@ class FakeRequests:
         self.position = max(self.position, max(done, default=-1) + 1)
 
     async def fetch(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Consumed]:
-        out = self.records[self.position:]
-        self.position = len(self.records)
+        out = self.records[self.position:self.position + (max_records or len(self.records))]
+        self.position += len(out)
         return out
+
+    async def behind(self) -> frozenset[int]:
+        return frozenset(r.partition for r in self.records[self.position:])
 
     async def stop(self) -> None:
         pass
@@ -175,8 +213,12 @@ class DeadLetters:
 
 
 def runner(chain: str, node: FakeNode, sink: FakeSink, reqs: FakeRequests,
-           dead: DeadLetters | None = None) -> WithdrawalRunner:
-    cfg = parse(raw_config())
+           dead: DeadLetters | None = None, daily_limit: str = "100000",
+           clock: Any = None) -> WithdrawalRunner:
+    raw = raw_config()
+    for c in raw["withdrawals"]["chains"].values():
+        c["assets"]["ETH"]["daily_limit"] = daily_limit
+    cfg = parse(raw)
     assert cfg.withdrawals is not None
     from chains.evm.adapter import EvmAddressCodec
 
@@ -185,7 +227,8 @@ def runner(chain: str, node: FakeNode, sink: FakeSink, reqs: FakeRequests,
     return WithdrawalRunner(chain=cfg.chains[ChainId(chain)], cw=cfg.withdrawals.chains[ChainId(chain)],
                             policy=policy, primary=ChainId("arb"), topics=RunnerTopics("req", "out"),
                             signer=HotKeySigner("t", HOT_KEY), node=node, sink=sink, requests=reqs,
-                            dead_letters=dead or DeadLetters())
+                            dead_letters=dead or DeadLetters(), settled=FakeSettled(sink),
+                            **({} if clock is None else {"clock": clock}))
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -375,3 +418,232 @@ async def test_a_batch_is_group_committed_and_every_payment_recorded_before_it_i
     nonces = sorted(e["nonce"] for e in sink.events() if e["type"] == "withdrawal.broadcast")
     assert nonces == list(range(10))
     assert orjson.loads(sink.commits[-1][1])["offsets"] == {"0": 5, "1": 5}
+
+
+# ---------------------------------------------------------------- settled records (wdstate)
+
+
+async def settle_one(r: WithdrawalRunner, node: FakeNode, reqs: FakeRequests, rid: str) -> None:
+    reqs.add(request(rid))
+    await r.step()
+    for _ in range(8):  # confirmed at 2, final at depth 5
+        node.mine()
+        await r.step()
+
+
+async def test_a_request_settled_long_ago_stays_a_repeat_after_a_restart() -> None:
+    node, sink, reqs = FakeNode(), FakeSink(), FakeRequests()
+    r = runner("eth", node, sink, reqs)
+    await r.start()
+    await settle_one(r, node, reqs, "w-old")
+    state = orjson.loads(sink.commits[-1][1])
+    assert state["version"] == 2 and state["book"]["withdrawals"] == []  # live state only
+    body = {"request_id": "w-old", "chain": "eth", "asset": "ETH", "to_address": TO, "amount": "1000"}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert sink.settled() == {
+        b"w-old": b'{"version":1,"digest":"' + digest.encode() + b'","chain":"eth","outcome":"confirmed"}'}
+    paid = len(node.sent)
+    # A new leader: the checkpoint knows nothing of w-old; its settled record does.
+    again = runner("eth", node, sink, reqs)
+    await again.start()
+    reqs.add(request("w-old"))                 # the exact request replayed: no event, not paid
+    reqs.add(request("w-old", amount="999"))   # the same id, other content: duplicate
+    await again.step()
+    types = [(e["type"], e.get("reason")) for e in sink.events()]
+    assert types.count(("withdrawal.accepted", None)) == 1
+    assert types[-1] == ("withdrawal.rejected", "duplicate")
+    assert len(node.sent) == paid
+
+
+async def test_a_failed_commit_does_not_remember_a_refusal_it_lost() -> None:
+    node, sink, reqs = FakeNode(), FakeSink(), FakeRequests()
+    r = runner("eth", node, sink, reqs, daily_limit="5000")
+    await r.start()
+    reqs.add(request("w-1", amount="4000"))
+    await r.step()
+    reqs.add(request("w-2", amount="4000"))  # over the limit: refused and remembered...
+    sink.fail_next = True
+    with pytest.raises(SinkError):
+        await r.step()
+    assert sink.settled() == {}  # ...but that commit failed
+    await r._reload()
+    await r.step()
+    # Decided again from the checkpoint: the refusal is an event once, and a record once.
+    assert [(e["type"], e.get("reason")) for e in sink.events()][-1] == ("withdrawal.rejected",
+                                                                          "limit_exceeded")
+    assert list(sink.settled()) == [b"w-2"]
+
+
+GOLDEN_V1_CHECKPOINT = (
+    # A runner checkpoint of the version before settled records: one request settled long
+    # ago ("w-0", its digest only), nothing in flight, offset 1 on partition 0.
+    b'{"version":1,"chain":"eth","offsets":{"0":1},"scanned":[[10,"0x' + b"a" + b"0" * 62 + b'a"]],'
+    b'"book":{"version":1,"chain":"eth","next_nonce":1,"limits":[],"digests":{"w-0":"DIGEST"},'
+    b'"withdrawals":[]}}'
+)
+
+
+async def test_a_version_1_checkpoint_loads_and_its_history_moves_to_records() -> None:
+    node, sink, reqs = FakeNode(), FakeSink(), FakeRequests()
+    first = request("w-0")
+    reqs.add(first)  # offset 0, decided by the old version
+    from watcher.withdrawals.intake import evaluate
+    r = runner("eth", node, sink, reqs)
+    digest = evaluate(first, 0, r._policy, {}).request.digest  # type: ignore[union-attr]
+    sink.commits.append(([], GOLDEN_V1_CHECKPOINT.replace(b"DIGEST", digest.encode())))
+    await r.start()
+    reqs.add(first)  # replayed: a repeat
+    await r.step()
+    assert sink.events() == [] and node.sent == []
+    state = orjson.loads(sink.commits[-1][1])
+    assert (state["version"], state["book"]["version"], state["offsets"]) == (2, 2, {"0": 2})
+    assert "digests" not in state["book"]
+    assert sink.settled() == {b"w-0": b'{"version":1,"digest":"' + digest.encode()
+                              + b'","chain":"eth","outcome":"migrated"}'}
+
+
+# ---------------------------------------------------------------- cross-chain ids
+
+
+async def test_one_request_id_for_two_chains_is_paid_on_one_only() -> None:
+    sink_eth, sink_arb = FakeSink(), FakeSink()
+    node_eth, node_arb = FakeNode(), FakeNode()
+    reqs_eth, reqs_arb = FakeRequests(), FakeRequests()
+    eth = runner("eth", node_eth, sink_eth, reqs_eth)
+    arb = runner("arb", node_arb, sink_arb, reqs_arb)
+    await eth.start()
+    await arb.start()
+    for reqs in (reqs_eth, reqs_arb):  # both runners read every record, in the same order
+        reqs.add(request("w-x", chain="eth"))
+        reqs.add(request("w-x", chain="arb"))
+        reqs.add(request("w-x", chain="eth"))  # an exact repeat of the first
+    await eth.step()
+    await arb.step()
+    assert [e["type"] for e in sink_eth.events()] == ["withdrawal.accepted", "withdrawal.broadcast"]
+    assert [(e["type"], e["reason"]) for e in sink_arb.events()] == [("withdrawal.rejected", "duplicate")]
+    assert len(node_eth.sent) == 1 and node_arb.sent == []
+    # arb recorded eth's claim; a fresh arb leader still refuses the id.
+    assert orjson.loads(sink_arb.settled()[b"w-x"] or b"")["outcome"] == "claimed"
+    again = runner("arb", node_arb, sink_arb, FakeRequests())
+    await again.start()
+    again._requests.add(request("w-x", chain="arb"))  # type: ignore[attr-defined]
+    await again.step()
+    assert [e["reason"] for e in sink_arb.events()] == ["duplicate", "duplicate"]
+    assert node_arb.sent == []
+
+
+# ---------------------------------------------------------------- decision order
+
+
+async def test_the_daily_limit_charges_by_timestamp_not_by_read_order() -> None:
+    decided = []
+    for fetch_order in ((0, 1), (1, 0)):
+        node, sink, reqs = FakeNode(), FakeSink(), FakeRequests()
+        r = runner("eth", node, sink, reqs, daily_limit="5000")
+        await r.start()
+        recs = {0: (request("w-late", amount="3000"), 1_700_000_000_002),
+                1: (request("w-early", amount="3000"), 1_700_000_000_001)}
+        for p in fetch_order:
+            reqs.add(recs[p][0], partition=p, ts=recs[p][1])
+        await r.step()
+        decided.append([(e["request_id"], e["type"]) for e in sink.events()
+                        if e["type"] != "withdrawal.broadcast"])
+    assert decided[0] == decided[1] == [("w-early", "withdrawal.accepted"),
+                                        ("w-late", "withdrawal.rejected")]
+
+
+async def test_a_request_waits_for_a_partition_that_is_behind() -> None:
+    node, sink, reqs = FakeNode(), FakeSink(), FakeRequests()
+    r = runner("eth", node, sink, reqs, daily_limit="5000")
+    await r.start()
+    reqs.add(request("w-late", amount="3000"), partition=0, ts=1_700_000_000_002)
+    reqs.add(request("w-early", amount="3000"), partition=1, ts=1_700_000_000_001)
+    reqs.records.reverse()  # partition 0 fetched first...
+    real_fetch = reqs.fetch
+
+    async def one_at_a_time(timeout_ms: int = 500, max_records: int | None = None) -> list[Consumed]:
+        return await real_fetch(timeout_ms, 1)  # ...and partition 1 only in the next fetch
+    reqs.fetch = one_at_a_time  # type: ignore[method-assign]
+    await r.step()
+    assert sink.events() == []  # partition 1 is behind: w-late waits
+    assert orjson.loads(sink.commits[-1][1])["offsets"] == {}
+    await r.step()
+    assert [(e["request_id"], e["type"]) for e in sink.events()][:2] == [
+        ("w-early", "withdrawal.accepted"), ("w-late", "withdrawal.rejected")]
+
+
+async def test_a_live_request_waits_the_bounded_order_wait_only() -> None:
+    now = [1_800_000_000.0]
+    node, sink, reqs = FakeNode(), FakeSink(), FakeRequests()
+    r = runner("eth", node, sink, reqs, clock=lambda: now[0])
+    await r.start()
+    reqs.add(request("w-1"), partition=0, ts=int(now[0] * 1000))
+    await r.step()
+    assert sink.events() == []  # partition 1 is empty and caught up: an earlier one may come
+    now[0] += 0.3  # past the 250 ms wait
+    await r.step()
+    assert [e["type"] for e in sink.events()] == ["withdrawal.accepted", "withdrawal.broadcast"]
+
+
+# ---------------------------------------------------------------- refused sends
+
+
+async def test_a_refused_payment_is_retried_with_backoff_counted_and_stuck() -> None:
+    from watcher.metrics import REGISTRY
+
+    node, sink, reqs = FakeNode(), FakeSink(), FakeRequests()
+    outcomes = [BroadcastOutcome.REFUSED] * 3 + [BroadcastOutcome.OK]
+    real = node.send_raw
+
+    async def refusing(raw: bytes, txid: TxId) -> BroadcastOutcome:
+        await real(raw, txid)
+        return outcomes.pop(0)
+    node.send_raw = refusing  # type: ignore[method-assign]
+    r = runner("eth", node, sink, reqs)
+    before = REGISTRY.get_sample_value("watcher_withdrawal_sends_refused_total", {"chain": "eth"}) or 0
+    await r.start()
+    reqs.add(request("w-1"))
+    await r.step()
+    for _ in range(5):
+        await r.step()  # no new block: never sent again at the same height
+    assert len(node.sent) == 1
+    assert REGISTRY.get_sample_value("watcher_withdrawals_stuck", {"chain": "eth"}) == 1
+    sends_at = []
+    for _ in range(7):
+        node.mine(include=False)
+        n = len(node.sent)
+        await r.step()
+        if len(node.sent) > n:
+            sends_at.append(node.height)
+    # Refused at 10, 11 and 13: sent again 1, 2 and 4 blocks later; the fourth is taken.
+    assert sends_at == [11, 13, 17]
+    assert len(set(node.sent)) == 1  # the very same bytes, never anything else signed
+    assert REGISTRY.get_sample_value("watcher_withdrawal_sends_refused_total",
+                                     {"chain": "eth"}) == before + 3
+    assert [e["type"] for e in sink.events()] == ["withdrawal.accepted", "withdrawal.broadcast"]
+    assert REGISTRY.get_sample_value("watcher_withdrawals_stuck", {"chain": "eth"}) == 0
+
+
+async def test_an_index_snapshot_is_written_every_so_many_settled_records(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import watcher.withdrawals.runtime as rt
+    monkeypatch.setattr(rt, "INDEX_EVERY", 3)
+    node, sink, reqs = FakeNode(), FakeSink(), FakeRequests()
+    r = runner("eth", node, sink, reqs)
+    store = r._settled
+    assert isinstance(store, FakeSettled)
+    await r.start()
+    for i in range(2):
+        reqs.add(request(f"w-big-{i}", amount="5001"))  # over the per-request limit: settled
+    await r.step()
+    assert store.indexed == []
+    reqs.add(request("w-big-2", amount="5001"))
+    await r.step()
+    assert store.indexed == [(3, 3)]  # the index of the 3 records, covering offsets 0..2
+    index_commit, state = sink.commits[-1]
+    assert [x.topic for x in index_commit] == ["cp.index"]
+    assert state == sink.commits[-2][1]  # its own transaction, the checkpoint unchanged
+    # A start that read 3 records past the last snapshot writes one at its first commit.
+    again = runner("eth", node, sink, reqs)
+    await again.start()
+    assert again._settled.indexed == [(3, 3)]  # type: ignore[attr-defined]

@@ -38,6 +38,7 @@ from watcher.core.withdrawals import (
     WithdrawalBook,
     WithdrawalEvent,
     WithdrawalEventType,
+    load_settled,
 )
 from watcher.types import Address, AssetSymbol, BlockHash, ChainId, TxId
 
@@ -69,6 +70,7 @@ class UtxoSim:
     foreign_count: int = 0
     delivered: list[BlockHash] = field(default_factory=list)
     committed: tuple[bytes, list[BlockHash]] = (b"", [])
+    store: dict[RequestId, bytes] = field(default_factory=dict)
     pending_events: list[WithdrawalEvent] = field(default_factory=list)
     published: list[WithdrawalEvent] = field(default_factory=list)
     signed_inputs: dict[str, list[frozenset[str]]] = field(default_factory=dict)
@@ -141,7 +143,10 @@ class UtxoSim:
         self.mempool[t.txid] = t
 
     def commit(self) -> None:
-        self.committed = (self.book.snapshot(), list(self.delivered))
+        changes = self.book.take_changes()
+        self.committed = (changes.snapshot, list(self.delivered))
+        self.store.update(changes.records)
+        self.book.changes_committed()
         self.published.extend(self.pending_events)
         self.pending_events = []
 
@@ -209,7 +214,8 @@ class UtxoSim:
     def restart(self) -> None:
         snapshot, delivered = self.committed
         self.budget = None
-        self.book = WithdrawalBook.restore(snapshot, BTC, CFG)
+        self.book = WithdrawalBook.restore(snapshot, BTC, CFG, load_settled(
+            (k.encode(), v) for k, v in self.store.items()))
         self.delivered = list(delivered)
         self.pending_events = []
         self.run(self.book.resume())
@@ -218,7 +224,7 @@ class UtxoSim:
     def submit(self, rid: str) -> None:
         if rid not in self.submitted:
             self.submitted.append(rid)
-        if self.book.digest_of(rid) is None:
+        if self.book.knows(rid) is False:
             self.run(self.book.accept(Request(RequestId(rid), AssetSymbol("BTC"), None, Address("bcrt1q"),
                                               10_000, 8, f"d-{rid}", self.height)))
 

@@ -30,6 +30,7 @@ from watcher.core.withdrawals import (
     WithdrawalBook,
     WithdrawalEventType,
     WithdrawalState,
+    load_settled,
 )
 from watcher.types import Address, AssetSymbol, BlockHash, ChainId, TxId
 
@@ -90,7 +91,7 @@ def test_accept_announces_commits_then_asks_for_funds() -> None:
     assert ds[0] == Emit(ds[0].event) and events(ds) == [T.ACCEPTED]  # type: ignore[union-attr]
     assert kinds(ds) == ["Emit", "Commit", "CheckFunds"]
     assert b.get(R1).state is S.ACCEPTED  # type: ignore[union-attr]
-    assert b.digest_of("w-1") == "d-w-1"
+    assert b.seen("w-1", "d-w-1") is True
     with pytest.raises(ValueError, match="already accepted"):
         b.accept(request())
 
@@ -360,7 +361,18 @@ def test_resume_takes_up_every_stage_with_the_recorded_bytes() -> None:
 
 
 GOLDEN_SNAPSHOT = (
-    b'{"version":1,"chain":"eth","next_nonce":8,"limits":[[1000,"ETH","5"]],"digests":{"w-1":"d-w-1"},'
+    b'{"version":2,"chain":"eth","next_nonce":8,"limits":[[1000,"ETH","5"]],'
+    b'"withdrawals":[{"r":["w-1","ETH",null,"0x70997970C51812dc3A010C7d01b50e0d17dc79C8","5",18,"d-w-1",'
+    b'1000],"state":"replaced","binding":{"nonce":7},"epoch":0,"attempts":[["t1","7431",{"nonce":7},'
+    b'"100","10","2100000"],["t2","7432",{"nonce":7},"110","11","2310000"]],"retired":[],'
+    b'"announced":["t1","t2"],"sent_height":15,"consumed_hint":false,"inclusion":["t2",16,"0xb16",'
+    b'true,false,23100],"final_announced":false,"refusals":0,"retry_height":null}]}'
+)
+GOLDEN_V1_SNAPSHOT = (
+    # Written by the version before settled records: every digest ever seen in the snapshot
+    # ("w-0" settled long ago, "w-r" refused after authentication), no refusal fields.
+    b'{"version":1,"chain":"eth","next_nonce":8,"limits":[[1000,"ETH","5"]],'
+    b'"digests":{"w-0":"d-w-0","w-1":"d-w-1","w-r":"d-w-r"},'
     b'"withdrawals":[{"r":["w-1","ETH",null,"0x70997970C51812dc3A010C7d01b50e0d17dc79C8","5",18,"d-w-1",'
     b'1000],"state":"replaced","binding":{"nonce":7},"epoch":0,"attempts":[["t1","7431",{"nonce":7},'
     b'"100","10","2100000"],["t2","7432",{"nonce":7},"110","11","2310000"]],"retired":[],'
@@ -390,7 +402,7 @@ def test_snapshot_golden_round_trip() -> None:
 
 @pytest.mark.parametrize(("data", "match"), [
     (b"not json", "unreadable"),
-    (b'{"version":2}', "version 2"),
+    (b'{"version":3}', "version 3"),
     (GOLDEN_SNAPSHOT.replace(b'"chain":"eth"', b'"chain":"btc"'), "chain 'btc'"),
     (GOLDEN_SNAPSHOT.replace(b'"state":"replaced"', b'"state":"lost"'), "unreadable"),
     (GOLDEN_SNAPSHOT.replace(b'"7431"', b'"zz"'), "unreadable"),
@@ -505,7 +517,7 @@ def test_settled_withdrawals_are_forgotten_at_finality_but_stay_duplicates() -> 
     assert b.tip(15, 11) == [] and b.get(R1) is not None  # not final yet: kept
     assert b.tip(16, 12) == []
     assert b.get(R1) is None
-    assert b.digest_of("w-1") == "d-w-1"
+    assert b.seen("w-1", "d-w-1") is True
     assert b"t1" not in WithdrawalBook.restore(b.snapshot(), ETH, CFG).snapshot()
 
 
@@ -525,25 +537,206 @@ def test_events_come_before_any_commit_of_the_same_observation() -> None:
     assert events(ds) == [T.CONFIRMED]
 
 
-def test_incremental_records_restore_the_same_book() -> None:
+def reopen(b: WithdrawalBook, store: dict[RequestId, bytes]) -> WithdrawalBook:
+    """What a restart sees: the last commit's snapshot and every settled record committed."""
+    ch = b.take_changes()
+    store.update(ch.records)
+    b.changes_committed()
+    return WithdrawalBook.restore(ch.snapshot, ETH, CFG, load_settled(
+        (k.encode(), v) for k, v in store.items()))
+
+
+def test_a_settled_request_leaves_the_snapshot_for_one_small_record() -> None:
     b = broadcast()
     b.accept(request("w-2"))
     store: dict[RequestId, bytes] = {}
     ch = b.take_changes()
-    store.update(ch.records)
-    assert sorted(ch.records) == ["w-1", "w-2"]
-    assert b.take_changes().records == {}  # nothing changed since
+    assert ch.records == {}  # both live: in the snapshot, no record yet
+    b.changes_committed()
     b.block_added(12, BlockHash("0xb12"), [Spend("nonce:0", TxId("t1"))])
     b.tip(14, None)
-    b.tip(15, 12)  # final: w-1 is forgotten, its record shrinks to the digest
+    b.tip(15, 12)  # final: w-1 leaves the live state
     ch = b.take_changes()
-    assert ch.records == {"w-1": b'{"settled":["w-1","d-w-1"]}'}
-    store.update(ch.records)
-    r = WithdrawalBook.restore_parts(ch.header, store.values(), ETH, CFG)
+    assert ch.records == {
+        "w-1": b'{"version":1,"digest":"d-w-1","chain":"eth","outcome":"confirmed"}'}
+    assert b"w-1" not in ch.snapshot and b"d-w-2" in ch.snapshot
+    r = reopen(b, store)
     assert r.snapshot() == b.snapshot()
-    assert r.get(R1) is None and r.digest_of("w-1") == "d-w-1"
-    with pytest.raises(SnapshotError, match="unreadable"):
-        WithdrawalBook.restore_parts(ch.header, [b'{"settled":["w-1"]}'], ETH, CFG)
+    assert r.get(R1) is None and r.seen("w-1", "d-w-1") is True and r.seen("w-2", "d-w-2") is True
+    assert b.take_changes().records == {}  # written once
+
+
+def test_the_snapshot_stays_small_however_many_requests_settled() -> None:
+    b = book_with_next()
+    store: dict[RequestId, bytes] = {}
+    sizes: list[int] = []
+    for i in range(300):
+        rid = RequestId(f"w-{i}")
+        b.accept(request(rid))
+        b.funds(rid, True)
+        b.signed(rid, tx(f"t{i}", nonce=i))
+        b.broadcast_result(rid, TxId(f"t{i}"), BroadcastOutcome.OK, 10 + i)
+        b.block_added(11 + i, BlockHash(f"0xb{i}"), [Spend(f"nonce:{i}", TxId(f"t{i}"))])
+        b.tip(11 + i + 3, 11 + i)
+        ch = b.take_changes()
+        store.update(ch.records)
+        b.changes_committed()
+        sizes.append(len(ch.snapshot))
+    assert len(store) == 299  # the last one is confirmed; it leaves at the next final tip
+    # One day's rolling amounts of one asset merge within a minute: nothing grows.
+    # (a few bytes more only as ids, heights and nonces get longer).
+    assert max(sizes) < 600 and sizes[-1] - sizes[10] < 16
+    r = reopen(b, store)
+    assert all(r.seen(f"w-{i}", f"d-w-{i}") is True for i in range(300))
+    assert all(r.seen(f"w-{i}", f"d-w-{i + 1}") is False for i in range(299))
+
+
+def test_a_failed_commit_never_turns_into_remembered_ids() -> None:
+    b = book_with_next()
+    b.reject(RequestId("w-r"), "d-w-r")
+    b.take_changes()  # the commit fails: changes_committed is not called
+    r = WithdrawalBook.restore(WithdrawalBook(ETH, CFG).snapshot(), ETH, CFG, b.settled)
+    assert r.knows("w-r") is False  # the record is read again and decided again
+
+
+def test_a_version_1_snapshot_loads_and_moves_its_history_to_records() -> None:
+    r = WithdrawalBook.restore(GOLDEN_V1_SNAPSHOT, ETH, CFG)
+    assert r.seen("w-0", "d-w-0") is r.seen("w-1", "d-w-1") is r.seen("w-r", "d-w-r") is True
+    assert r.seen("w-0", "d-other") is False and r.seen("w-9", "d-w-9") is None
+    w = r.get(R1)
+    assert w is not None and w.state is S.REPLACED and (w.refusals, w.retry_height) == (0, None)
+    ch = r.take_changes()
+    assert ch.snapshot == GOLDEN_SNAPSHOT  # live only, version 2
+    assert ch.records == {
+        "w-0": b'{"version":1,"digest":"d-w-0","chain":"eth","outcome":"migrated"}',
+        "w-r": b'{"version":1,"digest":"d-w-r","chain":"eth","outcome":"migrated"}'}
+    again = reopen(r, {})
+    assert again.seen("w-0", "d-w-0") is True and again.take_changes().records == {}
+
+
+@pytest.mark.parametrize(("key", "value", "match"), [
+    (b"w-1", b"not json", "key b'w-1' is unreadable"),
+    (b"w-1", b'{"version":1}', "key b'w-1' is unreadable"),
+    (b"w-1", b'{"version":2,"digest":"d"}', "version 2"),
+    (b"w-1", b'{"version":1,"digest":7}', "field digest of type int"),
+    (b"w-1", None, "without key or value"),
+    (b"\xff", b'{"version":1,"digest":"d"}', "unreadable"),
+])
+def test_bad_settled_records_are_refused_by_key(key: bytes, value: bytes | None, match: str) -> None:
+    with pytest.raises(SnapshotError, match=match):
+        load_settled([(key, value)])
+
+
+def test_an_id_claimed_by_another_chain_is_taken_here_and_recorded() -> None:
+    b = book_with_next()
+    assert b.claim(RequestId("w-x"), "d-x", ChainId("arb")) == []
+    assert b.seen("w-x", "d-x") is True
+    assert b.take_changes().records == {
+        "w-x": b'{"version":1,"digest":"d-x","chain":"arb","outcome":"claimed"}'}
+    with pytest.raises(ValueError, match="not claimed"):
+        b.claim(RequestId("w-y"), "d-y", ETH)
+    b.claim(RequestId("w-x"), "d-other", ChainId("arb"))  # the first claim stays
+    assert reopen(b, {}).seen("w-x", "d-x") is True
+
+
+# ---------------------------------------------------------------- refused sends
+
+
+@dataclass(frozen=True)
+class RefusalCase:
+    tip: int
+    sends: bool
+
+
+# Refused at 10 (retry from 11), at 11 (from 13), at 13 (from 17): 1, 2, 4 blocks.
+REFUSAL_STEPS = [RefusalCase(10, False), RefusalCase(11, True), RefusalCase(12, False),
+                 RefusalCase(13, True), RefusalCase(14, False), RefusalCase(16, False),
+                 RefusalCase(17, True)]
+
+
+def test_a_refused_send_backs_off_and_never_signs_anything_else() -> None:
+    b = bound()
+    ds = b.signed(R1, tx("t1"))
+    assert kinds(ds) == ["Commit", "Broadcast"]
+    assert b.broadcast_result(R1, TxId("t1"), BroadcastOutcome.REFUSED, 10) == []
+    tried = 10
+    for case in REFUSAL_STEPS:
+        ds = b.tip(case.tip, None)
+        assert ds == ([Broadcast(R1, TxId("t1"), b"t1", again=True)] if case.sends else []), case
+        if case.sends:
+            b.broadcast_result(R1, TxId("t1"), BroadcastOutcome.REFUSED, case.tip)
+            tried = case.tip
+    assert tried == 17 and b.get(R1).refusals == 4  # type: ignore[union-attr]
+    assert b.summary(17).stuck == 1 and b.summary(17).refused == 1
+    # The back-off is bounded: after many refusals, at most 64 blocks between two tries.
+    for h in range(18, 18 + 64 * 8):
+        for d in b.tip(h, None):
+            assert isinstance(d, Broadcast) and d.raw == b"t1"
+            b.broadcast_result(R1, TxId("t1"), BroadcastOutcome.REFUSED, h)
+            tried = h
+    assert b.get(R1).retry_height == tried + 64  # type: ignore[union-attr]
+    r = WithdrawalBook.restore(b.snapshot(), ETH, CFG)  # the back-off survives a restart
+    assert r.get(R1) == b.get(R1)
+    # Funds arrived: a node takes the very same bytes.
+    assert events(b.broadcast_result(R1, TxId("t1"), BroadcastOutcome.OK, tried + 64)) == [T.BROADCAST]
+    w = b.get(R1)
+    assert w is not None and (w.refusals, w.retry_height, w.state) == (0, None, S.BROADCAST)
+    assert b.summary(tried + 64).stuck == 0
+
+
+def test_a_final_send_error_is_a_refusal() -> None:
+    from watcher.errors import ErrorKind
+    assert BroadcastOutcome.of(ErrorKind.FINAL) is BroadcastOutcome.REFUSED
+    assert BroadcastOutcome.of(ErrorKind.RETRIABLE) is BroadcastOutcome.RETRIABLE
+
+
+# ---------------------------------------------------------------- rolling amounts
+
+
+@dataclass(frozen=True)
+class RollCase:
+    name: str
+    adds: list[tuple[int, int]]
+    """(time, amount) charged, in the order read."""
+    at: int
+    used: int
+
+
+DAY = 24 * 3600 * 1000
+ROLL = [
+    RollCase("inside the window", [(0, 2), (3_600_000, 1)], 7_200_000, 3),
+    RollCase("the first left the window", [(0, 2), (3_600_000, 1)], DAY, 1),
+    RollCase("exactly 24 h later it is out", [(0, 2)], DAY, 0),
+    # Read after a later one (another partition): charged as if it came last, so the
+    # 24 h that hold it start at 25 h, not at 1 h, and the early charge is not lost.
+    RollCase("out of order is charged at the latest time", [(25 * 3_600_000, 3), (3_600_000, 4)],
+             26 * 3_600_000, 7),
+    RollCase("asked about an earlier time: the latest counts", [(DAY + 5, 3)], 10, 3),
+    RollCase("one minute merges", [(60_000, 1), (60_001, 2), (119_999, 3)], 119_999 + DAY - 1, 6),
+    RollCase("the merged entry counts from its latest time", [(60_000, 1), (119_999, 3)],
+             119_999 + DAY, 0),
+]
+
+
+@pytest.mark.parametrize("case", ROLL, ids=lambda c: c.name)
+def test_rolling_amounts(case: RollCase) -> None:
+    from watcher.core.withdrawals import RollingAmounts
+    r = RollingAmounts()
+    for t, a in case.adds:
+        r.add(AssetSymbol("ETH"), a, t)
+    r.add(AssetSymbol("USDC"), 100, case.adds[-1][0])  # per asset
+    assert r.used(AssetSymbol("ETH"), case.at) == case.used
+
+
+def test_rolling_amounts_stay_bounded() -> None:
+    from watcher.core.withdrawals import RollingAmounts
+    r = RollingAmounts()
+    for i in range(3 * 1440 * 10):  # ten a minute for three days
+        r.add(AssetSymbol("ETH"), 1, i * 6_000)
+    assert len(r.entries) == 1440
+    # The oldest minute counts whole, at its latest time (never shorter than it should):
+    # the exact window would hold 1439 * 10 + 9.
+    assert r.used(AssetSymbol("ETH"), 3 * 1440 * 10 * 6_000) == 1440 * 10
 
 
 def test_own_payment_reported_in_other_hex_case_is_still_ours() -> None:

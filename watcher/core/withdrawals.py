@@ -1,9 +1,21 @@
 """The withdrawal state machine: observations in, decisions out, never performed here.
 
-Pure and synchronous. One :class:`WithdrawalBook` per chain holds every accepted
+Pure and synchronous. One :class:`WithdrawalBook` per chain holds every live
 request, the hot wallet's nonce counter, the rolling 24-hour amounts and the
-digests of accepted requests (for the duplicate rule); :meth:`WithdrawalBook.snapshot`
-is the withdrawal state the runtime commits with the events and input offsets.
+digests of every request id ever claimed (for the duplicate rule).
+
+State is kept in two parts, so that what is committed with every step stays small
+however long the watcher runs (see :meth:`WithdrawalBook.take_changes`):
+
+* the **snapshot** (:meth:`WithdrawalBook.snapshot`): live state only -- requests not
+  yet settled at finality, the nonce counter, the rolling amounts. Its size follows
+  the requests in flight and one day's traffic, never the history;
+* one **settled record** per request id that left the live set (settled at finality,
+  refused after authentication, or claimed by another chain), written once, on a
+  compacted topic keyed by the request id, in the same transaction as the snapshot.
+  The book keeps only ``request id -> digest`` of them, compactly
+  (:class:`~watcher.core.settled.SettledIndex`, 24 bytes each), which is all the
+  duplicate rule needs, and which is loaded back at a restart.
 
 States::
 
@@ -41,12 +53,20 @@ from typing import Any, NewType
 
 import orjson
 
+from watcher.core.settled import SettledIndex
 from watcher.errors import ErrorKind, WatcherError
 from watcher.types import Address, AssetSymbol, BlockHash, ChainId, EventId, TxId
 
 RequestId = NewType("RequestId", str)
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+"""Live state only (settled requests live in settled records). Version 1 (everything,
+with the digests of every settled request) still loads: see :meth:`WithdrawalBook.restore`.
+Adding a field: write it, read it with a default (``.get``), keep the version; bump it
+only for a change an older reader must refuse."""
+SETTLED_VERSION = 1
+REFUSAL_BACKOFF_MAX_BLOCKS = 64
+"""A transaction every node refuses (FINAL) is sent again after 1, 2, 4, ... blocks, at most this many."""
 DAY_MS = 24 * 3600 * 1000
 BUMP_PERCENT = 10
 """Minimum raise of both the fee cap and the tip of a replacement (geth's default price bump)."""
@@ -82,17 +102,20 @@ class BroadcastOutcome(StrEnum):
     UNDERPRICED = "underpriced"
     CONSUMED = "consumed"
     """EVM "nonce too low"; UTXO inputs missing or already spent."""
+    REFUSED = "refused"
+    """A FINAL refusal (insufficient funds for gas, say): the same bytes are sent again,
+    with a growing delay (:data:`REFUSAL_BACKOFF_MAX_BLOCKS`), and the request counts as stuck."""
     RETRIABLE = "retriable"
     """Not handed over (timeout, no endpoint): the same bytes are sent again later."""
 
     @classmethod
     def of(cls, kind: ErrorKind | None) -> BroadcastOutcome:
         """The outcome of a send that raised a :class:`ChainError` of ``kind`` (None: it
-        returned). A FINAL refusal (insufficient funds for gas, say) is sent again later
-        like a retriable one: the bytes are recorded and may be valid once funds arrive, and
-        nothing else may ever be signed for the binding."""
+        returned). A FINAL refusal is never answered by signing something else: the bytes
+        are recorded and may be valid once funds arrive, and nothing else may ever be signed
+        for the binding; they are sent again, later and later (never every block)."""
         return {None: cls.OK, ErrorKind.ALREADY_KNOWN: cls.ALREADY_KNOWN,
-                ErrorKind.UNDERPRICED: cls.UNDERPRICED,
+                ErrorKind.UNDERPRICED: cls.UNDERPRICED, ErrorKind.FINAL: cls.REFUSED,
                 ErrorKind.NONCE_TOO_LOW: cls.CONSUMED}.get(kind, cls.RETRIABLE)
 
 
@@ -217,6 +240,10 @@ class Withdrawal:
     """A node said the binding is already consumed: never bump, wait for the block proof."""
     inclusion: Inclusion | None = None
     final_announced: bool = False
+    refusals: int = 0
+    """FINAL refusals of the latest send in a row (0 once a node took it)."""
+    retry_height: int | None = None
+    """After a refusal: the height from which the bytes are sent again."""
 
     @property
     def latest(self) -> SignedTx | None:
@@ -355,18 +382,47 @@ class NonceManager:
 # ---------------------------------------------------------------- rolling limit
 
 
+BUCKET_MS = 60_000
+
+
 @dataclass(slots=True)
 class RollingAmounts:
-    """Amounts accepted per asset with their times, for the rolling 24-hour limit."""
+    """Amounts accepted per asset with their times, for the rolling 24-hour limit.
+
+    Guarantees:
+
+    * **Time never runs backwards.** An amount is charged at ``max(now_ms, the latest
+      charge)``: a request read after a later one (another partition, a skewed clock) is
+      charged as if it came last, so no charge is ever pruned while a window that holds it
+      can still be asked about, and the sum over any 24 hours of charge times stays within
+      the limit.
+    * **Bounded.** Charges of one asset within one minute are merged into one entry at
+      the latest of their times (so each counts at least as long as it should, never
+      shorter): at most 1,440 entries per asset, whatever the traffic.
+    """
 
     entries: list[tuple[int, AssetSymbol, int]] = field(default_factory=list)
 
+    def _now(self, now_ms: int) -> int:
+        return max(now_ms, max((t for t, _, _ in self.entries), default=now_ms))
+
     def used(self, asset: AssetSymbol, now_ms: int) -> int:
-        return sum(a for t, s, a in self.entries if s == asset and now_ms - t < DAY_MS)
+        now = self._now(now_ms)
+        return sum(a for t, s, a in self.entries if s == asset and now - t < DAY_MS)
 
     def add(self, asset: AssetSymbol, amount: int, now_ms: int) -> None:
-        self.entries = [e for e in self.entries if now_ms - e[0] < DAY_MS]
-        self.entries.append((now_ms, asset, amount))
+        now = self._now(now_ms)
+        kept = [e for e in self.entries if now - e[0] < DAY_MS]
+        for i in range(len(kept) - 1, -1, -1):
+            t, s, a = kept[i]
+            if t // BUCKET_MS != now // BUCKET_MS:
+                break
+            if s == asset:
+                del kept[i]
+                amount += a
+                break
+        kept.append((now, asset, amount))
+        self.entries = kept
 
 
 # ---------------------------------------------------------------- the book
@@ -374,16 +430,67 @@ class RollingAmounts:
 
 @dataclass(frozen=True, slots=True)
 class Changes:
-    header: bytes
+    """What one commit must write: the live snapshot and the settled records made since the
+    last commit (request id -> record, see :func:`settled_record`)."""
+
+    snapshot: bytes
     records: dict[RequestId, bytes]
-    """Request id -> its latest record; the runtime keys them ``<chain>:<request_id>``."""
 
 
 @dataclass(frozen=True, slots=True)
 class BookSummary:
     by_state: dict[WithdrawalState, int]
     stuck: int
+    """Broadcast and not in a block for ``stuck_blocks``, or refused by the nodes (FINAL)."""
     nonce_gap: int
+    refused: int = 0
+    """Of which: the latest send was refused by the nodes and waits for its next try."""
+
+
+class SettledOutcome(StrEnum):
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    """Refused after authentication (a limit, an unknown asset...): never accepted later."""
+    CLAIMED = "claimed"
+    """Accepted or refused by another chain's runner: the id is taken on every chain."""
+    MIGRATED = "migrated"
+    """Known from a version 1 snapshot, which kept only the digest."""
+
+
+def settled_record(digest: str, chain: str, outcome: SettledOutcome) -> bytes:
+    """The value of a settled request's record (its key: the request id, UTF-8)."""
+    return orjson.dumps({"version": SETTLED_VERSION, "digest": digest, "chain": chain,
+                         "outcome": outcome.value})
+
+
+def load_settled(records: Iterable[tuple[bytes | None, bytes | None]],
+                 into: SettledIndex | None = None) -> SettledIndex:
+    """``request id -> digest`` from the ``(key, value)`` of each settled record (staged:
+    one sort at the first lookup, however many batches are loaded).
+
+    Raises :class:`SnapshotError` naming the record's key and field when one cannot be read:
+    a settled record is what stops an old request from being paid again, so none is skipped.
+    """
+    out = SettledIndex() if into is None else into
+    loads = orjson.loads
+    for key, value in records:
+        if key is None or value is None:
+            raise SnapshotError(f"settled record with key {key!r}: a record without key or value")
+        try:
+            rid = key.decode()
+            x = loads(value)
+            digest = x["digest"]
+            if x.get("version") != SETTLED_VERSION or not isinstance(digest, str):
+                raise SnapshotError(f"settled record {rid!r}: version {x.get('version')!r}, "
+                                    f"field digest of type {type(digest).__name__}")
+        except SnapshotError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError) as exc:
+            raise SnapshotError(f"settled record with key {key[:140]!r} is unreadable: "
+                                f"{exc!r}") from exc
+        out.stage(rid, digest)
+    return out
 
 
 class SnapshotError(ValueError):
@@ -405,15 +512,20 @@ class WithdrawalBook:
     of the list. The end of each observation is a commit too (one Kafka transaction).
     """
 
-    def __init__(self, chain: ChainId, cfg: MachineConfig) -> None:
+    def __init__(self, chain: ChainId, cfg: MachineConfig,
+                 settled: SettledIndex | None = None) -> None:
+        """``settled``: the committed settled records (:func:`load_settled`); the book adds
+        to it only in :meth:`changes_committed`, so after a failed commit the same index
+        serves the book restored from the last snapshot."""
         self.chain = chain
         self.cfg = cfg
         self.nonces = NonceManager()
         self.limits = RollingAmounts()
         self._w: dict[RequestId, Withdrawal] = {}
-        self._digests: dict[RequestId, str] = {}
+        self.settled = SettledIndex() if settled is None else settled
+        self._fresh: dict[RequestId, tuple[str, str, SettledOutcome]] = {}
+        """Settled since the last commit: id -> (digest, claiming chain, outcome)."""
         self._by_key: dict[str, RequestId] = {}
-        self._dirty: set[RequestId] = set()
 
     # --------------------------------------------------------- reading
 
@@ -423,10 +535,24 @@ class WithdrawalBook:
     def withdrawals(self) -> list[Withdrawal]:
         return list(self._w.values())
 
-    def digest_of(self, request_id: str) -> str | None:
-        """The digest of the request accepted (or refused after authentication) under this id,
-        for the duplicate rule (:mod:`watcher.withdrawals.intake`)."""
-        return self._digests.get(RequestId(request_id))
+    def seen(self, request_id: str, digest: str) -> bool | None:
+        """For the duplicate rule (:mod:`watcher.withdrawals.intake`): whether a request was
+        accepted (or refused after authentication) under this id, here or by another chain,
+        however long ago: None (never), True (with this digest: an exact repeat), False
+        (with other content)."""
+        rid = RequestId(request_id)
+        w = self._w.get(rid)
+        if w is not None:
+            return w.request.digest == digest
+        fresh = self._fresh.get(rid)
+        if fresh is not None:
+            return fresh[0] == digest
+        return self.settled.seen(rid, digest)
+
+    def knows(self, request_id: str) -> bool:
+        """The id is taken (live, settled, refused or claimed)."""
+        rid = RequestId(request_id)
+        return rid in self._w or rid in self._fresh or rid in self.settled
 
     def bound_keys(self) -> frozenset[str]:
         """Every binding key a request holds (``in:<txid>:<vout>``, ``nonce:<n>``): coin
@@ -439,23 +565,26 @@ class WithdrawalBook:
     def summary(self, height: int) -> BookSummary:
         """Counts for the gauges: by state, stuck payments, the last nonce gap."""
         by_state = dict.fromkeys(WithdrawalState, 0)
-        stuck = 0
+        stuck = refused = 0
         for w in self._w.values():
             by_state[w.state] += 1
-            if (w.state in (WithdrawalState.BROADCAST, WithdrawalState.REPLACED) and w.inclusion is None
+            if w.state in TERMINAL or w.inclusion is not None:
+                continue
+            if w.refusals:
+                refused += 1
+                stuck += 1
+            elif (w.state in (WithdrawalState.BROADCAST, WithdrawalState.REPLACED)
                     and w.sent_height is not None and height - w.sent_height >= self.cfg.stuck_blocks):
                 stuck += 1
-        return BookSummary(by_state, stuck, self.nonces.last_gap)
+        return BookSummary(by_state, stuck, self.nonces.last_gap, refused)
 
     # --------------------------------------------------------- observations
 
     def accept(self, request: Request) -> list[Decision]:
         """A request passed intake: recorded, counted against the daily limit, announced."""
         rid = request.request_id
-        if rid in self._digests:
+        if self.knows(rid):
             raise ValueError(f"request {rid} is already accepted")
-        self._digests[rid] = request.digest
-        self._dirty.add(rid)
         self.limits.add(request.asset, request.amount, request.received_ms)
         self._w[rid] = Withdrawal(request, WithdrawalState.ACCEPTED)
         return [Emit(WithdrawalEvent(WithdrawalEventType.ACCEPTED, request)), Commit(),
@@ -464,9 +593,17 @@ class WithdrawalBook:
     def reject(self, request_id: RequestId, digest: str) -> list[Decision]:
         """An authenticated request of this chain was refused: remembered, so that the same
         request is a silent repeat from now on and never accepted later."""
-        if request_id not in self._digests:
-            self._digests[request_id] = digest
-            self._dirty.add(request_id)
+        if not self.knows(request_id):
+            self._fresh[request_id] = (digest, self.chain, SettledOutcome.REJECTED)
+        return []
+
+    def claim(self, request_id: RequestId, digest: str, chain: ChainId) -> list[Decision]:
+        """Another chain's runner accepted or refused (after authentication) a request with
+        this id: the id is taken here too, so the same id for this chain is a duplicate."""
+        if chain == self.chain:
+            raise ValueError("a chain's own requests are accepted or rejected, not claimed")
+        if not self.knows(request_id):
+            self._fresh[request_id] = (digest, chain, SettledOutcome.CLAIMED)
         return []
 
     def funds(self, request_id: RequestId, available: bool,
@@ -540,8 +677,16 @@ class WithdrawalBook:
             state = w.state
             if w.inclusion is None:
                 state = WithdrawalState.REPLACED if len(w.announced) > 1 else WithdrawalState.BROADCAST
-            self._put(replace(w, state=state, sent_height=tip_height))
+            self._put(replace(w, state=state, sent_height=tip_height, refusals=0, retry_height=None))
             return out
+        if outcome is BroadcastOutcome.REFUSED:
+            # Never something else for the binding (the bytes are bound): the same bytes
+            # later, after 1, 2, 4 ... blocks; counted stuck meanwhile (the alert).
+            if tx is not w.latest or w.inclusion is not None:
+                return []
+            delay = min(REFUSAL_BACKOFF_MAX_BLOCKS, 2 ** min(w.refusals, 16))
+            self._put(replace(w, refusals=w.refusals + 1, retry_height=tip_height + delay))
+            return []
         if outcome is BroadcastOutcome.UNDERPRICED:
             if tx is not w.latest or w.consumed_hint or w.inclusion is not None:
                 return []
@@ -603,7 +748,7 @@ class WithdrawalBook:
                 # Deeper than the confirmations: the event stays (one per request), the payment
                 # goes on with the same bytes; an operator alert belongs to the runtime.
                 state = WithdrawalState.REPLACED if len(w.announced) > 1 else WithdrawalState.BROADCAST
-            self._put(replace(w, inclusion=None, state=state, consumed_hint=False))
+            self._put(replace(w, inclusion=None, state=state, consumed_hint=False, retry_height=None))
             tx = next((a for a in w.attempts if a.txid == inc.txid), None) or w.latest
             if tx is not None:
                 out.append(Broadcast(w.request.request_id, tx.txid, tx.raw, again=True))
@@ -690,6 +835,10 @@ class WithdrawalBook:
         tx = w.latest
         assert tx is not None and w.binding is not None
         rid = w.request.request_id
+        if w.retry_height is not None:
+            if height < w.retry_height:
+                return []  # refused by the nodes: backing off
+            return [Broadcast(rid, tx.txid, tx.raw, again=True)]
         if w.sent_height is None:
             # Signed but never handed over (no node answered): send again.
             return [Broadcast(rid, tx.txid, tx.raw, again=True)]
@@ -702,15 +851,17 @@ class WithdrawalBook:
         return [Sign(rid, w.binding, want, _last_announced(w))]
 
     def _forget(self, w: Withdrawal) -> None:
-        # Settled in a final block: nothing can change it any more. Only its digest stays (the
-        # duplicate rule), so the snapshot committed with every step holds what is in flight.
+        # Settled in a final block: nothing can change it any more. It leaves the snapshot for
+        # a settled record (its digest: the duplicate rule), so the snapshot committed with
+        # every step holds what is in flight only.
         rid = w.request.request_id
         if w.binding is not None:
             for k in w.binding.spend_keys():
                 if self._by_key.get(k) == rid:
                     del self._by_key[k]
         del self._w[rid]
-        self._dirty.add(rid)
+        outcome = SettledOutcome.FAILED if w.state is WithdrawalState.FAILED else SettledOutcome.CONFIRMED
+        self._fresh[rid] = (w.request.digest, self.chain, outcome)
 
     def _nonce_seen(self, key: str) -> None:
         # A nonce of the hot wallet used on chain by no request of ours (another sender of the
@@ -732,79 +883,60 @@ class WithdrawalBook:
             for k in w.binding.spend_keys():
                 self._by_key[k] = rid
         self._w[rid] = w
-        self._dirty.add(rid)
 
     # --------------------------------------------------------- persistence
 
     def snapshot(self) -> bytes:
+        """The live state (version :data:`SNAPSHOT_VERSION`): no settled request in it."""
         return orjson.dumps({
             "version": SNAPSHOT_VERSION,
             "chain": self.chain,
             "next_nonce": self.nonces.next,
             "limits": [[t, s, str(a)] for t, s, a in self.limits.entries],
-            "digests": self._digests,
             "withdrawals": [_w_out(w) for w in self._w.values()],
         })
 
     def take_changes(self) -> Changes:
-        """What changed since the last call, for a compacted state topic: the small header
-        (nonce counter, rolling amounts) and one record per changed request (a settled one
-        shrinks to its digest). Commit them in the step's transaction, or the whole
-        :meth:`snapshot`; both restore the same book."""
-        records = {rid: self._record_of(rid) for rid in sorted(self._dirty)}
-        self._dirty.clear()
-        return Changes(self._header(), records)
+        """What the next commit writes: the live snapshot and one settled record per request
+        that left the live set (or was refused or claimed) since the last commit. Both in one
+        transaction; then :meth:`changes_committed`. Nothing is cleared here, so a commit that
+        fails leaves the book as it was (the runtime restores it from the last snapshot)."""
+        return Changes(self.snapshot(),
+                       {rid: settled_record(d, c, o) for rid, (d, c, o) in self._fresh.items()})
 
-    def _header(self) -> bytes:
-        return orjson.dumps({
-            "version": SNAPSHOT_VERSION, "chain": self.chain, "next_nonce": self.nonces.next,
-            "limits": [[t, s, str(a)] for t, s, a in self.limits.entries],
-        })
-
-    def _record_of(self, rid: RequestId) -> bytes:
-        w = self._w.get(rid)
-        if w is None:
-            return orjson.dumps({"settled": [rid, self._digests[rid]]})
-        return orjson.dumps(_w_out(w))
+    def changes_committed(self) -> None:
+        """The last :meth:`take_changes` is durable: its records join :attr:`settled`."""
+        for rid, (digest, _, _) in self._fresh.items():
+            self.settled.add(rid, digest)
+        self._fresh.clear()
 
     @classmethod
-    def restore_parts(cls, header: bytes, records: Iterable[bytes], chain: ChainId,
-                      cfg: MachineConfig) -> WithdrawalBook:
-        """The book from the latest header and the latest record of every request."""
-        try:
-            head = orjson.loads(header)
-            head["digests"] = {}
-            head["withdrawals"] = []
-            for data in records:
-                x = orjson.loads(data)
-                if "settled" in x:
-                    rid, digest = x["settled"]
-                    head["digests"][rid] = digest
-                else:
-                    head["digests"][x["r"][0]] = x["r"][6]
-                    head["withdrawals"].append(x)
-            return cls.restore(orjson.dumps(head), chain, cfg)
-        except (KeyError, TypeError, ValueError, IndexError, orjson.JSONDecodeError) as exc:
-            if isinstance(exc, SnapshotError):
-                raise
-            raise SnapshotError(f"withdrawal state of {chain} is unreadable: {exc!r}") from exc
+    def restore(cls, data: bytes, chain: ChainId, cfg: MachineConfig,
+                settled: SettledIndex | None = None) -> WithdrawalBook:
+        """The book from its last snapshot and the settled records (:func:`load_settled`).
 
-    @classmethod
-    def restore(cls, data: bytes, chain: ChainId, cfg: MachineConfig) -> WithdrawalBook:
-        book = cls(chain, cfg)
+        A version 1 snapshot (from before settled records) loads too: every digest it holds
+        of a request no longer live becomes a settled record of the next commit
+        (outcome ``migrated``), so the first commit after the upgrade moves the history out of
+        the snapshot, and the duplicate rule holds for it all along."""
+        book = cls(chain, cfg, settled)
         try:
             raw = orjson.loads(data)
-            if raw.get("version") != SNAPSHOT_VERSION:
-                raise SnapshotError(f"withdrawal snapshot version {raw.get('version')!r} is not supported")
+            version = raw.get("version")
+            if version not in (1, SNAPSHOT_VERSION):
+                raise SnapshotError(f"withdrawal snapshot version {version!r} is not supported")
             if raw.get("chain") != chain:
                 raise SnapshotError(f"withdrawal snapshot belongs to chain {raw.get('chain')!r}")
             nxt = raw["next_nonce"]
             book.nonces.next = None if nxt is None else int(nxt)
             book.limits.entries = [(int(t), AssetSymbol(str(s)), int(a)) for t, s, a in raw["limits"]]
-            book._digests = {RequestId(str(k)): str(v) for k, v in raw["digests"].items()}
             for x in raw["withdrawals"]:
                 book._put(_w_in(x))
-            book._dirty.clear()
+            if version == 1:
+                for k, v in raw["digests"].items():
+                    rid = RequestId(str(k))
+                    if not book.knows(rid):
+                        book._fresh[rid] = (str(v), chain, SettledOutcome.MIGRATED)
         except SnapshotError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError) as exc:
@@ -872,6 +1004,7 @@ def _w_out(w: Withdrawal) -> dict[str, Any]:
         "inclusion": None if inc is None else [inc.txid, inc.block_number, inc.block_hash, inc.ours,
                                                inc.reverted, inc.fee_paid],
         "final_announced": w.final_announced,
+        "refusals": w.refusals, "retry_height": w.retry_height,
     }
 
 
@@ -886,6 +1019,7 @@ def _w_in(x: dict[str, Any]) -> Withdrawal:
         inclusion = Inclusion(TxId(str(txid)), int(number), BlockHash(str(h)), bool(ours), bool(reverted),
                               None if fee_paid is None else int(fee_paid))
     sent = x["sent_height"]
+    retry = x.get("retry_height")  # fields added after version 1: defaults when absent
     return Withdrawal(
         request=request, state=WithdrawalState(x["state"]), binding=_binding_in(x["binding"]),
         epoch=int(x["epoch"]), attempts=tuple(_tx_in(t) for t in x["attempts"]),
@@ -893,4 +1027,5 @@ def _w_in(x: dict[str, Any]) -> Withdrawal:
         announced=tuple(TxId(str(t)) for t in x["announced"]),
         sent_height=None if sent is None else int(sent), consumed_hint=bool(x["consumed_hint"]),
         inclusion=inclusion, final_announced=bool(x["final_announced"]),
+        refusals=int(x.get("refusals", 0)), retry_height=None if retry is None else int(retry),
     )

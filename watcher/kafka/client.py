@@ -167,17 +167,18 @@ def topic_specs(topics: Topics, chains: Sequence[str] = ()) -> list[TopicSpec]:
 
 
 async def ensure_topics(cfg: KafkaConfig, timeout_s: float = 30.0,
-                        chains: Sequence[str] = ()) -> list[str]:
+                        chains: Sequence[str] = (), extra: Sequence[TopicSpec] = ()) -> list[str]:
     """Creates the missing topics and checks the compacted ones; returns the names created.
 
     ``chains``: the chain ids whose checkpoint topics (:func:`checkpoint_topic`) are needed.
+    ``extra``: more topics a caller owns (a withdrawal runner's settled records).
 
     Existing topics are left as they are, except that the checkpoint and
     address-registration topics must be ``cleanup.policy=compact`` (a deleting
     policy would one day forget a checkpoint or a watched address): otherwise
     :class:`ConfigError` naming the topic. Broker failures raise :class:`SinkError`.
     """
-    specs = topic_specs(cfg.topics, chains)
+    specs = [*topic_specs(cfg.topics, chains), *extra]
     admin = AIOKafkaAdminClient(**connection_kwargs(cfg), request_timeout_ms=int(timeout_s * 1000))
     try:
         async with asyncio.timeout(timeout_s):
@@ -394,6 +395,20 @@ class ManualConsumer:
 
     async def position(self, partition: int) -> int:
         return int(await self._call(self._consumer.position(self._tp(partition))))
+
+    async def behind(self) -> frozenset[int]:
+        """Partitions known to hold records not fetched yet: the position is below the last
+        stable offset of the latest fetch answer, or no fetch answered for it yet. No
+        broker round trip (the offsets come with every fetch answer)."""
+        out: set[int] = set()
+        for p in self._partitions:
+            tp = self._tp(p)
+            lso = self._consumer.last_stable_offset(tp)
+            if lso is None or lso < 0:
+                lso = self._consumer.highwater(tp)
+            if lso is None or int(await self.position(p)) < int(lso):
+                out.add(p)
+        return frozenset(out)
 
     async def fetch(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Consumed]:
         """Records from any assigned partition, in offset order per partition; [] on timeout."""

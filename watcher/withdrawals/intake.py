@@ -86,7 +86,10 @@ class IntakePolicy:
 class IntakeState(Protocol):
     """What intake reads of a chain's withdrawal state (a ``WithdrawalBook``)."""
 
-    def digest_of(self, request_id: str) -> str | None: ...
+    def seen(self, request_id: str, digest: str) -> bool | None:
+        """None: the id was never taken; True: taken by this very request; False: by other
+        content."""
+        ...
 
     def used_today(self, asset: AssetSymbol, now_ms: int) -> int: ...
 
@@ -218,10 +221,10 @@ def _evaluate(obj: dict[str, Any], now_ms: int, policy: IntakePolicy,
                                                   "of any requesting service")
 
     for cid, state in states.items():
-        known = state.digest_of(rid)
+        known = state.seen(rid, digest)
         if known is None:
             continue
-        if known == digest:
+        if known:
             return Repeat(cid, RequestId(rid))
         return reject(RejectReason.DUPLICATE, f"request_id {rid} was already used with other content")
 

@@ -8,7 +8,14 @@ Kafka transaction of its own transactional id ``<prefix>-withdrawals-<chain>``:
 * the ``payments.withdrawals`` events of the step,
 * the checkpoint ``withdrawals`` in ``watcher.checkpoints.<chain>`` (compacted): the
   input offsets (next offset per partition), the hot-wallet block scan cursor and the
-  :meth:`WithdrawalBook.snapshot`.
+  live :meth:`WithdrawalBook.snapshot` (requests in flight, counters: small, whatever
+  the history),
+* the settled records of the step (one per request id that left the live state, was
+  refused after authentication or was claimed by another chain) on the chain's compacted
+  ``watcher.checkpoints.<chain>.withdrawals`` (:mod:`watcher.kafka.settled`), loaded when
+  a runner starts (from the newest snapshot of their index, written every
+  :data:`INDEX_EVERY` records, and the records after it), so that an exact repeat of a
+  request paid long ago adds no event.
 
 So the input offsets, the events and the state are consume-process-produce atomic: the
 offsets live in the checkpoint instead of a group's ``__consumer_offsets`` (same
@@ -18,7 +25,16 @@ it belongs to). A zombie leader's producer is fenced by the next leader's.
 Routing: every chain's runner reads every request; a record is handled by the chain its
 ``chain`` field names when that chain has withdrawals configured, else (unreadable,
 no or unknown chain) by the *primary* chain (the smallest configured chain id), so each
-record gets exactly one verdict. Others' records only move the offset.
+record gets exactly one verdict. Others' records move the offset, and claim their id:
+a request another chain accepts or refuses after authentication is
+:meth:`WithdrawalBook.claim` ed here too (the contract's duplicate rule: one
+``request_id``, one content, across chains). Every runner reaches the same claims, since
+each evaluates the same records in the same order (a request's id is its record key, so
+every record of one id is in one partition, read in offset order).
+
+Order: records are decided in the order of :class:`~watcher.withdrawals.order.RequestOrder`
+(by their timestamps across partitions, within a bounded wait), not in fetch order, so
+that the rolling 24-hour limit charges requests in the same order whoever decides them.
 
 Guarantees carried over from the book (see :mod:`watcher.core.withdrawals`):
 
@@ -43,10 +59,12 @@ import structlog
 
 from chains.evm.tx import sender_of, sign_withdrawal
 from watcher.config import ChainConfig, ChainWithdrawals, Family
+from watcher.core.settled import SettledIndex
 from watcher.core.withdrawals import (
     TERMINAL,
     Bind,
     Broadcast,
+    BroadcastOutcome,
     CheckFunds,
     Commit,
     Decision,
@@ -72,28 +90,41 @@ from watcher.metrics import (
     WITHDRAWAL_NONCE_GAP,
     WITHDRAWAL_REPLACEMENTS,
     WITHDRAWAL_REQUESTS,
+    WITHDRAWAL_SENDS_REFUSED,
+    WITHDRAWAL_STATE_BYTES,
     WITHDRAWAL_TO_BROADCAST,
     WITHDRAWAL_TO_CONFIRMED,
     WITHDRAWALS_BY_STATE,
     WITHDRAWALS_STUCK,
     WITHDRAWALS_WAITING_FUNDS,
 )
-from watcher.ports import HotWalletNode, OutRecord, RequestSource, Signer, TransactionalSink
+from watcher.ports import (
+    HotWalletNode,
+    OutRecord,
+    RequestSource,
+    SettledRecords,
+    Signer,
+    TransactionalSink,
+)
 from watcher.runtime.follower import FollowerStatus
 from watcher.types import Address, BlockHash, ChainHead, ChainId
 from watcher.withdrawals.events import rejection_record, withdrawal_record
 from watcher.withdrawals.intake import Accepted, DeadLetter, IntakePolicy, Rejected, Repeat, evaluate
+from watcher.withdrawals.order import RequestOrder
 from watcher.withdrawals.policy import machine_config
 
 log = structlog.get_logger("watcher.withdrawals")
 
 CHECKPOINT_NAME = "withdrawals"
 """Key of the runner's checkpoint in ``watcher.checkpoints.<chain>``."""
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""2: the book's snapshot holds live state only (settled records beside it). 1 still loads."""
 DEAD_LETTER_SOURCE = "withdrawal-requests"
 NATIVE_GAS_LIMIT = 21_000
 MAX_BLOCKS_PER_ROUND = 200
 BALANCE_EVERY_S = 15.0
+INDEX_EVERY = 65_536
+"""Settled records between two snapshots of the settled index (24 bytes an id each)."""
 
 
 def route(value: bytes | None, configured: frozenset[str], primary: ChainId) -> str:
@@ -121,6 +152,7 @@ class WithdrawalRunner:
     def __init__(self, *, chain: ChainConfig, cw: ChainWithdrawals, policy: IntakePolicy,
                  primary: ChainId, topics: RunnerTopics, signer: Signer, node: HotWalletNode,
                  sink: TransactionalSink, requests: RequestSource, dead_letters: DeadLetters,
+                 settled: SettledRecords, order: RequestOrder | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         if chain.family is not Family.EVM or chain.chain_id is None:
             raise ValueError(f"chain {chain.id}: only EVM withdrawals are carried out so far")
@@ -136,6 +168,11 @@ class WithdrawalRunner:
         self.sink = sink
         self._requests = requests
         self._dead_letters = dead_letters
+        self._settled = settled
+        self._order = order if order is not None else RequestOrder()
+        self._partitions: list[int] = []
+        self._since_index = 0
+        """Settled records committed since the last index snapshot (or read past it)."""
         self._clock = clock
         self._mcfg = machine_config(cw, chain.family)
         self._cap = Fees(cw.max_fee, cw.max_tip)
@@ -158,27 +195,31 @@ class WithdrawalRunner:
 
     # --------------------------------------------------------- state
 
-    def _state(self) -> bytes:
+    def _state(self, snapshot: bytes) -> bytes:
         return orjson.dumps({
             "version": STATE_VERSION, "chain": self.chain,
             "offsets": {str(p): o for p, o in sorted(self._offsets.items())},
             "scanned": [[n, h] for n, h in self._scanned],
-            "book": orjson.Fragment(self.book.snapshot()),
+            "book": orjson.Fragment(snapshot),
         })
 
-    def _load(self, data: bytes | None) -> None:
+    def _load(self, data: bytes | None, settled: SettledIndex) -> None:
+        """From the last checkpoint and the committed settled records (``settled``, kept
+        across a reload: the book adds to it only once a commit succeeded)."""
         self._out, self._out_events, self._retry = [], [], []
+        self._order.clear()
         self._committed = data
         if data is None:
-            self.book = WithdrawalBook(self.chain, self._mcfg)
+            self.book = WithdrawalBook(self.chain, self._mcfg, settled)
             self._offsets, self._scanned = {}, []
             return
         try:
             raw = orjson.loads(data)
-            if raw.get("version") != STATE_VERSION or raw.get("chain") != self.chain:
+            if raw.get("version") not in (1, STATE_VERSION) or raw.get("chain") != self.chain:
                 raise SnapshotError(f"withdrawal checkpoint of {self.chain}: version "
                                     f"{raw.get('version')!r} of chain {raw.get('chain')!r}")
-            self.book = WithdrawalBook.restore(orjson.dumps(raw["book"]), self.chain, self._mcfg)
+            self.book = WithdrawalBook.restore(orjson.dumps(raw["book"]), self.chain, self._mcfg,
+                                               settled)
             self._offsets = {int(p): int(o) for p, o in raw["offsets"].items()}
             self._scanned = [(int(n), BlockHash(str(h))) for n, h in raw["scanned"]]
         except SnapshotError:
@@ -193,9 +234,19 @@ class WithdrawalRunner:
         """Fences the previous writer, restores the checkpoint, positions the consumer and
         takes up what was under way (the recorded bytes are broadcast again)."""
         await self.sink.start()
-        self._load(await self.sink.load_checkpoint(CHECKPOINT_NAME))
-        await self._requests.start()
+        await self._settled.ensure()
+        checkpoint = await self.sink.load_checkpoint(CHECKPOINT_NAME)
+        started = time.perf_counter()
+        loaded = await self._settled.load()
+        self._load(checkpoint, loaded.index)
+        # Many records read past the last index snapshot: the next commit writes one.
+        self._since_index = loaded.read
+        log.info("withdrawals: state loaded", chain=self.chain, settled=len(loaded.index),
+                 index_seq=loaded.seq, records_read=loaded.read,
+                 seconds=round(time.perf_counter() - started, 3))
+        self._partitions = await self._requests.start()
         await self._position()
+        WITHDRAWAL_SENDS_REFUSED.labels(self.chain)  # exported at 0 from the start
         for symbol, limits in self._cw.assets.items():
             HOT_WALLET_LOW_THRESHOLD.labels(self.chain, symbol).set(float(limits.low_balance))
         head = await self._node.head()
@@ -208,6 +259,7 @@ class WithdrawalRunner:
         await self._settle([self.book.resume()])
 
     async def _position(self) -> None:
+        self._order.clear()  # held records are read again from the committed offsets
         await self._requests.seek_to_beginning()
         for p, o in self._offsets.items():
             self._requests.seek(p, o)
@@ -237,8 +289,13 @@ class WithdrawalRunner:
         """One batch of input records (group-committed: see :meth:`_settle`), then one
         chain round."""
         waiting: list[list[Decision]] = []
-        for rec in await self._requests.fetch(timeout_ms=poll_ms, max_records=200):
-            waiting.extend(await self._record(rec))
+        self._order.add(await self._requests.fetch(timeout_ms=poll_ms, max_records=200),
+                        int(self._clock() * 1000))
+        if self._order.held():
+            ready = self._order.release(self._partitions, await self._requests.behind(),
+                                        int(self._clock() * 1000))
+            for rec in ready:
+                waiting.extend(await self._record(rec))
         await self._settle(waiting)
         await self._round()
 
@@ -275,7 +332,7 @@ class WithdrawalRunner:
             await self._settle(waiting)
 
     async def _reload(self) -> None:
-        self._load(await self.sink.load_checkpoint(CHECKPOINT_NAME))
+        self._load(await self.sink.load_checkpoint(CHECKPOINT_NAME), self.book.settled)
         await self._position()
         await self._settle([self.book.resume()])
 
@@ -284,8 +341,10 @@ class WithdrawalRunner:
     async def _record(self, rec: Consumed) -> list[list[Decision]]:
         """The verdict on one record; returns what waits behind a commit barrier."""
         self._offsets[rec.partition] = rec.offset + 1
-        if route(rec.value, self._configured, self._primary) != self.chain:
-            return []  # another chain's runner gives it its verdict; only the offset moves
+        judge = route(rec.value, self._configured, self._primary)
+        if judge != self.chain:
+            self._claim(rec, judge)
+            return []
         rest: list[Decision] | None = None
         verdict = evaluate(rec.value, rec.timestamp_ms, self._policy, {self.chain: self.book})
         if isinstance(verdict, DeadLetter):
@@ -308,6 +367,18 @@ class WithdrawalRunner:
             WITHDRAWAL_REQUESTS.labels(self.chain, "accepted").inc()
             rest = await self._carry(self.book.accept(verdict.request))
         return [] if rest is None else [rest]
+
+    def _claim(self, rec: Consumed, judge: str) -> None:
+        """Another chain's runner gives the record its verdict; when that verdict takes the
+        request id (accepted, or refused after authentication), it is taken here too."""
+        if judge not in self._configured:
+            return
+        verdict = evaluate(rec.value, rec.timestamp_ms, self._policy, {self.chain: self.book})
+        if isinstance(verdict, Accepted) and verdict.chain == judge:
+            self.book.claim(verdict.request.request_id, verdict.request.digest, verdict.chain)
+        elif (isinstance(verdict, Rejected) and verdict.remember_in == judge
+              and verdict.request_id is not None):
+            self.book.claim(RequestId(verdict.request_id), verdict.digest, verdict.remember_in)
 
     def _label(self, chain: str | None) -> str:
         return chain if chain is not None and chain in self._configured else "unknown"
@@ -414,8 +485,14 @@ class WithdrawalRunner:
             return await self._sign(d)
         elif isinstance(d, Broadcast):
             outcome = await self._node.send_raw(d.raw, d.txid)
-            log.info("withdrawals: broadcast", chain=self.chain, request_id=d.request_id,
-                     txid=d.txid, again=d.again, outcome=outcome.value)
+            if outcome is BroadcastOutcome.REFUSED:
+                WITHDRAWAL_SENDS_REFUSED.labels(self.chain).inc()
+                log.warning("withdrawals: every node refuses the payment; the same bytes are "
+                            "sent again later (stuck until then)", chain=self.chain,
+                            request_id=d.request_id, txid=d.txid)
+            else:
+                log.info("withdrawals: broadcast", chain=self.chain, request_id=d.request_id,
+                         txid=d.txid, again=d.again, outcome=outcome.value)
             return await self._carry(book.broadcast_result(d.request_id, d.txid, outcome,
                                                            self._tip))
         return None
@@ -476,17 +553,40 @@ class WithdrawalRunner:
     # --------------------------------------------------------- commit
 
     async def _commit(self) -> None:
-        """Events and state so far in one transaction; nothing when nothing changed."""
-        state = self._state()
-        if not self._out and state == self._committed:
+        """Events, settled records and state so far in one transaction; nothing when
+        nothing changed."""
+        changes = self.book.take_changes()
+        state = self._state(changes.snapshot)
+        if not self._out and not changes.records and state == self._committed:
+            await self._maybe_index()
             return
-        await self.sink.commit(self._out, CHECKPOINT_NAME, state)
+        settled = [OutRecord(self._settled.topic, rid.encode(), value)
+                   for rid, value in changes.records.items()]
+        await self.sink.commit([*self._out, *settled], CHECKPOINT_NAME, state)
+        self.book.changes_committed()
         self._committed = state
+        WITHDRAWAL_STATE_BYTES.labels(self.chain).observe(
+            len(state) + sum(len(r.key) + len(r.value or b"") for r in settled))
+        self._since_index += len(settled)
         events, self._out, self._out_events = self._out_events, [], []
         now = self._clock()
         for ev in events:
             self._count(ev, now)
         self._gauges()
+        await self._maybe_index()
+
+    async def _maybe_index(self) -> None:
+        """Every :data:`INDEX_EVERY` settled records, a snapshot of the settled index in a
+        transaction of its own (with the unchanged checkpoint), so that a start reads the
+        index and the records after it instead of every record ever written."""
+        if self._since_index < INDEX_EVERY or self._committed is None:
+            return
+        covered = await self._settled.end_offset()
+        records = self._settled.index_records(self.book.settled, covered)
+        await self.sink.commit(records, CHECKPOINT_NAME, self._committed)
+        log.info("withdrawals: settled index snapshot written", chain=self.chain,
+                 settled=len(self.book.settled), covered=covered, chunks=len(records) - 1)
+        self._since_index = 0
 
     def _count(self, ev: WithdrawalEvent, now: float) -> None:
         WITHDRAWAL_EVENTS.labels(self.chain, ev.type.value).inc()
