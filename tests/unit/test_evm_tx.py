@@ -198,7 +198,7 @@ async def test_sign_decision_refuses_another_request_and_respects_the_cap() -> N
     (None, BroadcastOutcome.OK), (ErrorKind.ALREADY_KNOWN, BroadcastOutcome.ALREADY_KNOWN),
     (ErrorKind.UNDERPRICED, BroadcastOutcome.UNDERPRICED),
     (ErrorKind.NONCE_TOO_LOW, BroadcastOutcome.CONSUMED),
-    (ErrorKind.RETRIABLE, BroadcastOutcome.RETRIABLE), (ErrorKind.FINAL, BroadcastOutcome.RETRIABLE),
+    (ErrorKind.RETRIABLE, BroadcastOutcome.RETRIABLE), (ErrorKind.FINAL, BroadcastOutcome.REFUSED),
 ])
 def test_send_errors_classified_once(kind: ErrorKind | None, outcome: BroadcastOutcome) -> None:
     assert BroadcastOutcome.of(kind) is outcome
