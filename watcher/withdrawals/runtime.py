@@ -215,11 +215,24 @@ class WithdrawalRunner:
         head = await self._node.head()
         self._tip = head.number
         if not self._scanned:
-            self._scanned = [(head.number, head.hash)]
+            self._scanned = [await self._scan_origin(head)]
         self.started = True
         log.info("withdrawals: started", chain=self.chain, hot_wallet=self.hot_address,
                  in_flight=len(self.book.withdrawals()), signer=self._signer.name)
         await self._settle([self.book.resume()])
+
+    async def _scan_origin(self, head: ChainHead) -> tuple[int, BlockHash]:
+        """Where the hot-wallet scan starts on a first start (no checkpoint): the tip on EVM
+        (nonces come from the node's counts), but the chain's ``start_block`` on a UTXO chain
+        when configured, since coins received before the first start are only known from
+        the blocks that created them."""
+        start = self._ccfg.start_block
+        if self._mcfg.uses_nonces or start is None or start > head.number or start < 1:
+            return head.number, head.hash
+        blk = await self._node.block(start - 1)
+        if blk is None:
+            return head.number, head.hash
+        return blk.number, blk.hash
 
     async def _position(self) -> None:
         await self._requests.seek_to_beginning()
@@ -420,7 +433,7 @@ class WithdrawalRunner:
         book = self.book
         if isinstance(d, Emit):
             self._out.append(withdrawal_record(self._topics.withdrawals, self.chain, d.event,
-                                               self._clock()))
+                                               self._clock(), null_nonce=not self._mcfg.uses_nonces))
             self._out_events.append(d.event)
         elif isinstance(d, Bind):
             pass  # recorded in the book; effective with the Commit that follows
