@@ -137,10 +137,12 @@ class HotCoins:
         undos = sorted(((self._undo.pop(h), h) for h in set(hashes) if h in self._undo),
                        key=lambda x: -x[0].number)
         for u, _ in undos:
-            for op in u.created:
-                self._coins.pop(op, None)
+            # The block's spends come back first, then its outputs go: an output it created
+            # and spent itself ends up gone, as before the block.
             for c in u.spent:
                 self._coins[c.output.outpoint] = c
+            for op in u.created:
+                self._coins.pop(op, None)
 
     def prune(self, below: int) -> None:
         """Forgets the undo records of blocks below ``below`` (no reorg reaches them)."""

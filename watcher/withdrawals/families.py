@@ -303,7 +303,11 @@ class UtxoPayments:
         raise ValueError("a UTXO chain has no nonces")
 
     async def balances(self) -> None:
-        # Sats as a float gauge, for dashboards and the low-balance alert only.
+        self._gauge()
+
+    def _gauge(self) -> None:
+        # Sats as a float gauge, for dashboards and the low-balance alert only. No node is
+        # asked: the balance is the coin state's, so it moves with each scanned block.
         HOT_WALLET_BALANCE.labels(self._chain.id, self._chain.native_symbol).set(
             float(self.coins.balance()))
 
@@ -314,9 +318,11 @@ class UtxoPayments:
         self.coins.block_added(blk.number, blk.hash, blk.outputs,
                                [s.key.removeprefix("in:") for s in blk.spends
                                 if s.key.startswith("in:")])
+        self._gauge()
 
     def blocks_removed(self, hashes: Sequence[BlockHash]) -> None:
         self.coins.blocks_removed(hashes)
+        self._gauge()
 
     def prune(self, below: int) -> None:
         self.coins.prune(below)
@@ -326,3 +332,4 @@ class UtxoPayments:
 
     def load(self, raw: Any) -> None:
         self.coins = HotCoins.restore(raw)
+        self._gauge()
