@@ -28,7 +28,7 @@ from chains.bitcoin import script as _script
 from chains.bitcoin.address import UtxoAddressCodec
 from chains.bitcoin.encoding import segwit_decode, segwit_encode
 from chains.bitcoin.networks import Network
-from watcher.core.utxo import RBF_SEQUENCE, Plan, ScriptType
+from watcher.core.utxo import DUST, RBF_SEQUENCE, Plan, ScriptType
 from watcher.errors import SignerError
 from watcher.ports import Signer
 from watcher.types import TxId
@@ -108,6 +108,13 @@ def output_type(spk: bytes) -> ScriptType | None:
     if _script.script_key(spk) is not None and spk[0] != 0 and n <= 34:
         return ScriptType.P2WSH
     return None
+
+
+def dust_limit(key: bytes) -> int:
+    """The smallest output value to an address index key (:mod:`chains.bitcoin.script`)
+    that nodes relay: Bitcoin Core's dust limit at its default dust relay fee."""
+    kind = output_type(_script.key_script(key)) if key[0] != _script.HASHED else None
+    return DUST[kind] if kind is not None else DUST[ScriptType.P2WSH]
 
 
 def der_signature(r: int, s: int) -> bytes:
@@ -273,6 +280,7 @@ __all__ = [
     "check_signature",
     "compressed_public_key",
     "der_signature",
+    "dust_limit",
     "output_type",
     "p2wpkh_address",
     "p2wpkh_script",

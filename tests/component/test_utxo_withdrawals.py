@@ -319,3 +319,17 @@ def test_bad_utxo_withdrawal_settings_name_the_key(key: str, value: Any, message
     with pytest.raises(ConfigError, match=message) as info:
         parse(raw_config(**{key: value}))
     assert key in str(info.value)
+
+
+async def test_a_dust_amount_is_rejected_and_never_signed() -> None:
+    sink, reqs = FakeSink(), FakeRequests()
+    r, node = make_runner(None, sink, reqs)
+    await r.start()
+    node.fund(100_000, "dust")
+    reqs.add(request("w-dust", 293))  # P2WPKH's dust limit is 294 sats
+    reqs.add(request("w-ok", 294))
+    await r.step()
+    rejected = [e for e in sink.events() if e["type"] == "withdrawal.rejected"]
+    assert [(e["request_id"], e["reason"]) for e in rejected] == [("w-dust", "invalid_amount")]
+    assert "dust limit" in rejected[0]["message"]
+    assert len(node.sent) == 1 and types_of(sink, "w-ok")[-1] == "withdrawal.broadcast"

@@ -203,3 +203,13 @@ GOLDEN_TX_HEX = (
     "de02200898566b6b256f325127aef3353bc86d70bfd40c57f9eefe62c619c70b8d63e601210370070621af67"
     "5022c7c428f983dc80c64ae63873d22c6afa47d56fbeb028e2ca00000000")
 GOLDEN_TXID = TxId("d1d3f5d756c4d5bcf13b7aab6346277cb2f542f10c3a7a4024b7da766a22e508")
+
+
+@pytest.mark.parametrize(("kind", "dust"), [
+    ("p2pkh", 546), ("p2sh", 540), ("p2wpkh", 294), ("p2wsh", 330), ("p2tr", 330)])
+def test_dust_limit_of_each_address_type(kind: str, dust: int) -> None:
+    from chains.bitcoin.address import UtxoAddressCodec
+    from chains.bitcoin.tx import dust_limit
+
+    _, key = UtxoAddressCodec(REGTEST).parse(btc_wallet.regtest_payee(kind, "dust").address)
+    assert dust_limit(key) == dust  # Bitcoin Core's limits at 3 sat/vB dust relay fee
