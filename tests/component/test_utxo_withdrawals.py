@@ -333,3 +333,14 @@ async def test_a_dust_amount_is_rejected_and_never_signed() -> None:
     assert [(e["request_id"], e["reason"]) for e in rejected] == [("w-dust", "invalid_amount")]
     assert "dust limit" in rejected[0]["message"]
     assert len(node.sent) == 1 and types_of(sink, "w-ok")[-1] == "withdrawal.broadcast"
+
+
+def test_a_utxo_withdrawal_entry_is_accepted_with_its_defaults() -> None:
+    raw = raw_config()
+    entry = raw["withdrawals"]["chains"]["btc"]
+    del entry["input_confirmations"], entry["min_fee_rate"]
+    cfg = parse(raw)
+    assert cfg.withdrawals is not None
+    cw = cfg.withdrawals.chains[BTC]
+    assert (cw.max_fee, cw.min_fee, cw.max_tip) == (40, 1, 0)
+    assert cw.input_confirmations == cw.confirmations == 2 and cw.spend_own_change is True

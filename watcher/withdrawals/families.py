@@ -207,7 +207,6 @@ class UtxoPayments:
         self._hot_script = p2wpkh_script(compressed_public_key(signer.public_key))
         self._hot = Address(p2wpkh_address(signer.public_key, network))
         self.coins = HotCoins()
-        self._scripts: dict[str, bytes | None] = {}
 
     @property
     def hot_address(self) -> Address:
@@ -218,14 +217,10 @@ class UtxoPayments:
         return self._hot_script
 
     def _payee(self, to: Address) -> tuple[bytes, utxo.ScriptType] | None:
-        spk = self._scripts.get(to)
-        if to not in self._scripts:
-            try:
-                spk = address_script(to, self._net)
-            except (InvalidAddress, ValueError):
-                spk = None
-            self._scripts[to] = spk
-        if spk is None:
+        """The recipient's script and its weight class; None when it cannot be paid."""
+        try:
+            spk = address_script(to, self._net)
+        except (InvalidAddress, ValueError):
             return None
         kind = output_type(spk)
         return None if kind is None else (spk, kind)

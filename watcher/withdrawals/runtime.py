@@ -37,6 +37,7 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import orjson
 import structlog
@@ -75,7 +76,15 @@ from watcher.metrics import (
     WITHDRAWALS_STUCK,
     WITHDRAWALS_WAITING_FUNDS,
 )
-from watcher.ports import HotWalletNode, OutRecord, RequestSource, Signer, TransactionalSink
+from watcher.ports import (
+    EvmHotWalletNode,
+    HotWalletNode,
+    OutRecord,
+    RequestSource,
+    Signer,
+    TransactionalSink,
+    UtxoHotWalletNode,
+)
 from watcher.runtime.follower import FollowerStatus
 from watcher.types import Address, BlockHash, ChainHead, ChainId
 from watcher.withdrawals.events import rejection_record, withdrawal_record
@@ -115,17 +124,18 @@ class RunnerTopics:
 def payments_for(chain: ChainConfig, cw: ChainWithdrawals, policy: IntakePolicy, signer: Signer,
                  node: HotWalletNode) -> Payments:
     """The family strategy of a chain: EVM (nonce and gas) or UTXO (coins and fee rate),
-    chosen by the node adapter the composition root built for the chain's family."""
+    chosen by the chain's family; ``node`` is that family's adapter (the composition root
+    builds it)."""
     from chains.bitcoin.networks import network
     from watcher.config import Family
 
     if chain.family is Family.EVM:
         assets = {a.symbol: a.token_contract for a in policy.chains[chain.id].assets.values()}
-        return EvmPayments(chain=chain, cw=cw, signer=signer, node=node,  # type: ignore[arg-type]
+        return EvmPayments(chain=chain, cw=cw, signer=signer, node=cast(EvmHotWalletNode, node),
                            assets=assets)
     if chain.network is None:
         raise ValueError(f"chain {chain.id}: a UTXO chain needs its network")
-    return UtxoPayments(chain=chain, cw=cw, signer=signer, node=node,  # type: ignore[arg-type]
+    return UtxoPayments(chain=chain, cw=cw, signer=signer, node=cast(UtxoHotWalletNode, node),
                         network=network(chain.network))
 
 
