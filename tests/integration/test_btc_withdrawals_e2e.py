@@ -32,7 +32,13 @@ from chains.bitcoin.networks import network
 from chains.bitcoin.tx import compressed_public_key, p2wpkh_address, p2wpkh_script
 from tests.integration.test_withdrawals_e2e import REQUESTER_PUB, VALIDATOR, describe, signed_request
 from tests.support.btc_e2e import CHAIN, btc_config, new_uid, own_btcd
-from tests.support.btc_wallet import RegtestWallet, regtest_payee, sats, segwit_address
+from tests.support.btc_wallet import (
+    COINBASE_MATURITY,
+    RegtestWallet,
+    regtest_payee,
+    sats,
+    segwit_address,
+)
 from tests.support.services import BtcdService, KafkaService, ServiceManager, devstack
 from tests.support.solidity import Event, TopicReader, http_get, produce, scrape
 from watcher.app import App
@@ -74,8 +80,23 @@ def coinbase_node(services: ServiceManager, tmp_path_factory: pytest.TempPathFac
     """A btcd that mines some of its blocks to the stuck test's hot wallet: its coins are
     coinbases, so btcd's fee estimator has seen no transaction and has no estimate (the
     watcher pays its floor), which a funding transaction would have given it."""
-    flags = (*BTCD_POLICY, f"--miningaddr={hot_wallet(STUCK_KEY)[1]}")
-    with own_btcd(services, tmp_path_factory.mktemp("btcd-stuck"), flags) as n:
+    script, address = hot_wallet(STUCK_KEY)
+    with own_btcd(services, tmp_path_factory.mktemp("btcd-stuck"), (*BTCD_POLICY,
+                                                                    f"--miningaddr={address}")) as n:
+        # btcd picks one of its mining addresses at random per block: mine until one of the
+        # hot wallet's coinbases is mature (100 confirmations).
+        checked = 0
+        while True:
+            tip = int(n.rpc("getblockcount"))
+            found = False
+            for height in range(checked + 1, tip - COINBASE_MATURITY + 2):
+                coinbase = n.rpc("getblock", n.rpc("getblockhash", height))["tx"][0]
+                outs = n.rpc("getrawtransaction", coinbase, 1)["vout"]
+                found = found or any(o["scriptPubKey"]["hex"] == script.hex() for o in outs)
+                checked = height
+            if found:
+                break
+            n.rpc("generate", 1)
         yield n
 
 
