@@ -234,8 +234,11 @@ _BROADCAST: dict[Reason, BroadcastOutcome] = {
 
 def broadcast_outcome(exc: ChainError) -> BroadcastOutcome:
     """What a failed ``sendrawtransaction`` means for a withdrawal; anything not in the
-    table (a conflict, a transport failure, a policy refusal) is RETRIABLE: the recorded
-    bytes are sent again later, and nothing else is ever signed for the binding."""
-    if isinstance(exc, BitcoinRpcError):
-        return _BROADCAST.get(exc.reason, BroadcastOutcome.RETRIABLE)
-    return BroadcastOutcome.RETRIABLE
+    table (a conflict, a transport failure, a policy refusal) is what its kind means to
+    the book (:meth:`BroadcastOutcome.of`): the recorded bytes are sent again later, and
+    nothing else is ever signed for the binding."""
+    if isinstance(exc, BitcoinRpcError) and exc.reason in _BROADCAST:
+        return _BROADCAST[exc.reason]
+    if exc.kind is ErrorKind.NONCE_TOO_LOW:
+        return BroadcastOutcome.RETRIABLE  # no nonces on a UTXO chain: never a "consumed" hint
+    return BroadcastOutcome.of(exc.kind)

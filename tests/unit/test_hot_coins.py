@@ -115,8 +115,10 @@ def test_unreadable_snapshots_are_refused(raw: object, message: str) -> None:
     (-25, "output 1ab2:0 already spent", BroadcastOutcome.CONSUMED),
     (-25, "orphan transaction 1ab2 references outputs of unknown or fully-spent transaction 3cd4",
      BroadcastOutcome.CONSUMED),                                                         # btcd
-    (-26, "txn-mempool-conflict", BroadcastOutcome.RETRIABLE),    # a foreign spend: the block decides
-    (-26, "dust", BroadcastOutcome.RETRIABLE),
+    # A conflict (a foreign spend: the block decides) or a policy refusal: what the book
+    # does with a FINAL refusal (send the same bytes again later).
+    (-26, "txn-mempool-conflict", BroadcastOutcome.of(ErrorKind.FINAL)),
+    (-26, "dust", BroadcastOutcome.of(ErrorKind.FINAL)),
     (-32603, "internal error", BroadcastOutcome.RETRIABLE),
 ])
 def test_send_refusals_become_outcomes(code: int, message: str, outcome: BroadcastOutcome) -> None:
