@@ -344,3 +344,20 @@ def test_a_utxo_withdrawal_entry_is_accepted_with_its_defaults() -> None:
     cw = cfg.withdrawals.chains[BTC]
     assert (cw.max_fee, cw.min_fee, cw.max_tip) == (40, 1, 0)
     assert cw.input_confirmations == cw.confirmations == 2 and cw.spend_own_change is True
+
+
+async def test_a_recipient_script_the_wallet_cannot_size_waits_and_is_never_signed() -> None:
+    from tests.support.btc_wallet import segwit_address
+
+    sink, reqs = FakeSink(), FakeRequests()
+    r, node = make_runner(None, sink, reqs)
+    await r.start()
+    node.fund(100_000, "odd")
+    odd = segwit_address("bcrt", 2, bytes(range(40)))  # witness v2, a 42-byte script: valid text
+    reqs.add(request("w-odd", 10_000, to=odd))
+    for _ in range(3):
+        node.mine()
+        await r.step()
+    w = r.book.get(RequestId("w-odd"))
+    assert w is not None and w.state is WithdrawalState.WAITING_FUNDS
+    assert node.sent == [] and types_of(sink, "w-odd") == ["withdrawal.accepted"]

@@ -207,6 +207,7 @@ class UtxoPayments:
         self._hot_script = p2wpkh_script(compressed_public_key(signer.public_key))
         self._hot = Address(p2wpkh_address(signer.public_key, network))
         self.coins = HotCoins()
+        self._unpayable: set[RequestId] = set()
 
     @property
     def hot_address(self) -> Address:
@@ -238,15 +239,19 @@ class UtxoPayments:
         payee = self._payee(w.request.to_address)
         if payee is None:
             # Accepted by intake but of a script this wallet cannot size: it waits (and is
-            # counted as waiting), never paid with a guessed fee.
-            log.error("withdrawals: recipient script cannot be paid", chain=self._chain.id,
-                      request_id=request_id)
+            # counted as waiting), never paid with a guessed fee. Said once, not every round.
+            if request_id not in self._unpayable:
+                self._unpayable.add(request_id)
+                log.error("withdrawals: recipient script cannot be paid", chain=self._chain.id,
+                          request_id=request_id)
             return False, None
         bound = {k.removeprefix("in:") for k in book.bound_keys() if k.startswith("in:")}
         coins = self.coins.spendable(tip, self._rules, bound)
+        await self.balances()
+        if sum(u.value for u in coins) <= w.request.amount:
+            return False, None  # not enough whatever the fee: no need to ask a node
         plan = utxo.select(coins, [utxo.Payment(request_id, payee[1], w.request.amount)],
                            await self._rate(), utxo.ScriptType.P2WPKH)
-        await self.balances()
         return (False, None) if plan is None else (True, plan.outpoints)
 
     def _inputs(self, binding: InputsBinding) -> list[utxo.Utxo]:
