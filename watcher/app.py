@@ -73,12 +73,16 @@ def withdrawal_runners(cfg: WatcherConfig, sources: Mapping[str, ChainSource],
     wcfg = cfg.withdrawals
     if wcfg is None or not wcfg.chains:
         return lambda _cid: None
+    from chains.bitcoin.source import BitcoinChainSource
+    from chains.bitcoin.tx import compressed_public_key, p2wpkh_script
+    from chains.bitcoin.wallet import UtxoHotWallet
     from chains.evm.adapter import EvmChainSource
     from chains.evm.tx import sender_of
     from chains.evm.wallet import EvmHotWallet
     from watcher.kafka.client import ManualConsumer
     from watcher.kafka.settled import KafkaSettledRecords
     from watcher.kafka.sink import KafkaTransactionalSink
+    from watcher.ports import HotWalletNode
     from watcher.withdrawals.policy import hot_key_signer, intake_policy
     from watcher.withdrawals.runtime import RunnerTopics
 
@@ -87,7 +91,12 @@ def withdrawal_runners(cfg: WatcherConfig, sources: Mapping[str, ChainSource],
     signers = {}
     for cid, cw in wcfg.chains.items():
         source = sources[cid]
-        if not isinstance(source, EvmChainSource):
+        if isinstance(source, BitcoinChainSource):
+            if not source.network.segwit:
+                raise ConfigError(f"withdrawals.chains.{cid}",
+                                  f"network {source.network.name} has no segwit: the hot wallet "
+                                  "pays from a P2WPKH address")
+        elif not isinstance(source, EvmChainSource):
             raise ConfigError(f"withdrawals.chains.{cid}",
                               f"payments on family {cfg.chains[cid].family.value!r} are not "
                               "carried out yet")
@@ -99,11 +108,16 @@ def withdrawal_runners(cfg: WatcherConfig, sources: Mapping[str, ChainSource],
         if cw is None:
             return None
         source = sources[cid]
-        assert isinstance(source, EvmChainSource)
         signer = signers[cw.chain]
+        node: HotWalletNode
+        if isinstance(source, BitcoinChainSource):
+            node = UtxoHotWallet(source.pool, p2wpkh_script(compressed_public_key(signer.public_key)))
+        else:
+            assert isinstance(source, EvmChainSource)
+            node = EvmHotWallet(source.pool, sender_of(signer.public_key))
         return WithdrawalRunner(
             chain=cfg.chains[cw.chain], cw=cw, policy=policy, primary=primary, topics=topics,
-            signer=signer, node=EvmHotWallet(source.pool, sender_of(signer.public_key)),
+            signer=signer, node=node,
             sink=KafkaTransactionalSink(
                 cfg.kafka, f"{cfg.kafka.transactional_id_prefix}-withdrawals-{cid}", cid),
             requests=ManualConsumer(cfg.kafka, topics.requests), dead_letters=dead_letters,

@@ -646,6 +646,9 @@ class _Reader:
 
 # ---------------------------------------------------------------- withdrawals
 
+MAX_FEE_RATE = 10_000
+"""Highest ``max_fee_rate`` (sat/vB) a UTXO chain's withdrawals may be configured with."""
+
 
 @dataclass(frozen=True, slots=True)
 class WithdrawalAssetLimits:
@@ -679,6 +682,10 @@ class ChainWithdrawals:
     hot_key: HotKeySource
     assets: Mapping[AssetSymbol, WithdrawalAssetLimits]
     """The allow-list: only these assets may be withdrawn on the chain."""
+    input_confirmations: int = 0
+    """UTXO: confirmations of a received hot-wallet output before it may be spent. EVM: 0."""
+    spend_own_change: bool = False
+    """UTXO: the hot wallet's own change may be spent from its first confirmation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -726,7 +733,7 @@ def _required_amount(r: _Reader, name: str) -> int:
 def _parse_chain_withdrawals(chain: ChainConfig, r: _Reader) -> ChainWithdrawals:
     evm = chain.family is Family.EVM
     fee_keys = ({"max_fee_per_gas", "max_priority_fee_per_gas", "token_gas_limit"} if evm
-                else {"max_fee_rate", "min_fee_rate"})
+                else {"max_fee_rate", "min_fee_rate", "input_confirmations", "spend_own_change"})
     r.only({"confirmations", "stuck_blocks", "hot_key", "assets"} | fee_keys)
     if evm:
         max_fee = _required_amount(r, "max_fee_per_gas")
@@ -740,6 +747,9 @@ def _parse_chain_withdrawals(chain: ChainConfig, r: _Reader) -> ChainWithdrawals
         max_tip = 0
         if min_fee > max_fee:
             raise ConfigError(r.key("min_fee_rate"), "must not exceed max_fee_rate")
+        if max_fee > MAX_FEE_RATE:
+            # sat/vB: a cap this high is a unit mistake (sat/kvB, or BTC), never a policy.
+            raise ConfigError(r.key("max_fee_rate"), f"is in sat/vB and must be at most {MAX_FEE_RATE}")
     key_r = r.section("hot_key")
     key_r.only({"file", "env"})
     key_file, key_env = key_r.opt_text("file"), key_r.opt_text("env")
@@ -767,6 +777,8 @@ def _parse_chain_withdrawals(chain: ChainConfig, r: _Reader) -> ChainWithdrawals
         assets[AssetSymbol(str(sym))] = WithdrawalAssetLimits(per, daily, low)
     confirmations = r.integer("confirmations", chain.default_confirmations.max_required, lo=1,
                               hi=chain.reorg_window)
+    input_confirmations = 0 if evm else r.integer("input_confirmations", confirmations, lo=1,
+                                                   hi=chain.reorg_window)
     return ChainWithdrawals(
         chain=chain.id,
         confirmations=confirmations,
@@ -777,4 +789,6 @@ def _parse_chain_withdrawals(chain: ChainConfig, r: _Reader) -> ChainWithdrawals
         token_gas_limit=r.integer("token_gas_limit", 100_000, lo=21_000, hi=10_000_000) if evm else 0,
         hot_key=HotKeySource(file=Path(key_file) if key_file else None, env=key_env),
         assets=assets,
+        input_confirmations=input_confirmations,
+        spend_own_change=False if evm else r.flag("spend_own_change", True),
     )

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from watcher.core.coins import HotOutput
 from watcher.core.endpoints import EndpointView
 from watcher.core.mempool import MempoolChange
 from watcher.core.withdrawals import BroadcastOutcome, Spend
@@ -246,18 +247,20 @@ class Signer(Protocol):
 @dataclass(frozen=True, slots=True)
 class HotBlock:
     """One canonical block as the withdrawal runtime needs it: its link and the hot
-    wallet's consumptions in it (``nonce:<n>`` spends on EVM)."""
+    wallet's consumptions in it (``nonce:<n>`` spends on EVM, ``in:<txid>:<vout>`` on UTXO
+    chains) and, on UTXO chains, the outputs it creates that pay the hot wallet."""
 
     number: int
     hash: BlockHash
     parent_hash: BlockHash
     spends: tuple[Spend, ...]
+    outputs: tuple[HotOutput, ...] = ()
 
 
 class HotWalletNode(Protocol):
-    """What paying from the hot wallet needs of a chain's nodes (EVM:
-    :class:`chains.evm.wallet.EvmHotWallet`). Every method raises only
-    :class:`watcher.errors.ChainError`, except :meth:`send_raw`, which never raises."""
+    """What paying from the hot wallet needs of a chain's nodes, whatever the family.
+    Every method raises only :class:`watcher.errors.ChainError`, except :meth:`send_raw`,
+    which never raises (a refusal is a classified outcome)."""
 
     async def head(self) -> ChainHead: ...
 
@@ -266,6 +269,10 @@ class HotWalletNode(Protocol):
         ...
 
     async def send_raw(self, raw: bytes, txid: TxId) -> BroadcastOutcome: ...
+
+
+class EvmHotWalletNode(HotWalletNode, Protocol):
+    """The EVM hot wallet's nodes (:class:`chains.evm.wallet.EvmHotWallet`)."""
 
     async def nonce_counts(self) -> tuple[int, int]:
         """``(latest, pending)`` transaction counts of the hot wallet."""
@@ -277,6 +284,21 @@ class HotWalletNode(Protocol):
 
     async def fee_quote(self) -> tuple[int, int]:
         """``(base fee, priority fee)`` per unit of gas, as the node suggests them now."""
+        ...
+
+
+class UtxoHotWalletNode(HotWalletNode, Protocol):
+    """A UTXO chain's hot wallet nodes (:class:`chains.bitcoin.wallet.UtxoHotWallet`): no
+    node wallet; the coins come from the blocks (:attr:`HotBlock.outputs`)."""
+
+    def watch_outpoints(self, outpoints: frozenset[str]) -> None:
+        """From now on :meth:`block` lists in ``spends`` every input that consumes one of
+        ``outpoints`` (the hot wallet's coins) or an output paying the hot wallet that an
+        earlier :meth:`block` call returned."""
+        ...
+
+    async def fee_rate(self) -> int | None:
+        """The node's fee-rate estimate in sat/vB (rounded up), None when it has none."""
         ...
 
 

@@ -40,6 +40,12 @@ error carries a :class:`Reason` (what the node meant) beside its
           OTHER                by code         anything else: -32603 and unknown server codes
                                                RETRIABLE, application codes FINAL
 
+A refused ``sendrawtransaction`` becomes a withdrawal :class:`BroadcastOutcome` here too,
+in one table (:func:`broadcast_outcome`): ALREADY_IN_MEMPOOL and ALREADY_IN_CHAIN are
+ALREADY_KNOWN, FEE_TOO_LOW (min relay fee, RBF "rejecting replacement", insufficient
+absolute fee or fee rate) is UNDERPRICED, INPUTS_SPENT ("missing inputs", "already
+spent", bad-txns-inputs-missingorspent) is CONSUMED; anything else is sent again later.
+
 The btcd texts were read from btcd v0.26 itself (``tests/integration/test_btc_rpc.py``
 provokes each one); Core's are in ``tests/fixtures/bitcoin/core-v27.json``.
 Messages are matched before codes because the two nodes share codes for
@@ -60,11 +66,13 @@ from __future__ import annotations
 from enum import StrEnum
 
 from chains.evm.errors import classify_exception, classify_http_status, transport_error
+from watcher.core.withdrawals import BroadcastOutcome
 from watcher.errors import ChainError, ErrorKind
 
 __all__ = [
     "BitcoinRpcError",
     "Reason",
+    "broadcast_outcome",
     "classify",
     "classify_exception",
     "http_error",
@@ -131,12 +139,14 @@ _MESSAGE_RULES: tuple[tuple[str, Reason], ...] = (
     ("mempool min fee not met", Reason.FEE_TOO_LOW),
     ("insufficient priority", Reason.FEE_TOO_LOW),
     ("under the required amount", Reason.FEE_TOO_LOW),
+    ("rejecting replacement", Reason.FEE_TOO_LOW),
     ("txn-mempool-conflict", Reason.CONFLICT),
     ("already spent in mempool", Reason.CONFLICT),
     ("in the memory pool", Reason.CONFLICT),
     ("bad-txns-inputs-missingorspent", Reason.INPUTS_SPENT),
     ("missing inputs", Reason.INPUTS_SPENT),
     ("orphan transaction", Reason.INPUTS_SPENT),
+    ("already spent", Reason.INPUTS_SPENT),
     ("block not found", Reason.NOT_FOUND),
     ("no such mempool or blockchain transaction", Reason.NOT_FOUND),
     ("no such mempool transaction", Reason.NOT_FOUND),
@@ -212,3 +222,23 @@ def http_error(status: int, endpoint: str) -> ChainError:
     """A non-200 answer without a JSON error body (Core's 401, 403, 503 "work queue depth
     exceeded" come as plain text)."""
     return ChainError(classify_http_status(status), f"HTTP status {status}", endpoint)
+
+
+_BROADCAST: dict[Reason, BroadcastOutcome] = {
+    Reason.ALREADY_IN_MEMPOOL: BroadcastOutcome.ALREADY_KNOWN,
+    Reason.ALREADY_IN_CHAIN: BroadcastOutcome.ALREADY_KNOWN,
+    Reason.FEE_TOO_LOW: BroadcastOutcome.UNDERPRICED,
+    Reason.INPUTS_SPENT: BroadcastOutcome.CONSUMED,
+}
+
+
+def broadcast_outcome(exc: ChainError) -> BroadcastOutcome:
+    """What a failed ``sendrawtransaction`` means for a withdrawal; anything not in the
+    table (a conflict, a transport failure, a policy refusal) is what its kind means to
+    the book (:meth:`BroadcastOutcome.of`): the recorded bytes are sent again later, and
+    nothing else is ever signed for the binding."""
+    if isinstance(exc, BitcoinRpcError) and exc.reason in _BROADCAST:
+        return _BROADCAST[exc.reason]
+    if exc.kind is ErrorKind.NONCE_TOO_LOW:
+        return BroadcastOutcome.RETRIABLE  # no nonces on a UTXO chain: never a "consumed" hint
+    return BroadcastOutcome.of(exc.kind)

@@ -870,8 +870,10 @@ def btc_miner() -> dict[str, str]:
 
 def start_btcd(state_dir: Path, rpc_port: int = DEFAULT_PORTS["btcd"],
                p2p_port: int | None = None, *, initial_blocks: int = BTC_INITIAL_BLOCKS,
-               timeout: float = 60.0, die_with_parent: bool = False) -> BtcdInfo:
-    """btcd --regtest; P2P on 127.0.0.1:p2p_port, or --nolisten when p2p_port is None."""
+               timeout: float = 60.0, die_with_parent: bool = False,
+               extra_args: Sequence[str] = ()) -> BtcdInfo:
+    """btcd --regtest; P2P on 127.0.0.1:p2p_port, or --nolisten when p2p_port is None.
+    ``extra_args`` go last (policy flags of a test: --minrelaytxfee, --blockprioritysize)."""
     state_dir = Path(state_dir)
     binary = install_btcd()
     home = state_dir / "btcd"
@@ -895,6 +897,7 @@ def start_btcd(state_dir: Path, rpc_port: int = DEFAULT_PORTS["btcd"],
             f"--rpcpass={BTCD_RPC_PASSWORD}", "--rpcmaxclients=64", "--rpcmaxwebsockets=32",
             f"--miningaddr={address}", "--nodnsseed", "--debuglevel=info"]
     argv += [f"--listen=127.0.0.1:{p2p_port}"] if p2p_port else ["--nolisten"]
+    argv += list(extra_args)
     proc = spawn("btcd", argv, state_dir, die_with_parent=die_with_parent)
     info = BtcdInfo(**{**info.__dict__, "pid": proc.pid})
     what = f"btcd regtest on 127.0.0.1:{rpc_port}"

@@ -34,13 +34,13 @@ CHAIN = "btc"
 
 
 @contextlib.contextmanager
-def own_btcd(services: ServiceManager, state_dir: Path) -> Iterator[BtcdService]:
-    """A btcd regtest of the caller's own (reorgs must not disturb other modules)."""
-    info = devstack().start_btcd(state_dir, services.free_port(), None, die_with_parent=True)
-    wif = ""
+def own_btcd(services: ServiceManager, state_dir: Path,
+             extra_args: tuple[str, ...] = ()) -> Iterator[BtcdService]:
+    """A btcd regtest of the caller's own (reorgs must not disturb other modules), with
+    ``extra_args`` (policy flags) on its command line."""
+    node = services.btcd(state_dir=state_dir, extra_args=extra_args)
     try:
-        yield BtcdService(info.rpc_url, info.rpc_user, info.rpc_password, info.rpc_port,
-                          info.mining_address, wif, info.log)
+        yield node
     finally:
         devstack().stop(state_dir, "btcd")
 

@@ -123,8 +123,11 @@ class ServiceManager:
         return KafkaService(info.bootstrap_servers, info.port, info.cluster_id, info.version,
                             info.server_log)
 
-    def btcd(self) -> BtcdService:
-        info = devstack().start_btcd(self.state_dir, self.free_port(), None, die_with_parent=True)
+    def btcd(self, *, state_dir: Path | None = None, extra_args: tuple[str, ...] = ()) -> BtcdService:
+        """A btcd regtest; ``state_dir`` for one of the caller's own (stopped with
+        ``devstack().stop(state_dir, "btcd")``), ``extra_args`` for policy flags."""
+        info = devstack().start_btcd(state_dir or self.state_dir, self.free_port(), None,
+                                     die_with_parent=True, extra_args=extra_args)
         wif = str(json.loads(BTC_MINER_PATH.read_text())["wif"])
         return BtcdService(info.rpc_url, info.rpc_user, info.rpc_password, info.rpc_port,
                            info.mining_address, wif, info.log)

@@ -139,6 +139,18 @@ def select(utxos: Sequence[Utxo], payments: Sequence[Payment], rate: int,
     return None
 
 
+def plan_for(inputs: Sequence[Utxo], payments: Sequence[Payment], rate: int,
+             change_script: ScriptType) -> Plan | None:
+    """The plan spending exactly ``inputs`` at ``rate`` (the binding's inputs, signed for
+    the first time); None when they cannot pay it at that rate."""
+    if not inputs or len({u.outpoint for u in inputs}) != len(inputs):
+        raise ValueError("inputs must be distinct and at least one")
+    if not payments or any(p.amount <= 0 for p in payments) or rate < 1:
+        raise ValueError("payments must be positive and the rate >= 1 sat/vB")
+    return _plan(list(inputs), payments, [p.script for p in payments],
+                 sum(p.amount for p in payments), rate, change_script)
+
+
 def _plan(chosen: list[Utxo], payments: Sequence[Payment], outs: list[ScriptType], need: int, rate: int,
           change_script: ScriptType) -> Plan | None:
     total = sum(u.value for u in chosen)
@@ -159,8 +171,9 @@ def bump(plan: Plan, market_rate: int, cap: int, incremental_relay: int = 1) -> 
     """A replacement of ``plan`` spending the same inputs and paying the same outputs.
 
     Its rate is at least ``BUMP_PERCENT`` above the old one (and at least the market's),
-    its fee at least the old fee plus ``incremental_relay`` sat/vB of its own size (BIP 125
-    rule 4), all within ``cap``. Only the change pays for it; None when it cannot.
+    its fee at least ``BUMP_PERCENT`` above the old fee and at least the old fee plus
+    ``incremental_relay`` sat/vB of its own size (BIP 125 rules 3 and 4), all within
+    ``cap``. Only the change pays for it; None when it cannot.
     """
     min_rate = max(market_rate, -(-plan.fee_rate * (100 + BUMP_PERCENT) // 100), plan.fee_rate + 1)
     if min_rate > cap:
@@ -173,7 +186,8 @@ def bump(plan: Plan, market_rate: int, cap: int, incremental_relay: int = 1) -> 
         if with_change and plan.change == 0:
             continue
         size = vsize(ins, [*outs, plan.change_script] if with_change else outs)
-        fee = max(size * min_rate, plan.fee + incremental_relay * size)
+        fee = max(size * min_rate, plan.fee + incremental_relay * size,
+                  -(-plan.fee * (100 + BUMP_PERCENT) // 100))
         change = total - need - fee
         if with_change and change >= DUST[plan.change_script]:
             return Plan(plan.inputs, plan.payments, plan.change_script, change, fee, -(-fee // size), size)

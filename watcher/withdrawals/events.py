@@ -20,7 +20,10 @@ from watcher.types import ChainId, EventId
 from watcher.withdrawals.intake import Rejected
 
 
-def withdrawal_event_body(chain: ChainId, ev: WithdrawalEvent, emitted_at: float) -> dict[str, Any]:
+def withdrawal_event_body(chain: ChainId, ev: WithdrawalEvent, emitted_at: float,
+                          null_nonce: bool = False) -> dict[str, Any]:
+    """``null_nonce``: a UTXO chain's event, whose ``nonce`` is there and null (the
+    contract's field for EVM only), not left out."""
     r = ev.request
     body: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -42,11 +45,14 @@ def withdrawal_event_body(chain: ChainId, ev: WithdrawalEvent, emitted_at: float
         "message": ev.message,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
+    if null_nonce:
+        body["nonce"] = None
     return body
 
 
-def withdrawal_record(topic: str, chain: ChainId, ev: WithdrawalEvent, emitted_at: float) -> OutRecord:
-    body = withdrawal_event_body(chain, ev, emitted_at)
+def withdrawal_record(topic: str, chain: ChainId, ev: WithdrawalEvent, emitted_at: float,
+                      null_nonce: bool = False) -> OutRecord:
+    body = withdrawal_event_body(chain, ev, emitted_at, null_nonce)
     return OutRecord(topic, ev.request.request_id.encode(), orjson.dumps(body))
 
 

@@ -28,7 +28,7 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -39,7 +39,7 @@ from nacl.signing import VerifyKey
 from watcher.core.withdrawals import Request, RequestId
 from watcher.errors import InvalidAddress
 from watcher.ports import AddressCodec
-from watcher.types import Address, AssetSymbol, ChainId
+from watcher.types import Address, AddressKey, AssetSymbol, ChainId
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 AMOUNT_RE = re.compile(r"^[1-9][0-9]*\Z")
@@ -74,6 +74,9 @@ class ChainRule:
     codec: AddressCodec
     assets: Mapping[str, AssetRule]
     """Only the assets listed here may be withdrawn (the ERC-20 allow-list)."""
+    min_amount: Callable[[AddressKey], int] | None = None
+    """The smallest amount a payment to the address may carry (UTXO: the dust limit of its
+    output script, which nodes refuse to relay below); None: any positive amount."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +240,7 @@ def _evaluate(obj: dict[str, Any], now_ms: int, policy: IntakePolicy,
                       f"asset {obj['asset']!r} cannot be withdrawn on chain {chain_rule.chain}",
                       remember_in=chain_rule.chain)
     try:
-        to_address, _ = chain_rule.codec.parse(obj["to_address"])
+        to_address, to_key = chain_rule.codec.parse(obj["to_address"])
     except (InvalidAddress, ValueError) as exc:
         return reject(RejectReason.INVALID_ADDRESS, f"to_address is not a {chain_rule.chain} address: {exc}",
                       asset.decimals, chain_rule.chain)
@@ -246,6 +249,11 @@ def _evaluate(obj: dict[str, Any], now_ms: int, policy: IntakePolicy,
                                                    "digits only, no sign, leading zero or exponent",
                       asset.decimals, chain_rule.chain)
     amount = int(amount_text)
+    floor = chain_rule.min_amount(to_key) if chain_rule.min_amount is not None else 1
+    if amount < floor:
+        return reject(RejectReason.INVALID_AMOUNT, f"amount is below {floor}, the dust limit of a "
+                                                   "payment to this address type",
+                      asset.decimals, chain_rule.chain)
     if amount > asset.per_request_limit:
         return reject(RejectReason.LIMIT_EXCEEDED, f"amount is above the per-request limit of "
                                                    f"{asset.per_request_limit} for {asset.symbol}",

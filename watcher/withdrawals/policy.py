@@ -35,7 +35,12 @@ def intake_policy(cfg: WithdrawalsConfig, chains: Mapping[ChainId, ChainConfig],
                     raise ConfigError(f"chains.{cid}.tokens", f"contract of {symbol}: {exc}") from None
                 decimals = t.decimals
             assets[symbol] = AssetRule(symbol, token, decimals, limits.per_request_limit, limits.daily_limit)
-        rules[cid] = ChainRule(cid, codec, assets)
+        min_amount = None
+        if chain.family is Family.BITCOIN:
+            from chains.bitcoin.tx import dust_limit
+
+            min_amount = dust_limit
+        rules[cid] = ChainRule(cid, codec, assets, min_amount)
     return IntakePolicy(public_keys=dict(cfg.requesters), chains=rules)
 
 

@@ -51,14 +51,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import orjson
 import structlog
 
-from chains.evm.tx import sender_of, sign_withdrawal
-from watcher.config import ChainConfig, ChainWithdrawals, Family
+from watcher.config import ChainConfig, ChainWithdrawals
 from watcher.core.settled import SettledIndex
 from watcher.core.withdrawals import (
     TERMINAL,
@@ -69,7 +69,6 @@ from watcher.core.withdrawals import (
     Commit,
     Decision,
     Emit,
-    Fees,
     ReconcileNonce,
     RequestId,
     Sign,
@@ -83,7 +82,6 @@ from watcher.errors import ChainError, ErrorKind, SignerError, SinkError
 from watcher.kafka.client import Consumed
 from watcher.kafka.registrations import DeadLetters
 from watcher.metrics import (
-    HOT_WALLET_BALANCE,
     HOT_WALLET_LOW_THRESHOLD,
     WITHDRAWAL_CONFIRMATION_SECONDS,
     WITHDRAWAL_EVENTS,
@@ -99,16 +97,19 @@ from watcher.metrics import (
     WITHDRAWALS_WAITING_FUNDS,
 )
 from watcher.ports import (
+    EvmHotWalletNode,
     HotWalletNode,
     OutRecord,
     RequestSource,
     SettledRecords,
     Signer,
     TransactionalSink,
+    UtxoHotWalletNode,
 )
 from watcher.runtime.follower import FollowerStatus
 from watcher.types import Address, BlockHash, ChainHead, ChainId
 from watcher.withdrawals.events import rejection_record, withdrawal_record
+from watcher.withdrawals.families import EvmPayments, Payments, UtxoPayments
 from watcher.withdrawals.intake import Accepted, DeadLetter, IntakePolicy, Rejected, Repeat, evaluate
 from watcher.withdrawals.order import RequestOrder
 from watcher.withdrawals.policy import machine_config
@@ -120,7 +121,6 @@ CHECKPOINT_NAME = "withdrawals"
 STATE_VERSION = 2
 """2: the book's snapshot holds live state only (settled records beside it). 1 still loads."""
 DEAD_LETTER_SOURCE = "withdrawal-requests"
-NATIVE_GAS_LIMIT = 21_000
 MAX_BLOCKS_PER_ROUND = 200
 BALANCE_EVERY_S = 15.0
 INDEX_EVERY = 65_536
@@ -146,16 +146,33 @@ class RunnerTopics:
     withdrawals: str
 
 
+def payments_for(chain: ChainConfig, cw: ChainWithdrawals, policy: IntakePolicy, signer: Signer,
+                 node: HotWalletNode) -> Payments:
+    """The family strategy of a chain: EVM (nonce and gas) or UTXO (coins and fee rate),
+    chosen by the chain's family; ``node`` is that family's adapter (the composition root
+    builds it)."""
+    from chains.bitcoin.networks import network
+    from watcher.config import Family
+
+    if chain.family is Family.EVM:
+        assets = {a.symbol: a.token_contract for a in policy.chains[chain.id].assets.values()}
+        return EvmPayments(chain=chain, cw=cw, signer=signer, node=cast(EvmHotWalletNode, node),
+                           assets=assets)
+    if chain.network is None:
+        raise ValueError(f"chain {chain.id}: a UTXO chain needs its network")
+    return UtxoPayments(chain=chain, cw=cw, signer=signer, node=cast(UtxoHotWalletNode, node),
+                        network=network(chain.network))
+
+
 class WithdrawalRunner:
-    """Intake, signing, broadcasting and confirmation of one EVM chain's withdrawals."""
+    """Intake, signing, broadcasting and confirmation of one chain's withdrawals (EVM or
+    UTXO: what differs is in :mod:`watcher.withdrawals.families`)."""
 
     def __init__(self, *, chain: ChainConfig, cw: ChainWithdrawals, policy: IntakePolicy,
                  primary: ChainId, topics: RunnerTopics, signer: Signer, node: HotWalletNode,
                  sink: TransactionalSink, requests: RequestSource, dead_letters: DeadLetters,
                  settled: SettledRecords, order: RequestOrder | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        if chain.family is not Family.EVM or chain.chain_id is None:
-            raise ValueError(f"chain {chain.id}: only EVM withdrawals are carried out so far")
+                 clock: Callable[[], float] = time.time, payments: Payments | None = None) -> None:
         self.chain = chain.id
         self._ccfg = chain
         self._cw = cw
@@ -175,11 +192,9 @@ class WithdrawalRunner:
         """Settled records committed since the last index snapshot (or read past it)."""
         self._clock = clock
         self._mcfg = machine_config(cw, chain.family)
-        self._cap = Fees(cw.max_fee, cw.max_tip)
-        self.hot_address: Address = sender_of(signer.public_key)
-        rule = policy.chains[chain.id]
-        self._assets = dict(rule.assets)
-        self._tokens = [a.token_contract for a in rule.assets.values() if a.token_contract is not None]
+        self.family: Payments = payments or payments_for(chain, cw, policy, signer, node)
+        self.hot_address: Address = self.family.hot_address
+        self._assets = dict(policy.chains[chain.id].assets)
         self.book = WithdrawalBook(chain.id, self._mcfg)
         self._offsets: dict[int, int] = {}
         self._scanned: list[tuple[int, BlockHash]] = []
@@ -201,6 +216,7 @@ class WithdrawalRunner:
             "offsets": {str(p): o for p, o in sorted(self._offsets.items())},
             "scanned": [[n, h] for n, h in self._scanned],
             "book": orjson.Fragment(snapshot),
+            "coins": self.family.state(),
         })
 
     def _load(self, data: bytes | None, settled: SettledIndex) -> None:
@@ -212,6 +228,7 @@ class WithdrawalRunner:
         if data is None:
             self.book = WithdrawalBook(self.chain, self._mcfg, settled)
             self._offsets, self._scanned = {}, []
+            self.family.load(None)
             return
         try:
             raw = orjson.loads(data)
@@ -222,6 +239,7 @@ class WithdrawalRunner:
                                                settled)
             self._offsets = {int(p): int(o) for p, o in raw["offsets"].items()}
             self._scanned = [(int(n), BlockHash(str(h))) for n, h in raw["scanned"]]
+            self.family.load(raw.get("coins"))
         except SnapshotError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError) as exc:
@@ -252,11 +270,24 @@ class WithdrawalRunner:
         head = await self._node.head()
         self._tip = head.number
         if not self._scanned:
-            self._scanned = [(head.number, head.hash)]
+            self._scanned = [await self._scan_origin(head)]
         self.started = True
         log.info("withdrawals: started", chain=self.chain, hot_wallet=self.hot_address,
                  in_flight=len(self.book.withdrawals()), signer=self._signer.name)
         await self._settle([self.book.resume()])
+
+    async def _scan_origin(self, head: ChainHead) -> tuple[int, BlockHash]:
+        """Where the hot-wallet scan starts on a first start (no checkpoint): the tip on EVM
+        (nonces come from the node's counts), but the chain's ``start_block`` on a UTXO chain
+        when configured, since coins received before the first start are only known from
+        the blocks that created them."""
+        start = self._ccfg.start_block
+        if self._mcfg.uses_nonces or start is None or start > head.number or start < 1:
+            return head.number, head.hash
+        blk = await self._node.block(start - 1)
+        if blk is None:
+            return head.number, head.hash
+        return blk.number, blk.hash
 
     async def _position(self) -> None:
         self._order.clear()  # held records are read again from the committed offsets
@@ -410,6 +441,7 @@ class WithdrawalRunner:
         """The hot wallet's transactions in the blocks since the last round, parent links
         checked; blocks that left the canonical chain are reported removed."""
         removed: list[BlockHash] = []
+        self.family.before_scan()
         if self._scanned and head.number <= self._scanned[-1][0]:
             known = dict(self._scanned).get(head.number)
             if known == head.hash:
@@ -428,16 +460,22 @@ class WithdrawalRunner:
                 n = num
                 continue
             if removed:
-                await self._barrier(await self._carry_all(self.book.blocks_removed(removed)))
+                await self._removed(removed)
                 removed = []
+            self.family.block_added(blk)
             await self._barrier(await self._carry_all(self.book.block_added(blk.number, blk.hash,
                                                                             blk.spends)))
             self._scanned.append((blk.number, blk.hash))
             del self._scanned[:-self._ccfg.reorg_window]
+            self.family.prune(self._scanned[0][0])
             n += 1
             budget -= 1
         if removed:
-            await self._barrier(await self._carry_all(self.book.blocks_removed(removed)))
+            await self._removed(removed)
+
+    async def _removed(self, removed: list[BlockHash]) -> None:
+        self.family.blocks_removed(removed)
+        await self._barrier(await self._carry_all(self.book.blocks_removed(removed)))
 
     # --------------------------------------------------------- decisions
 
@@ -470,14 +508,15 @@ class WithdrawalRunner:
         book = self.book
         if isinstance(d, Emit):
             self._out.append(withdrawal_record(self._topics.withdrawals, self.chain, d.event,
-                                               self._clock()))
+                                               self._clock(), null_nonce=not self._mcfg.uses_nonces))
             self._out_events.append(d.event)
         elif isinstance(d, Bind):
             pass  # recorded in the book; effective with the Commit that follows
         elif isinstance(d, CheckFunds):
-            return await self._carry(book.funds(d.request_id, await self._can_pay(d)))
+            available, inputs = await self.family.can_pay(book, d.request_id, self._tip)
+            return await self._carry(book.funds(d.request_id, available, inputs))
         elif isinstance(d, ReconcileNonce):
-            latest, pending = await self._node.nonce_counts()
+            latest, pending = await self.family.nonce_counts()
             rest = await self._carry(book.nonce_counts(latest, pending))
             WITHDRAWAL_NONCE_GAP.labels(self.chain).set(book.nonces.last_gap)
             return rest
@@ -501,54 +540,19 @@ class WithdrawalRunner:
         w = self.book.get(d.request_id)
         if w is None or w.binding != d.binding or w.state in TERMINAL:
             return None  # decided before a rebinding or a settlement: nothing to sign any more
-        base_fee, priority_fee = await self._node.fee_quote()
-        signed = await sign_withdrawal(w.request, d, chain_id=int(self._ccfg.chain_id or 0),
-                                       base_fee=base_fee, priority_fee=priority_fee, cap=self._cap,
-                                       token_gas_limit=self._cw.token_gas_limit,
-                                       signer=self._signer)
+        signed = await self.family.sign(w, d)
         if signed is None:
-            return None  # the cap leaves no room for a bump: the stuck rule sends the same bytes
+            # No room for a bump (fee cap, or UTXO change too small): the same bytes go out
+            # again, which also restarts the stuck count instead of re-deciding every round.
+            tx = w.latest
+            if tx is None:
+                return None
+            return await self._do(Broadcast(d.request_id, tx.txid, tx.raw, again=True))
         return await self._carry(self.book.signed(d.request_id, signed))
 
-    async def _can_pay(self, d: CheckFunds) -> bool:
-        """Whether the balances cover the request on top of every payment already bound
-        and not yet in a block (their amounts and the most their gas can cost)."""
-        w = self.book.get(d.request_id)
-        if w is None:
-            return False
-        native, tokens = await self._node.balances(self._tokens)
-        self._set_balances(native, tokens)
-        owed_native = 0
-        owed: dict[Address, int] = {}
-        for o in self.book.withdrawals():
-            if o.binding is None or o.state in TERMINAL or o.inclusion is not None:
-                continue
-            r = o.request
-            owed_native += self._gas_limit(r.token_contract) * self._cap.max_fee
-            if r.token_contract is None:
-                owed_native += r.amount
-            else:
-                owed[r.token_contract] = owed.get(r.token_contract, 0) + r.amount
-        r = w.request
-        need_native = owed_native + self._gas_limit(r.token_contract) * self._cap.max_fee
-        if r.token_contract is None:
-            return native >= need_native + r.amount
-        have = tokens.get(r.token_contract, 0)
-        return native >= need_native and have >= owed.get(r.token_contract, 0) + r.amount
-
-    def _gas_limit(self, token: Address | None) -> int:
-        return NATIVE_GAS_LIMIT if token is None else self._cw.token_gas_limit
-
     async def _balances(self) -> None:
-        native, tokens = await self._node.balances(self._tokens)
-        self._set_balances(native, tokens)
-
-    def _set_balances(self, native: int, tokens: Mapping[Address, int]) -> None:
         self._balances_at = self._clock()
-        for symbol, rule in self._assets.items():
-            value = native if rule.token_contract is None else tokens.get(rule.token_contract, 0)
-            # A float gauge for dashboards and the low-balance alert only; decisions use ints.
-            HOT_WALLET_BALANCE.labels(self.chain, symbol).set(float(value))
+        await self.family.balances()
 
     # --------------------------------------------------------- commit
 
