@@ -155,7 +155,7 @@ def btc_body(rid: str, to: str, amount: int) -> dict[str, Any]:
 async def environment(kafka: KafkaService, node: BtcdService, wallet: RegtestWallet,
                       services: ServiceManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                       *, key: str, min_fee_rate: int, stuck_blocks: int = 30,
-                      fund: bool = True) -> AsyncIterator[Env]:
+                      fund: bool = True, batch: dict[str, Any] | None = None) -> AsyncIterator[Env]:
     hot_script, hot_address = hot_wallet(key)
     # Funded before the App starts: the runner finds the coin from the chain's start_block.
     funding_txid, start = "", 1
@@ -174,6 +174,7 @@ async def environment(kafka: KafkaService, node: BtcdService, wallet: RegtestWal
             "min_fee_rate": min_fee_rate, "max_fee_rate": 50, "input_confirmations": 1,
             "hot_key": {"env": HOT_KEY_ENV},
             "assets": {"BTC": {"per_request_limit": "2000000", "daily_limit": "10000000"}},
+            **({} if batch is None else {"batch": batch}),
         }},
     }
     monkeypatch.setenv(HOT_KEY_ENV, key)
