@@ -32,7 +32,9 @@ Guarantees (what "never paid twice" rests on):
   UTXO inputs before anything is signed (:class:`Bind` then :class:`Commit`);
   :meth:`WithdrawalBook.signed` refuses (:class:`BindingViolation`) any transaction
   for it that spends anything else, so all its transactions are mutually exclusive
-  on chain and at most one can ever confirm.
+  on chain and at most one can ever confirm. A UTXO batch (:meth:`WithdrawalBook.funds_batch`)
+  binds each member to the batch's whole input set: the members share every transaction
+  and move in lockstep (signed, sent and bumped once, by the first member).
 * **Re-binding only on proof.** A request is bound again only once a transaction
   that is *not* one of its own consumed the binding in a block at or below the
   finalized height; the new binding is committed before the new payload is signed.
