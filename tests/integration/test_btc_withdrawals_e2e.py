@@ -356,3 +356,23 @@ async def test_stuck_btc_payment_is_bumped_by_replacement_on_the_same_inputs(
         for txid in chain_of[:-1]:
             with pytest.raises(devstack().DevStackError, match="No information available"):
                 await env.tx(txid)  # replaced: neither in the mempool nor in a block
+
+
+async def test_a_long_witness_program_is_paid_on_chain(
+        kafka: KafkaService, node: BtcdService, wallet: RegtestWallet, services: ServiceManager,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Witness v2 with a 40-byte program: valid text (BIP 350), so it must be paid, not wait."""
+    async with environment(kafka, node, wallet, services, tmp_path, monkeypatch, key=hot_key("v2"),
+                           min_fee_rate=5) as env:
+        stop = asyncio.Event()
+        mining = asyncio.create_task(miner(env, stop))
+        try:
+            program = bytes(range(40))
+            to = segwit_address("bcrt", 2, program)
+            await env.request(signed_request(btc_body("w-v2", to, 50_000)))
+            evs = await env.until("w-v2", "withdrawal.confirmed")
+            tx = await env.tx(evs[-1]["txid"])
+            assert paid(tx, bytes.fromhex("5228") + program) == [50_000]
+        finally:
+            stop.set()
+            await mining
