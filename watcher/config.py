@@ -686,6 +686,17 @@ class ChainWithdrawals:
     """UTXO: confirmations of a received hot-wallet output before it may be spent. EVM: 0."""
     spend_own_change: bool = False
     """UTXO: the hot wallet's own change may be spent from its first confirmation."""
+    batch: BatchConfig | None = None
+    """UTXO: several requests paid by one transaction; None (the default): one each."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchConfig:
+    """``withdrawals.chains.<utxo>.batch``: gather up to ``max_outputs`` requests, waiting
+    at most ``max_wait_blocks`` blocks for more before paying those gathered."""
+
+    max_outputs: int
+    max_wait_blocks: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -733,7 +744,8 @@ def _required_amount(r: _Reader, name: str) -> int:
 def _parse_chain_withdrawals(chain: ChainConfig, r: _Reader) -> ChainWithdrawals:
     evm = chain.family is Family.EVM
     fee_keys = ({"max_fee_per_gas", "max_priority_fee_per_gas", "token_gas_limit"} if evm
-                else {"max_fee_rate", "min_fee_rate", "input_confirmations", "spend_own_change"})
+                else {"max_fee_rate", "min_fee_rate", "input_confirmations", "spend_own_change",
+                      "batch"})
     r.only({"confirmations", "stuck_blocks", "hot_key", "assets"} | fee_keys)
     if evm:
         max_fee = _required_amount(r, "max_fee_per_gas")
@@ -791,4 +803,18 @@ def _parse_chain_withdrawals(chain: ChainConfig, r: _Reader) -> ChainWithdrawals
         assets=assets,
         input_confirmations=input_confirmations,
         spend_own_change=False if evm else r.flag("spend_own_change", True),
+        batch=None if evm else _parse_batch(r),
     )
+
+
+def _parse_batch(r: _Reader) -> BatchConfig | None:
+    """Off unless ``batch`` is given (``{}`` takes the defaults; ``enabled: false`` is off)."""
+    if r.raw.get("batch") is None:
+        return None
+    b = r.section("batch")
+    b.only({"enabled", "max_outputs", "max_wait_blocks"})
+    if not b.flag("enabled", True):
+        return None
+    # 2 .. 100 outputs: one is no batch, and a bounded transaction keeps a bump cheap.
+    return BatchConfig(max_outputs=b.integer("max_outputs", 10, lo=2, hi=100),
+                       max_wait_blocks=b.integer("max_wait_blocks", 1, lo=0, hi=100))

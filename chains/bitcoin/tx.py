@@ -93,7 +93,8 @@ def address_script(text: str, net: Network) -> bytes:
 def output_type(spk: bytes) -> ScriptType | None:
     """The weight class of an output script (:data:`watcher.core.utxo.OUTPUT_WEIGHT`); a
     witness program of another version or length is sized as the P2WSH bound when it fits
-    in 34 bytes. None: a script this wallet does not pay."""
+    in 34 bytes, else (33..40-byte programs, BIP 350) as :attr:`ScriptType.WITNESS`, the
+    40-byte bound. None: a script this wallet does not pay (no address has it)."""
     n = len(spk)
     if n == 25 and spk[:3] == b"\x76\xa9\x14" and spk[23:] == b"\x88\xac":
         return ScriptType.P2PKH
@@ -105,16 +106,19 @@ def output_type(spk: bytes) -> ScriptType | None:
         return ScriptType.P2WSH
     if n == 34 and spk[:2] == b"\x51\x20":
         return ScriptType.P2TR
-    if _script.script_key(spk) is not None and spk[0] != 0 and n <= 34:
-        return ScriptType.P2WSH
+    if _script.script_key(spk) is not None and spk[0] != 0:
+        # script_key admits exactly the witness programs v1..v16 of 2..40 bytes here.
+        return ScriptType.P2WSH if n <= 34 else ScriptType.WITNESS
     return None
 
 
 def dust_limit(key: bytes) -> int:
     """The smallest output value to an address index key (:mod:`chains.bitcoin.script`)
-    that nodes relay: Bitcoin Core's dust limit at its default dust relay fee."""
-    kind = output_type(_script.key_script(key)) if key[0] != _script.HASHED else None
-    return DUST[kind] if kind is not None else DUST[ScriptType.P2WSH]
+    that nodes relay: Bitcoin Core's dust limit at its default dust relay fee. A hashed key
+    (a witness program of 33..40 bytes) gets the bound of the 40-byte program, 354: never
+    below what a node asks of the real length (333 .. 354)."""
+    kind = output_type(_script.key_script(key)) if key[0] != _script.HASHED else ScriptType.WITNESS
+    return DUST[kind] if kind is not None else DUST[ScriptType.WITNESS]
 
 
 def der_signature(r: int, s: int) -> bytes:

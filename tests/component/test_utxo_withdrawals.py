@@ -353,18 +353,25 @@ def test_a_utxo_withdrawal_entry_is_accepted_with_its_defaults() -> None:
     assert cw.input_confirmations == cw.confirmations == 2 and cw.spend_own_change is True
 
 
-async def test_a_recipient_script_the_wallet_cannot_size_waits_and_is_never_signed() -> None:
+async def test_a_long_witness_program_recipient_is_paid_exactly() -> None:
+    """Witness v2 with a 40-byte program (BIP 350 allows it): intake accepts the text, so
+    the wallet must pay it (it used to wait forever as a script it could not size)."""
     from tests.support.btc_wallet import segwit_address
 
     sink, reqs = FakeSink(), FakeRequests()
     r, node = make_runner(None, sink, reqs)
     await r.start()
     node.fund(100_000, "odd")
-    odd = segwit_address("bcrt", 2, bytes(range(40)))  # witness v2, a 42-byte script: valid text
+    odd = segwit_address("bcrt", 2, bytes(range(40)))
+    reqs.add(request("w-odd-dust", 353, to=odd))  # below the 354 bound of a 40-byte program
     reqs.add(request("w-odd", 10_000, to=odd))
     for _ in range(3):
         node.mine()
         await r.step()
-    w = r.book.get(RequestId("w-odd"))
-    assert w is not None and w.state is WithdrawalState.WAITING_FUNDS
-    assert node.sent == [] and types_of(sink, "w-odd") == ["withdrawal.accepted"]
+    rejected = [e for e in sink.events() if e["type"] == "withdrawal.rejected"]
+    assert [(e["request_id"], e["reason"]) for e in rejected] == [("w-odd-dust", "invalid_amount")]
+    assert types_of(sink, "w-odd") == ["withdrawal.accepted", "withdrawal.broadcast",
+                                       "withdrawal.confirmed"]
+    outs = [(o.script, o.value) for o in parse_transaction(node.sent[-1]).outputs(0)]
+    golden = bytes.fromhex("5228" + "".join(f"{b:02x}" for b in range(40)))  # OP_2 push(40) program
+    assert outs[0] == (golden, 10_000) and outs[1][0] == node.hot

@@ -155,7 +155,7 @@ def btc_body(rid: str, to: str, amount: int) -> dict[str, Any]:
 async def environment(kafka: KafkaService, node: BtcdService, wallet: RegtestWallet,
                       services: ServiceManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                       *, key: str, min_fee_rate: int, stuck_blocks: int = 30,
-                      fund: bool = True) -> AsyncIterator[Env]:
+                      fund: bool = True, batch: dict[str, Any] | None = None) -> AsyncIterator[Env]:
     hot_script, hot_address = hot_wallet(key)
     # Funded before the App starts: the runner finds the coin from the chain's start_block.
     funding_txid, start = "", 1
@@ -174,6 +174,7 @@ async def environment(kafka: KafkaService, node: BtcdService, wallet: RegtestWal
             "min_fee_rate": min_fee_rate, "max_fee_rate": 50, "input_confirmations": 1,
             "hot_key": {"env": HOT_KEY_ENV},
             "assets": {"BTC": {"per_request_limit": "2000000", "daily_limit": "10000000"}},
+            **({} if batch is None else {"batch": batch}),
         }},
     }
     monkeypatch.setenv(HOT_KEY_ENV, key)
@@ -355,3 +356,23 @@ async def test_stuck_btc_payment_is_bumped_by_replacement_on_the_same_inputs(
         for txid in chain_of[:-1]:
             with pytest.raises(devstack().DevStackError, match="No information available"):
                 await env.tx(txid)  # replaced: neither in the mempool nor in a block
+
+
+async def test_a_long_witness_program_is_paid_on_chain(
+        kafka: KafkaService, node: BtcdService, wallet: RegtestWallet, services: ServiceManager,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Witness v2 with a 40-byte program: valid text (BIP 350), so it must be paid, not wait."""
+    async with environment(kafka, node, wallet, services, tmp_path, monkeypatch, key=hot_key("v2"),
+                           min_fee_rate=5) as env:
+        stop = asyncio.Event()
+        mining = asyncio.create_task(miner(env, stop))
+        try:
+            program = bytes(range(40))
+            to = segwit_address("bcrt", 2, program)
+            await env.request(signed_request(btc_body("w-v2", to, 50_000)))
+            evs = await env.until("w-v2", "withdrawal.confirmed")
+            tx = await env.tx(evs[-1]["txid"])
+            assert paid(tx, bytes.fromhex("5228") + program) == [50_000]
+        finally:
+            stop.set()
+            await mining

@@ -213,3 +213,39 @@ def test_dust_limit_of_each_address_type(kind: str, dust: int) -> None:
 
     _, key = UtxoAddressCodec(REGTEST).parse(btc_wallet.regtest_payee(kind, "dust").address)
     assert dust_limit(key) == dust  # Bitcoin Core's limits at 3 sat/vB dust relay fee
+
+
+V2_40 = bytes(range(40))
+V2_40_SCRIPT = bytes.fromhex("5228000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+                             "2021222324252627")  # OP_2, push 40, the program
+
+
+@pytest.mark.parametrize(("version", "program", "script_hex", "dust"), [
+    (2, V2_40, V2_40_SCRIPT.hex(), 354),
+    (16, bytes(33), "6021" + "00" * 33, 354),  # OP_16, push 33: a hashed index key
+    (3, b"\xab\xcd", "5302abcd", 330),         # 2 bytes: sized as the 34-byte bound
+])
+def test_any_valid_witness_program_is_payable(version: int, program: bytes, script_hex: str,
+                                               dust: int) -> None:
+    from chains.bitcoin.address import UtxoAddressCodec
+    from chains.bitcoin.tx import dust_limit
+
+    text = btc_wallet.segwit_address("bcrt", version, program)
+    spk = address_script(text, REGTEST)
+    assert spk.hex() == script_hex
+    assert output_type(spk) in (ScriptType.WITNESS, ScriptType.P2WSH)
+    _, key = UtxoAddressCodec(REGTEST).parse(text)
+    assert dust_limit(key) == dust
+
+
+def test_a_40_byte_witness_program_output_golden() -> None:
+    hot = p2wpkh_script(compressed_public_key(HotKeySigner("golden", GOLDEN_KEY).public_key))
+    assert output_type(V2_40_SCRIPT) is ScriptType.WITNESS
+    plan = plan_for([Utxo(f"{GOLDEN_PREV_A}:0", 100_000, ScriptType.P2WPKH)],
+                    [Payment("w-v2", ScriptType.WITNESS, 50_000)], 2, ScriptType.P2WPKH)
+    assert plan is not None
+    # 40 base + 2 marker + 272 input + 204 (8 + 1 + 42 bytes) + 124 change = 642 WU -> 161 vB.
+    assert (plan.vsize, plan.fee, plan.change) == (161, 322, 49_678)
+    tx = payment_tx(plan, [V2_40_SCRIPT], hot)
+    assert tx.outputs[0].serialize().hex() == "50c30000000000002a" + V2_40_SCRIPT.hex()
+    assert tx.outputs[1] == TxOutput(hot, 49_678)

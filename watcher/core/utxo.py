@@ -32,6 +32,8 @@ class ScriptType(StrEnum):
     P2TR = "p2tr"
     P2SH = "p2sh"
     P2WSH = "p2wsh"
+    WITNESS = "witness"
+    """Any other witness program (v1..v16, 2..40 bytes, BIP 350), sized as its 40-byte bound."""
 
 
 # Weight of one input spending the type (outpoint 36 + sequence 4 + script length and
@@ -50,11 +52,14 @@ OUTPUT_WEIGHT: dict[ScriptType, int] = {
     ScriptType.P2WPKH: 31 * 4,
     ScriptType.P2WSH: 43 * 4,
     ScriptType.P2TR: 43 * 4,
+    ScriptType.WITNESS: 51 * 4,   # script OP_n + push + 40-byte program: 42 bytes at most
 }
 # Bitcoin Core's dust limits at its default 3 sat/vB dust relay fee.
 DUST: dict[ScriptType, int] = {
     ScriptType.P2PKH: 546, ScriptType.P2SH: 540, ScriptType.P2SH_P2WPKH: 540,
     ScriptType.P2WPKH: 294, ScriptType.P2WSH: 330, ScriptType.P2TR: 330,
+    # Core: (output bytes + 67 to spend it) x 3 sat/vB; the 40-byte program's 51 bytes bound it.
+    ScriptType.WITNESS: 354,
 }
 _BASE_WEIGHT = 10 * 4  # version 4, input count 1, output count 1, locktime 4
 _SEGWIT_MARKER_WEIGHT = 2

@@ -32,7 +32,9 @@ Guarantees (what "never paid twice" rests on):
   UTXO inputs before anything is signed (:class:`Bind` then :class:`Commit`);
   :meth:`WithdrawalBook.signed` refuses (:class:`BindingViolation`) any transaction
   for it that spends anything else, so all its transactions are mutually exclusive
-  on chain and at most one can ever confirm.
+  on chain and at most one can ever confirm. A UTXO batch (:meth:`WithdrawalBook.funds_batch`)
+  binds each member to the batch's whole input set: the members share every transaction
+  and move in lockstep (signed, sent and bumped once, by the first member).
 * **Re-binding only on proof.** A request is bound again only once a transaction
   that is *not* one of its own consumed the binding in a block at or below the
   finalized height; the new binding is committed before the new payload is signed.
@@ -244,6 +246,9 @@ class Withdrawal:
     """FINAL refusals of the latest send in a row (0 once a node took it)."""
     retry_height: int | None = None
     """After a refusal: the height from which the bytes are sent again."""
+    batch: tuple[RequestId, ...] = ()
+    """UTXO batching: every request paid by the same transactions (sorted, this one
+    included), all bound to the same inputs and moved in lockstep; () when paid alone."""
 
     @property
     def latest(self) -> SignedTx | None:
@@ -525,7 +530,8 @@ class WithdrawalBook:
         self.settled = SettledIndex() if settled is None else settled
         self._fresh: dict[RequestId, tuple[str, str, SettledOutcome]] = {}
         """Settled since the last commit: id -> (digest, claiming chain, outcome)."""
-        self._by_key: dict[str, RequestId] = {}
+        self._by_key: dict[str, set[RequestId]] = {}
+        """Binding key -> the requests bound to it: one, or every member of a batch."""
 
     # --------------------------------------------------------- reading
 
@@ -633,13 +639,54 @@ class WithdrawalBook:
         return [Bind(request_id, binding, w.epoch), Commit(),
                 Sign(request_id, binding, Fees(0, 0), None)]
 
+    def funds_batch(self, request_ids: Sequence[RequestId], inputs: Sequence[str]) -> list[Decision]:
+        """UTXO batching: the hot wallet pays these requests (two or more, each unbound and
+        accepted or waiting for funds) together by one transaction spending ``inputs``.
+        Each is bound to the *whole* input set, so every transaction of the batch (the
+        first and each bump: same inputs, same outputs) spends each member's binding, and
+        at most one of them can confirm. One :class:`Sign` follows, for the first member."""
+        if self.cfg.uses_nonces:
+            raise ValueError("only UTXO payments are batched")
+        rids = tuple(sorted(set(request_ids)))
+        if len(rids) < 2:
+            raise ValueError("a batch pays at least two requests")
+        if not inputs:
+            raise ValueError("a UTXO payment needs the inputs chosen for it")
+        members = []
+        for rid in rids:
+            w = self._w.get(rid)
+            if w is None or w.binding is not None or w.state not in (
+                    WithdrawalState.ACCEPTED, WithdrawalState.WAITING_FUNDS):
+                raise ValueError(f"request {rid} cannot join a batch (unknown, bound or settled)")
+            members.append(w)
+        binding = InputsBinding(tuple(sorted(set(inputs))))
+        taken = [k for k in binding.spend_keys() if k in self._by_key]
+        if taken:
+            raise BindingViolation(f"inputs {', '.join(taken)} are already bound")
+        out: list[Decision] = []
+        for w in members:
+            self._put(replace(w, state=WithdrawalState.ACCEPTED, binding=binding, batch=rids))
+            out.append(Bind(w.request.request_id, binding, w.epoch))
+        return [*out, Commit(), Sign(rids[0], binding, Fees(0, 0), None)]
+
+    def members(self, w: Withdrawal) -> list[Withdrawal]:
+        """The requests paid by ``w``'s transactions: its batch, or ``w`` alone."""
+        if not w.batch:
+            return [w]
+        return [m for m in (self._w.get(r) for r in w.batch) if m is not None]
+
     def signed(self, request_id: RequestId, tx: SignedTx) -> list[Decision]:
-        """A transaction was signed for the request: recorded, then (after commit) sent."""
+        """A transaction was signed for the request (for a batch: for every member, which
+        all record it): recorded, then (after commit) sent."""
         w = self._w.get(request_id)
         if w is None or w.binding is None:
             raise BindingViolation(f"request {request_id} is not bound")
-        if tx.binding != w.binding:
-            raise BindingViolation(f"a transaction for {request_id} spends another binding")
+        members = self.members(w)
+        for m in members:
+            if tx.binding != m.binding:
+                raise BindingViolation(f"a transaction for {m.request.request_id} spends another binding")
+            if m.attempts != w.attempts or m.batch != w.batch:
+                raise BindingViolation(f"batch of {request_id} is out of step")
         if w.state in TERMINAL or w.inclusion is not None:
             return []  # a block already holds a payment for the binding: this one is never sent
         if any(a.txid == tx.txid for a in w.attempts):
@@ -651,16 +698,34 @@ class WithdrawalBook:
             return []
         if not self.cfg.fee_cap.covers(tx.fees):
             raise BindingViolation(f"a transaction for {request_id} exceeds the fee cap")
-        state = w.state if w.state in (WithdrawalState.BROADCAST, WithdrawalState.REPLACED) \
-            else WithdrawalState.SIGNED
-        # sent_height None: not handed over yet, so the stuck rule sends it rather than bumping it.
-        self._put(replace(w, state=state, attempts=(*w.attempts, tx), sent_height=None))
+        for m in members:
+            state = m.state if m.state in (WithdrawalState.BROADCAST, WithdrawalState.REPLACED) \
+                else WithdrawalState.SIGNED
+            # sent_height None: not handed over yet, so the stuck rule sends it rather than bumping it.
+            self._put(replace(m, state=state, attempts=(*m.attempts, tx), sent_height=None))
         return [Commit(), Broadcast(request_id, tx.txid, tx.raw, again=False)]
 
     def broadcast_result(self, request_id: RequestId, txid: TxId, outcome: BroadcastOutcome,
                          tip_height: int) -> list[Decision]:
+        """What a node answered to the bytes; for a batch, the answer holds for every member
+        (each gets its own event), and what follows (a bump) is decided once."""
         w = self._w.get(request_id)
-        if w is None or w.state in TERMINAL:
+        if w is None:
+            return []
+        emits: list[Decision] = []
+        rest: list[Decision] = []
+        for m in self.members(w):
+            for d in self._broadcast_one(m, txid, outcome, tip_height):
+                if isinstance(d, Emit):
+                    emits.append(d)
+                elif d not in rest:
+                    rest.append(d)
+        return [*emits, *rest]
+
+    def _broadcast_one(self, w: Withdrawal, txid: TxId, outcome: BroadcastOutcome,
+                       tip_height: int) -> list[Decision]:
+        request_id = w.request.request_id
+        if w.state in TERMINAL:
             return []
         tx = next((a for a in w.attempts if a.txid == txid), None)
         if tx is None:
@@ -672,7 +737,8 @@ class WithdrawalBook:
                 replaces = _last_announced(w, before=tx)
                 kind = WithdrawalEventType.REPLACED if replaces else WithdrawalEventType.BROADCAST
                 out.append(Emit(WithdrawalEvent(kind, w.request, txid=txid, replaces_txid=replaces,
-                                                nonce=_nonce(tx.binding), fee=tx.fee)))
+                                                nonce=_nonce(tx.binding),
+                                                fee=fee_share(tx.fee, w.batch, request_id))))
                 w = replace(w, announced=(*w.announced, txid))
             state = w.state
             if w.inclusion is None:
@@ -696,7 +762,7 @@ class WithdrawalBook:
                 self._put(replace(w, sent_height=tip_height))
                 return []
             assert w.binding is not None
-            return [Sign(request_id, w.binding, want, _last_announced(w))]
+            return [Sign(_lead(w), w.binding, want, _last_announced(w))]
         if outcome is BroadcastOutcome.CONSUMED:
             # Our own earlier transaction may be mined, or another sender used the nonce: only
             # a block can tell. Never bump a nonce that is gone (Chainlink #5478).
@@ -719,26 +785,28 @@ class WithdrawalBook:
         """A block joined the canonical chain; ``spends`` are its consumptions of hot-wallet
         binding keys (every transaction from the hot wallet / every input spending its outputs)."""
         for s in spends:
-            rid = self._by_key.get(s.key)
-            if rid is None:
+            rids = self._by_key.get(s.key)
+            if not rids:
                 self._nonce_seen(s.key)
                 continue
-            w = self._w[rid]
-            # Hex case must not turn our own payment into a "foreign" one: that would re-bind
-            # the request at finality and pay it a second time. The recorded form is kept.
-            own = next((a for a in w.attempts if a.txid.lower() == s.txid.lower()), None)
-            ours = own is not None
-            if w.inclusion is not None and w.inclusion.ours and not ours:
-                continue
-            txid = own.txid if own is not None else s.txid
-            inc = Inclusion(txid, number, block_hash, ours, s.reverted and ours, s.fee_paid)
-            self._put(replace(w, inclusion=inc))
+            for rid in sorted(rids):  # every member of a batch: they share the key
+                w = self._w[rid]
+                # Hex case must not turn our own payment into a "foreign" one: that would re-bind
+                # the request at finality and pay it a second time. The recorded form is kept.
+                own = next((a for a in w.attempts if a.txid.lower() == s.txid.lower()), None)
+                ours = own is not None
+                if w.inclusion is not None and w.inclusion.ours and not ours:
+                    continue
+                txid = own.txid if own is not None else s.txid
+                inc = Inclusion(txid, number, block_hash, ours, s.reverted and ours, s.fee_paid)
+                self._put(replace(w, inclusion=inc))
         return []
 
     def blocks_removed(self, hashes: Iterable[BlockHash]) -> list[Decision]:
         """Blocks left the canonical chain: payments in them are sent again, same bytes."""
         gone = set(hashes)
         out: list[Decision] = []
+        sent: set[TxId] = set()  # a batch's bytes once: the answer holds for every member
         for w in list(self._w.values()):
             inc = w.inclusion
             if inc is None or inc.block_hash not in gone:
@@ -750,7 +818,8 @@ class WithdrawalBook:
                 state = WithdrawalState.REPLACED if len(w.announced) > 1 else WithdrawalState.BROADCAST
             self._put(replace(w, inclusion=None, state=state, consumed_hint=False, retry_height=None))
             tx = next((a for a in w.attempts if a.txid == inc.txid), None) or w.latest
-            if tx is not None:
+            if tx is not None and tx.txid not in sent:
+                sent.add(tx.txid)
                 out.append(Broadcast(w.request.request_id, tx.txid, tx.raw, again=True))
         return out
 
@@ -770,7 +839,8 @@ class WithdrawalBook:
                     out.extend(self._rebind(w))
             elif w.state is WithdrawalState.WAITING_FUNDS:
                 out.append(CheckFunds(w.request.request_id))
-            elif w.state in (WithdrawalState.BROADCAST, WithdrawalState.REPLACED, WithdrawalState.SIGNED):
+            elif (w.state in (WithdrawalState.BROADCAST, WithdrawalState.REPLACED, WithdrawalState.SIGNED)
+                  and _lead(w) == w.request.request_id):  # a batch is sent or bumped once, by its lead
                 out.extend(self._stuck(w, height))
         return _events_first(out)
 
@@ -782,8 +852,8 @@ class WithdrawalBook:
             out.append(ReconcileNonce())
         for w in self._w.values():
             rid = w.request.request_id
-            if w.state in TERMINAL:
-                continue
+            if w.state in TERMINAL or (w.binding is not None and _lead(w) != rid):
+                continue  # a batch's bytes are signed or sent once, by its lead
             if w.binding is None:
                 out.append(CheckFunds(rid))
             elif w.latest is None:
@@ -803,7 +873,8 @@ class WithdrawalBook:
                                   else WithdrawalState.CONFIRMED))
             return []
         tx = next(a for a in w.attempts if a.txid == inc.txid)
-        fee = inc.fee_paid if inc.fee_paid is not None else tx.fee
+        fee = fee_share(inc.fee_paid if inc.fee_paid is not None else tx.fee, w.batch,
+                        w.request.request_id)
         if inc.reverted:
             ev = WithdrawalEvent(WithdrawalEventType.FAILED, w.request, txid=inc.txid,
                                  nonce=_nonce(tx.binding), fee=fee, block_number=inc.block_number,
@@ -824,11 +895,10 @@ class WithdrawalBook:
         if w.final_announced:
             return []
         assert w.binding is not None
-        for k in w.binding.spend_keys():
-            self._by_key.pop(k, None)
+        # Each member of a batch starts over alone (the same proof holds for all of them).
         self._put(replace(w, state=WithdrawalState.ACCEPTED, binding=None, epoch=w.epoch + 1,
                           retired=(*w.retired, *w.attempts), attempts=(), sent_height=None,
-                          consumed_hint=False, inclusion=None))
+                          consumed_hint=False, inclusion=None, batch=()))
         return [Commit(), CheckFunds(w.request.request_id)]
 
     def _stuck(self, w: Withdrawal, height: int) -> list[Decision]:
@@ -846,7 +916,8 @@ class WithdrawalBook:
             return []
         want = tx.fees.bumped()
         if w.consumed_hint or not self.cfg.fee_cap.covers(want):
-            self._put(replace(w, sent_height=height))
+            for m in self.members(w):
+                self._put(replace(m, sent_height=height))
             return [Broadcast(rid, tx.txid, tx.raw, again=True)]
         return [Sign(rid, w.binding, want, _last_announced(w))]
 
@@ -856,9 +927,7 @@ class WithdrawalBook:
         # every step holds what is in flight only.
         rid = w.request.request_id
         if w.binding is not None:
-            for k in w.binding.spend_keys():
-                if self._by_key.get(k) == rid:
-                    del self._by_key[k]
+            self._unkey(rid, w.binding)
         del self._w[rid]
         outcome = SettledOutcome.FAILED if w.state is WithdrawalState.FAILED else SettledOutcome.CONFIRMED
         self._fresh[rid] = (w.request.digest, self.chain, outcome)
@@ -877,12 +946,19 @@ class WithdrawalBook:
         rid = w.request.request_id
         old = self._w.get(rid)
         if old is not None and old.binding is not None and old.binding != w.binding:
-            for k in old.binding.spend_keys():
-                self._by_key.pop(k, None)
+            self._unkey(rid, old.binding)
         if w.binding is not None:
             for k in w.binding.spend_keys():
-                self._by_key[k] = rid
+                self._by_key.setdefault(k, set()).add(rid)
         self._w[rid] = w
+
+    def _unkey(self, rid: RequestId, binding: Binding) -> None:
+        for k in binding.spend_keys():
+            held = self._by_key.get(k)
+            if held is not None:
+                held.discard(rid)
+                if not held:
+                    del self._by_key[k]
 
     # --------------------------------------------------------- persistence
 
@@ -952,6 +1028,21 @@ def _events_first(ds: list[Decision]) -> list[Decision]:
     return [d for d in ds if isinstance(d, Emit)] + [d for d in ds if not isinstance(d, Emit)]
 
 
+def fee_share(fee: int, batch: Sequence[RequestId], request_id: RequestId) -> int:
+    """A member's part of a batch's ``fee``, in base units: an equal share, the remainder
+    one unit each to the first members (in request id order), so the shares of a batch
+    sum exactly to its fee. Alone (``batch`` empty): the whole fee."""
+    if not batch:
+        return fee
+    n = len(batch)
+    return fee // n + (1 if batch.index(request_id) < fee % n else 0)
+
+
+def _lead(w: Withdrawal) -> RequestId:
+    """Who signs and sends a batch's transactions (its first member); a lone request itself."""
+    return w.batch[0] if w.batch else w.request.request_id
+
+
 def _last_announced(w: Withdrawal, before: SignedTx | None = None) -> TxId | None:
     attempts = w.attempts if before is None else w.attempts[:w.attempts.index(before)]
     for a in reversed(attempts):
@@ -993,6 +1084,13 @@ def _tx_in(x: list[Any]) -> SignedTx:
 
 
 def _w_out(w: Withdrawal) -> dict[str, Any]:
+    out = _w_fields(w)
+    if w.batch:  # only then: a lone request's form is the one before batching
+        out["batch"] = list(w.batch)
+    return out
+
+
+def _w_fields(w: Withdrawal) -> dict[str, Any]:
     r = w.request
     inc = w.inclusion
     return {
@@ -1028,4 +1126,5 @@ def _w_in(x: dict[str, Any]) -> Withdrawal:
         sent_height=None if sent is None else int(sent), consumed_hint=bool(x["consumed_hint"]),
         inclusion=inclusion, final_announced=bool(x["final_announced"]),
         refusals=int(x.get("refusals", 0)), retry_height=None if retry is None else int(retry),
+        batch=tuple(RequestId(str(r)) for r in x.get("batch", ())),
     )

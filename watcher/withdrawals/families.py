@@ -12,8 +12,10 @@ for any family; the few that depend on the family go through :class:`Payments`:
   configured floor and cap; change back to the hot wallet; a bump is a replacement that
   spends exactly the same inputs (the binding) and pays exactly the same outputs.
 
-Batching several requests into one UTXO transaction is not done: each request is one
-transaction (the book would bind every request of a batch to the whole input set).
+UTXO batching (:class:`BatchPayments`, on when ``withdrawals.chains.<utxo>.batch`` is
+set): several requests paid by one transaction, one output each; the book binds every
+member to the transaction's whole input set, and every bump spends those inputs and pays
+those outputs, so at most one transaction of the batch confirms.
 """
 
 from __future__ import annotations
@@ -98,6 +100,21 @@ class Payments(Protocol):
 
     def load(self, raw: Any) -> None:
         """Restores :meth:`state` (None: a fresh start); ValueError when unreadable."""
+        ...
+
+
+class BatchPayments(Protocol):
+    """What a family that pays several requests by one transaction adds (UTXO)."""
+
+    async def can_pay_batch(self, book: WithdrawalBook, request_ids: Sequence[RequestId],
+                            tip: int) -> tuple[tuple[RequestId, ...], tuple[str, ...] | None]:
+        """The longest prefix of ``request_ids`` the hot wallet can pay together now, and
+        the inputs chosen for it (``((), None)``: not even the first)."""
+        ...
+
+    async def sign_batch(self, members: Sequence[Withdrawal], d: Sign) -> SignedTx | None:
+        """One transaction paying every member (in the book's batch order) spending
+        exactly ``d.binding``; None as :meth:`Payments.sign`."""
         ...
 
 
@@ -254,6 +271,30 @@ class UtxoPayments:
                            await self._rate(), utxo.ScriptType.P2WPKH)
         return (False, None) if plan is None else (True, plan.outpoints)
 
+    async def can_pay_batch(self, book: WithdrawalBook, request_ids: Sequence[RequestId],
+                            tip: int) -> tuple[tuple[RequestId, ...], tuple[str, ...] | None]:
+        """Coin selection for the whole group, then for shorter prefixes of it (the oldest
+        first); a recipient that cannot be paid is left out (it waits, as alone)."""
+        group: list[utxo.Payment] = []
+        for rid in request_ids:
+            w = book.get(rid)
+            payee = None if w is None else self._payee(w.request.to_address)
+            if w is not None and payee is not None:
+                group.append(utxo.Payment(rid, payee[1], w.request.amount))
+        bound = {k.removeprefix("in:") for k in book.bound_keys() if k.startswith("in:")}
+        coins = self.coins.spendable(tip, self._rules, bound)
+        await self.balances()
+        have = sum(u.value for u in coins)
+        rate: int | None = None
+        for n in range(len(group), 0, -1):
+            if have <= sum(p.amount for p in group[:n]):
+                continue  # not enough whatever the fee: no need to ask a node
+            rate = await self._rate() if rate is None else rate
+            plan = utxo.select(coins, group[:n], rate, utxo.ScriptType.P2WPKH)
+            if plan is not None:
+                return tuple(RequestId(p.request_id) for p in group[:n]), plan.outpoints
+        return (), None
+
     def _inputs(self, binding: InputsBinding) -> list[utxo.Utxo]:
         out = []
         for op in binding.outpoints:
@@ -265,38 +306,50 @@ class UtxoPayments:
         return out
 
     async def sign(self, w: Withdrawal, d: Sign) -> SignedTx | None:
-        if not isinstance(d.binding, InputsBinding) or d.request_id != w.request.request_id:
+        if d.request_id != w.request.request_id:
             raise ValueError("a UTXO payment is signed for its own request and inputs")
-        payee = self._payee(w.request.to_address)
-        if payee is None:
-            return None
-        spk, kind = payee
+        return await self.sign_batch([w], d)
+
+    async def sign_batch(self, members: Sequence[Withdrawal], d: Sign) -> SignedTx | None:
+        """One output per member in the given order, then the change; alone: one member."""
+        if (not isinstance(d.binding, InputsBinding) or not members
+                or any(m.binding != d.binding for m in members)
+                or d.request_id != members[0].request.request_id):
+            raise ValueError("a UTXO payment is signed for its own requests and inputs")
+        payees = [self._payee(m.request.to_address) for m in members]
+        scripts: list[bytes] = []
+        payments: list[utxo.Payment] = []
+        for m, payee in zip(members, payees, strict=True):
+            if payee is None:
+                return None
+            scripts.append(payee[0])
+            payments.append(utxo.Payment(m.request.request_id, payee[1], m.request.amount))
         inputs = self._inputs(d.binding)
-        payment = utxo.Payment(w.request.request_id, kind, w.request.amount)
         market = max(await self._rate(), d.min_fees.max_fee)
-        prev = w.latest
+        prev = members[0].latest
         if prev is None:
             # The selection's rate may have moved since: the quote, else the floor (at which
             # these inputs were enough when they were selected).
-            plan = (utxo.plan_for(inputs, [payment], market, utxo.ScriptType.P2WPKH)
-                    or utxo.plan_for(inputs, [payment], max(self._floor, d.min_fees.max_fee),
+            plan = (utxo.plan_for(inputs, payments, market, utxo.ScriptType.P2WPKH)
+                    or utxo.plan_for(inputs, payments, max(self._floor, d.min_fees.max_fee),
                                      utxo.ScriptType.P2WPKH))
         else:
-            plan = utxo.bump(self._plan_of(prev, inputs, payment), market, self._cap)
+            plan = utxo.bump(self._plan_of(prev, inputs, payments), market, self._cap)
         if plan is None or plan.fee_rate > self._cap or plan.fee_rate < d.min_fees.max_fee:
             return None
-        signed = await sign_p2wpkh(payment_tx(plan, [spk], self._hot_script), self._signer)
+        signed = await sign_p2wpkh(payment_tx(plan, scripts, self._hot_script), self._signer)
         return SignedTx(signed.txid, signed.raw, d.binding, Fees(plan.fee_rate, 0), plan.fee)
 
-    def _plan_of(self, tx: SignedTx, inputs: list[utxo.Utxo], payment: utxo.Payment) -> utxo.Plan:
-        """The plan a recorded transaction carried out: same inputs, same payment, its
-        fee; what is left is the change (none when the fee took all of it)."""
-        change = sum(u.value for u in inputs) - payment.amount - tx.fee
+    def _plan_of(self, tx: SignedTx, inputs: list[utxo.Utxo],
+                 payments: Sequence[utxo.Payment]) -> utxo.Plan:
+        """The plan a recorded transaction carried out: same inputs, same payments, its
+        (whole) fee; what is left is the change (none when the fee took all of it)."""
+        change = sum(u.value for u in inputs) - sum(p.amount for p in payments) - tx.fee
         if change < 0:
             raise ValueError("a recorded payment spends more than its inputs")
-        outs = [payment.script] + ([utxo.ScriptType.P2WPKH] if change else [])
+        outs = [p.script for p in payments] + ([utxo.ScriptType.P2WPKH] if change else [])
         size = utxo.vsize([u.script for u in inputs], outs)
-        return utxo.Plan(tuple(inputs), (payment,), utxo.ScriptType.P2WPKH, change, tx.fee,
+        return utxo.Plan(tuple(inputs), tuple(payments), utxo.ScriptType.P2WPKH, change, tx.fee,
                          tx.fees.max_fee, size)
 
     async def nonce_counts(self) -> tuple[int, int]:

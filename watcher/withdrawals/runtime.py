@@ -59,6 +59,7 @@ import orjson
 import structlog
 
 from watcher.config import ChainConfig, ChainWithdrawals
+from watcher.core.batching import batches_due
 from watcher.core.settled import SettledIndex
 from watcher.core.withdrawals import (
     TERMINAL,
@@ -109,7 +110,7 @@ from watcher.ports import (
 from watcher.runtime.follower import FollowerStatus
 from watcher.types import Address, BlockHash, ChainHead, ChainId
 from watcher.withdrawals.events import rejection_record, withdrawal_record
-from watcher.withdrawals.families import EvmPayments, Payments, UtxoPayments
+from watcher.withdrawals.families import BatchPayments, EvmPayments, Payments, UtxoPayments
 from watcher.withdrawals.intake import Accepted, DeadLetter, IntakePolicy, Rejected, Repeat, evaluate
 from watcher.withdrawals.order import RequestOrder
 from watcher.withdrawals.policy import machine_config
@@ -193,6 +194,14 @@ class WithdrawalRunner:
         self._clock = clock
         self._mcfg = machine_config(cw, chain.family)
         self.family: Payments = payments or payments_for(chain, cw, policy, signer, node)
+        # A batch recorded in the book is signed as one whatever the configuration says now;
+        # the configuration only decides whether new requests are gathered.
+        self._batcher: BatchPayments | None = (self.family if isinstance(self.family, UtxoPayments)
+                                               else None)
+        self._batch = cw.batch if self._batcher is not None else None
+        self._gathering: dict[RequestId, int] = {}
+        """Batching: requests waiting for company -> tip height when they first waited. In
+        memory only: after a restart :meth:`WithdrawalBook.resume` asks for them again."""
         self.hot_address: Address = self.family.hot_address
         self._assets = dict(policy.chains[chain.id].assets)
         self.book = WithdrawalBook(chain.id, self._mcfg)
@@ -433,6 +442,8 @@ class WithdrawalRunner:
             finalized = head.number - self._ccfg.finality_depth
         await self._settle(await self._carry_all(
             self.book.tip(head.number, finalized if finalized >= 0 else None)))
+        if self._batch is not None and self._gathering:
+            await self._settle(await self._pay_gathered())
         if self._clock() - self._balances_at >= BALANCE_EVERY_S:
             with contextlib.suppress(ChainError):
                 await self._balances()
@@ -513,6 +524,12 @@ class WithdrawalRunner:
         elif isinstance(d, Bind):
             pass  # recorded in the book; effective with the Commit that follows
         elif isinstance(d, CheckFunds):
+            if self._batch is not None:
+                # Gathered, paid with others at the end of a round (:meth:`_pay_gathered`).
+                w = book.get(d.request_id)
+                if w is not None and w.binding is None and w.state not in TERMINAL:
+                    self._gathering.setdefault(d.request_id, self._tip)
+                return None
             available, inputs = await self.family.can_pay(book, d.request_id, self._tip)
             return await self._carry(book.funds(d.request_id, available, inputs))
         elif isinstance(d, ReconcileNonce):
@@ -536,11 +553,56 @@ class WithdrawalRunner:
                                                            self._tip))
         return None
 
+    async def _pay_gathered(self) -> list[list[Decision]]:
+        """The gathered requests that are due (:func:`batches_due`): each group is bound
+        as one batch to the inputs coin selection finds for it (the longest prefix that
+        can be paid; the rest wait for funds, and are gathered again)."""
+        assert self._batch is not None and self._batcher is not None
+        book = self.book
+        waiting: list[list[Decision]] = []
+        for group in batches_due(self._gathering, self._tip, self._batch.max_outputs,
+                                 self._batch.max_wait_blocks):
+            live = []
+            for rid in group:
+                self._gathering.pop(rid, None)
+                w = book.get(rid)
+                if w is not None and w.binding is None and w.state in (
+                        WithdrawalState.ACCEPTED, WithdrawalState.WAITING_FUNDS):
+                    live.append(rid)
+            try:
+                if len(live) == 1:
+                    available, inputs = await self.family.can_pay(book, live[0], self._tip)
+                    paid = tuple(live) if available else ()
+                else:
+                    paid, inputs = await self._batcher.can_pay_batch(book, live, self._tip)
+            except (ChainError, SignerError) as exc:
+                log.warning("withdrawals: batch postponed", chain=self.chain, error=str(exc))
+                for rid in live:
+                    self._gathering.setdefault(rid, self._tip)
+                continue
+            ds: list[Decision] = []
+            for rid in live:
+                if rid not in paid:
+                    ds.extend(book.funds(rid, False))
+            if len(paid) == 1:
+                ds.extend(book.funds(paid[0], True, inputs))
+            elif paid and inputs:
+                log.info("withdrawals: batch bound", chain=self.chain, requests=len(paid),
+                         inputs=len(inputs))
+                ds.extend(book.funds_batch(paid, inputs))
+            waiting.extend(await self._carry_all(ds))
+        return waiting
+
     async def _sign(self, d: Sign) -> list[Decision] | None:
         w = self.book.get(d.request_id)
         if w is None or w.binding != d.binding or w.state in TERMINAL:
             return None  # decided before a rebinding or a settlement: nothing to sign any more
-        signed = await self.family.sign(w, d)
+        if w.batch:
+            if self._batcher is None:
+                raise ValueError(f"chain {self.chain}: a batch on a family that does not batch")
+            signed = await self._batcher.sign_batch(self.book.members(w), d)
+        else:
+            signed = await self.family.sign(w, d)
         if signed is None:
             # No room for a bump (fee cap, or UTXO change too small): the same bytes go out
             # again, which also restarts the stuck count instead of re-deciding every round.
