@@ -132,7 +132,7 @@ async def _consume_until(kafka: Any, topic: str, want: set[str], proc: subproces
     # The partitions, as the watcher's own reader finds them; then a consumer that waits at
     # most 20 ms a fetch, so the last commit is seen when it lands (not up to 0.5 s later).
     probe = ManualConsumer(kafka, topic, timeout_s=30)
-    partitions = await probe.start()
+    partitions = await probe.start(assign=False)
     await probe.stop()
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers,
                                 isolation_level="read_committed", enable_auto_commit=False,
@@ -179,15 +179,19 @@ async def _provision(cfg: Path) -> Any:
     """Creates the watcher's topics and waits until every partition has a leader; the
     Kafka configuration."""
     from watcher.config import load
-    from watcher.kafka.client import ManualConsumer, ensure_topics
+    from watcher.kafka.client import ManualConsumer, checkpoint_topic, ensure_topics
 
-    kafka = load(str(cfg)).kafka
-    await ensure_topics(kafka)
-    for topic in (kafka.topics.deposits, kafka.topics.checkpoints, kafka.topics.address_registrations):
+    loaded = load(str(cfg))
+    kafka = loaded.kafka
+    # Every topic the watcher needs, its chains' checkpoint topics included (a deployment
+    # coming back after an outage has them all).
+    await ensure_topics(kafka, chains=list(loaded.chains))
+    for topic in (kafka.topics.deposits, *(checkpoint_topic(kafka.topics, c) for c in loaded.chains),
+                  kafka.topics.address_registrations):
         for _ in range(100):
             consumer = ManualConsumer(kafka, topic, timeout_s=10)
             try:
-                await consumer.start()
+                await consumer.start(assign=False)
                 await consumer.end_offsets()
                 break
             except Exception:

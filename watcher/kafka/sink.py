@@ -45,6 +45,7 @@ from watcher.kafka.client import (
     CHECKPOINT_PARTITION,
     MAX_CHECKPOINT_BYTES,
     MAX_MESSAGE_BYTES,
+    SHORT_READ_FETCH_WAIT_MS,
     Consumed,
     ManualConsumer,
     checkpoint_topic,
@@ -481,14 +482,18 @@ async def read_last(cfg: KafkaConfig, topic: str, partition: int, key: bytes, *,
     beginning gives.
     """
     deadline = time.monotonic() + timeout_s
-    probe = ManualConsumer(cfg, topic, read_committed=False, timeout_s=timeout_s)
-    await probe.start([partition])
+    # Offsets are asked before the partition is assigned (see ManualConsumer), and the read
+    # is short-lived: a short fetch wait costs nothing here and ends each read sooner.
+    probe = ManualConsumer(cfg, topic, read_committed=False, timeout_s=timeout_s,
+                           fetch_max_wait_ms=SHORT_READ_FETCH_WAIT_MS)
+    await probe.start([partition], assign=False)
     try:
         high_watermark = (await probe.end_offsets())[partition]
     finally:
         await probe.stop()
-    consumer = ManualConsumer(cfg, topic, timeout_s=timeout_s)
-    await consumer.start([partition])
+    consumer = ManualConsumer(cfg, topic, timeout_s=timeout_s,
+                              fetch_max_wait_ms=SHORT_READ_FETCH_WAIT_MS)
+    await consumer.start([partition], assign=False)
     try:
         begin = (await consumer.beginning_offsets())[partition]
         end = (await consumer.end_offsets())[partition]
@@ -499,6 +504,7 @@ async def read_last(cfg: KafkaConfig, topic: str, partition: int, key: bytes, *,
                                 f"{high_watermark}; the last committed value is not known yet")
             await asyncio.sleep(0.05)
             end = (await consumer.end_offsets())[partition]
+        consumer.assign()
         hi, window = end, 64
         while hi > begin:
             lo = max(begin, hi - window)
