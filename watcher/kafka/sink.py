@@ -52,6 +52,7 @@ from watcher.kafka.client import (
     connection_kwargs,
     topic_exists,
 )
+from watcher.kafka.partitioner import JavaCompatiblePartitioner
 from watcher.metrics import DEAD_LETTERS, KAFKA_COMMIT_LATENCY, KAFKA_COMMITS
 from watcher.ports import OutRecord
 
@@ -98,6 +99,9 @@ def producer_kwargs(cfg: KafkaConfig, timeout_s: float) -> dict[str, Any]:
         "max_request_size": MAX_MESSAGE_BYTES,
         "max_batch_size": 256 * 1024,
         "request_timeout_ms": int(timeout_s * 1000),
+        # The Java client's key partitioning (same partition per key), ~3x cheaper than
+        # aiokafka's byte-by-byte murmur2, its largest cost per record in catch-up.
+        "partitioner": JavaCompatiblePartitioner(),
     }
 
 
