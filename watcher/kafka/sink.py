@@ -490,14 +490,23 @@ async def read_last(cfg: KafkaConfig, topic: str, partition: int, key: bytes, *,
     # is short-lived: a short fetch wait costs nothing here and ends each read sooner.
     probe = ManualConsumer(cfg, topic, read_committed=False, timeout_s=timeout_s,
                            fetch_max_wait_ms=SHORT_READ_FETCH_WAIT_MS)
-    await probe.start([partition], assign=False)
-    try:
-        high_watermark = (await probe.end_offsets())[partition]
-    finally:
-        await probe.stop()
     consumer = ManualConsumer(cfg, topic, timeout_s=timeout_s,
                               fetch_max_wait_ms=SHORT_READ_FETCH_WAIT_MS)
-    await consumer.start([partition], assign=False)
+    # Both connect at once (each start is a bootstrap and a metadata round); the high
+    # watermark is still taken before the committed end is first asked.
+    started = await asyncio.gather(probe.start([partition], assign=False),
+                                   consumer.start([partition], assign=False),
+                                   return_exceptions=True)
+    try:
+        for outcome in started:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        high_watermark = (await probe.end_offsets())[partition]
+    except BaseException:
+        await consumer.stop()
+        raise
+    finally:
+        await probe.stop()
     try:
         begin = (await consumer.beginning_offsets())[partition]
         end = (await consumer.end_offsets())[partition]

@@ -118,6 +118,8 @@ class ChainFollower:
         self.clock = clock
         self.status = FollowerStatus()
         self.state: ChainState | None = None
+        self._checkpoint_read: tuple[bytes | None] | None = None
+        """The committed checkpoint as :meth:`start` read it, for the first state load only."""
         self._checkpoint_name = f"chain:{cfg.id}"
         self._prefetch: asyncio.Task[_Batch | None] | None = None
         self._node_behind = False
@@ -135,6 +137,12 @@ class ChainFollower:
         # Fence first: an older instance's open transaction is aborted by this, and only
         # then can the checkpoint be read up to the true end.
         await self.sink.start()
+        # The checkpoint needs no watched address: read it now, while the registrations
+        # load, not after them. Read after the fencing above, so it is the true last one;
+        # nobody else writes it unless they fence this sink (whose commits then fail and
+        # the state is reloaded). A failure here is left to the first step to retry.
+        with contextlib.suppress(SinkError):
+            self._checkpoint_read = (await self.sink.load_checkpoint(self._checkpoint_name),)
         try:
             await self.source.verify_identity()
         except ChainError as exc:
@@ -497,7 +505,8 @@ class ChainFollower:
 
     async def _load_state(self) -> ChainState:
         cfg = self.cfg
-        data = await self.sink.load_checkpoint(self._checkpoint_name)
+        read, self._checkpoint_read = self._checkpoint_read, None
+        data = read[0] if read is not None else await self.sink.load_checkpoint(self._checkpoint_name)
         if data is None:
             log.info("no checkpoint; starting fresh", chain=cfg.id, start_block=cfg.start_block)
             return ChainState(cfg.id, cfg.reorg_window, self._required_for,
