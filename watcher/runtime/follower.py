@@ -122,6 +122,15 @@ class ChainFollower:
         """The committed checkpoint as :meth:`start` read it, for the first state load only."""
         self._checkpoint_name = f"chain:{cfg.id}"
         self._prefetch: asyncio.Task[_Batch | None] | None = None
+        self._next_headers: tuple[BlockRef, asyncio.Task[list[BlockRef] | None]] | None = None
+        """Headers of the range after the one being prefetched, asked while its contents are
+        (they follow the block of the pair): the scan workers need not wait for them."""
+        self._prefetch_head = -1
+        """The head height the prefetch was started under (how far its follower may read)."""
+        self._prefetch_final: int | None = None
+        """The highest block final under that head (config's finality): headers are asked
+        ahead only up to it, where a reorg halts the chain anyway; above it a header asked a
+        range early could name a block orphaned meanwhile and get it published."""
         self._node_behind = False
         self.mempool = mempool
         self.mempool_drop_after_s = mempool_drop_after_s
@@ -463,6 +472,10 @@ class ChainFollower:
         if remaining <= 0 or self._prefetch is not None:
             return
         outpoints = self._watch_outpoints(self.state) if self.state else frozenset()
+        self._prefetch_head = head.number
+        self._prefetch_final = (head.finalized_number
+                                if self.cfg.finality_mode is FinalityMode.FINALIZED
+                                else head.number - self.cfg.finality_depth)
         self._prefetch = asyncio.create_task(
             self._fetch_range(tip, min(self.cfg.batch_size, remaining), outpoints))
 
@@ -477,9 +490,10 @@ class ChainFollower:
     async def _fetch_range(self, tip: BlockRef, count: int,
                            outpoints: frozenset[Outpoint]) -> _Batch | None:
         try:
-            refs = linked_prefix(await self.source.headers(tip.number + 1, count))
+            refs = await self._headers_after(tip, count)
             if not refs or refs[0].parent_hash != tip.hash:
                 return None
+            self._ask_next_headers(refs[-1])
             contents = await self.source.contents(refs, self.addresses)
             return _Batch(tuple(refs), tuple(contents), outpoints)
         except asyncio.CancelledError:
@@ -487,6 +501,42 @@ class ChainFollower:
         except Exception:
             # and reports any error with its own counting and classification.
             return None
+
+    async def _headers_after(self, tip: BlockRef, count: int) -> list[BlockRef]:
+        """The linked headers of up to ``count`` blocks after ``tip``: those asked ahead when
+        they follow ``tip`` itself (same hash), else asked now. Headers asked a moment
+        earlier are checked exactly as fresh ones (parent link to the tip, then the window),
+        as prefetched contents are."""
+        ahead, self._next_headers = self._next_headers, None
+        if ahead is not None:
+            base, task = ahead
+            if base == tip:
+                refs = await task
+                if refs and refs[0].parent_hash == tip.hash:
+                    return refs[:count]
+            else:
+                task.cancel()
+        return linked_prefix(await self.source.headers(tip.number + 1, count))
+
+    def _ask_next_headers(self, last: BlockRef) -> None:
+        """Asks the headers of the range after ``last`` now, when it is all final (see
+        ``_prefetch_final``): catch-up far behind the head, where the scan workers would
+        otherwise wait for them at each range."""
+        remaining = self._prefetch_head - last.number
+        final = self._prefetch_final
+        count = min(self.cfg.batch_size, remaining)
+        if count <= 0 or final is None or last.number + count > final:
+            return
+
+        async def ask() -> list[BlockRef] | None:
+            try:
+                return linked_prefix(await self.source.headers(last.number + 1, count))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                return None  # asked again, in the open, by whoever needs them
+
+        self._next_headers = (last, asyncio.create_task(ask()))
 
     async def _take_prefetch(self) -> _Batch | None:
         task, self._prefetch = self._prefetch, None
@@ -500,6 +550,12 @@ class ChainFollower:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # After the prefetch: until it ended, it could still ask for the next headers.
+        ahead, self._next_headers = self._next_headers, None
+        if ahead is not None:
+            ahead[1].cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await ahead[1]
 
     # ------------------------------------------------------------ helpers
 
