@@ -326,7 +326,8 @@ async def test_headers_of_the_next_final_range_are_asked_while_contents_are_fetc
     assert await drain(f) is StepOutcome.CAUGHT_UP
     assert f.status.processed_height == 40
     t = sim.trace.index
-    # 11-15 and 16-20 asked before the contents of the range before them were answered.
+    # 6-10, 11-15 and 16-20 asked before the contents of the range before them were answered.
+    assert t(("headers", 6)) < t(("contents-answered", 1))
     assert t(("headers", 11)) < t(("contents-answered", 6))
     assert t(("headers", 16)) < t(("contents-answered", 11))
     # 31-35 would end above block 28: asked only once 26-30 is done.

@@ -464,6 +464,9 @@ class ChainFollower:
             decision = state.window.decide(branch)
         if isinstance(decision, BeyondWindow):
             return decision
+        if decision.added and self._prefetch is None:
+            self._set_prefetch_bounds(head)
+            self._ask_next_headers(decision.added[-1])  # for the prefetch that follows this
         contents = await self.source.contents(decision.added, self.addresses)
         return decision, tuple(contents)
 
@@ -472,12 +475,15 @@ class ChainFollower:
         if remaining <= 0 or self._prefetch is not None:
             return
         outpoints = self._watch_outpoints(self.state) if self.state else frozenset()
+        self._set_prefetch_bounds(head)
+        self._prefetch = asyncio.create_task(
+            self._fetch_range(tip, min(self.cfg.batch_size, remaining), outpoints))
+
+    def _set_prefetch_bounds(self, head: ChainHead) -> None:
         self._prefetch_head = head.number
         self._prefetch_final = (head.finalized_number
                                 if self.cfg.finality_mode is FinalityMode.FINALIZED
                                 else head.number - self.cfg.finality_depth)
-        self._prefetch = asyncio.create_task(
-            self._fetch_range(tip, min(self.cfg.batch_size, remaining), outpoints))
 
     def _watch_outpoints(self, state: ChainState) -> frozenset[Outpoint]:
         """Tells the mempool source which outpoints' spenders block contents must list."""
@@ -536,6 +542,8 @@ class ChainFollower:
             except Exception:
                 return None  # asked again, in the open, by whoever needs them
 
+        if self._next_headers is not None:
+            self._next_headers[1].cancel()  # asked after another tip: never used
         self._next_headers = (last, asyncio.create_task(ask()))
 
     async def _take_prefetch(self) -> _Batch | None:
