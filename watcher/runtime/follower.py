@@ -273,6 +273,11 @@ class ChainFollower:
             return StepOutcome.HALTED
 
         decision, contents = batch
+        if decision.added:
+            # Start fetching the next range now, while this one is applied and committed:
+            # it follows this batch's last block, the tip once applied. Used only if it links
+            # to the tip the next step finds (so never after a failed apply or commit).
+            self._start_prefetch(decision.added[-1], head)
         agreed = await self._quorum(state.due_after(decision, contents, self._required_for))
         applied = state.apply(decision, contents, self._label_of, agreed)
         now = self.clock()
@@ -286,8 +291,6 @@ class ChainFollower:
         # finality advance; taking it from the node's head before the branch was checked would
         # flag a reorg that happened while we were down as a finality violation.
         state.window.set_finalized(self._finalized(head, new_tip))
-        # Start fetching the next range while this one commits.
-        self._start_prefetch(new_tip, head)
         await self.sink.commit(records, self._checkpoint_name, state.snapshot())
         self._count_unconfirmed(applied.unconfirmed, mined=applied.mined)
 
