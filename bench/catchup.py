@@ -206,27 +206,67 @@ def main(argv: Sequence[str] | None = None) -> int:
             kafka_pid = int((Path(tmp) / "run" / "kafka.pid").read_text().split()[0])
             _pin(kafka_pid, 1)
             with ReplayServer(directory, cpu=1) as replay:
-                # This VM's speed varies run to run: every figure is a median of --repeat runs
-                # with the range beside it, the tools interleaved run by run.
-                e2e: dict[str, list[float]] = {"unpinned": [], "core 0": []}
+                # The peers' tunings first (cached after the first use).
+                from bench import cryo_peer, etl_baseline
+
+                use_cryo, use_etl = not args.skip_cryo, not args.skip_etl
+                if use_cryo:
+                    cryo_peer.ensure_cryo_venv()
+                    if args.retune or not (cryo_peer.DATA_ROOT / "cryo-best.json").exists():
+                        cryo_peer.tune(replay.url, start, end, str(meta["token"]))
+                if use_etl:
+                    best_path = etl_baseline.DATA_ROOT / "etl-best.json"
+                    if args.retune or not best_path.exists():
+                        etl_baseline.tune(replay.url, start, min(end, start + 399), cpu=0)
+                # This VM's speed varies minute to minute (it is shared): every figure is a
+                # median of --repeat runs with the range beside it, and each round runs every
+                # tool once, so that all tools see the same minutes (a ratio of runs taken
+                # minutes apart measured the load more than the tools).
+                runs: dict[str, list[float]] = {}
                 cpu_busy: list[float] = []
+                pinnings: tuple[tuple[str, list[int] | None], ...] = (("unpinned", None),
+                                                                      ("core 0", [0]))
                 for _ in range(args.repeat):
-                    for pin, cpus in (("unpinned", None), ("core 0", [0])):
+                    for pin, cpus in pinnings:
                         res, problems = run_end_to_end(replay.url, kafka.bootstrap_servers, directory,
                                                        cpus=cpus, label=pin.replace(" ", ""))
                         if problems:
                             raise SystemExit("watcher end to end: output differs from the record:\n  "
                                              + "\n  ".join(problems[:20]))
-                        e2e[pin].append(res.blocks_per_s)
+                        runs.setdefault(f"watcher {pin}", []).append(res.blocks_per_s)
                         if cpus is None:
                             cpu_busy.append(res.cpu_seconds / res.seconds)
+                        if use_cryo:
+                            runs.setdefault(f"cryo {pin}", []).append(cryo_peer.run_cryo(
+                                replay.url, start, end, str(meta["token"]), cpus=cpus).blocks_per_s)
+                        if use_etl:
+                            runs.setdefault(f"etl {pin}", []).append(etl_baseline.run_etl_baseline(
+                                replay.url, start, end, cpu=cpus[0] if cpus else None))
                 checked = (f"all {len(want):,} deposits match the record field by field "
                            "(id, amount, address, token, block, block hash)")
                 figures.append(Figure("watcher-2", "watcher end to end (`watcher run`, start to last commit)",
-                                      "unpinned (2 cores)", tuple(e2e["unpinned"]),
+                                      "unpinned (2 cores)", tuple(runs["watcher unpinned"]),
                                       f"CPU {statistics.median(cpu_busy):.0%} of one core; " + checked))
                 figures.append(Figure("watcher-1", "watcher end to end", "core 0 (1 core)",
-                                      tuple(e2e["core 0"])))
+                                      tuple(runs["watcher core 0"])))
+                if use_cryo:
+                    c, k = cryo_peer.best_settings()
+                    what = (f"cryo {cryo_peer.CRYO_VERSION} (blocks+txs+filtered logs, no receipts; "
+                            f"{c} requests, chunk {k})")
+                    figures.append(Figure("cryo-2", what, "unpinned (2 cores)", tuple(runs["cryo unpinned"]),
+                                          "process start to exit"))
+                    figures.append(Figure("cryo-1", "cryo, same", "core 0 (1 core)",
+                                          tuple(runs["cryo core 0"])))
+                if use_etl:
+                    best = etl_baseline.best_settings()
+                    best_path = etl_baseline.DATA_ROOT / "etl-best.json"
+                    tuned_at = time.strftime("%Y-%m-%d", time.gmtime(best_path.stat().st_mtime))
+                    what = (f"ethereum-etl {etl_baseline.ETL_VERSION} tuned ({best.flavor}, batch "
+                            f"{best.batch_size}, {best.max_workers} workers; tuned {tuned_at})")
+                    figures.append(Figure("etl-1", what, "core 0 (1 core)", tuple(runs["etl core 0"]),
+                                          "its own logged time (start-up left out)"))
+                    figures.append(Figure("etl-2", "ethereum-etl tuned", "unpinned (2 cores)",
+                                          tuple(runs["etl unpinned"])))
                 if not args.skip_steady:
                     for _ in range(args.repeat):
                         for bloom in (True, False):
@@ -246,41 +286,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           "unpinned (2 cores)", off,
                                           f"checks on / off: {ratio:.2f} (#6 target >= 0.90; "
                                           "below the run-to-run noise when the ranges overlap)"))
-                if not args.skip_cryo:
-                    from bench import cryo_peer
-
-                    cryo_peer.ensure_cryo_venv()
-                    if args.retune or not (cryo_peer.DATA_ROOT / "cryo-best.json").exists():
-                        cryo_peer.tune(replay.url, start, end, str(meta["token"]))
-                    runs: dict[str, list[float]] = {"unpinned": [], "core 0": []}
-                    for _ in range(args.repeat):
-                        for pin, cpus in (("unpinned", None), ("core 0", [0])):
-                            runs[pin].append(cryo_peer.run_cryo(replay.url, start, end, str(meta["token"]),
-                                                                cpus=cpus).blocks_per_s)
-                    c, k = cryo_peer.best_settings()
-                    what = (f"cryo {cryo_peer.CRYO_VERSION} (blocks+txs+filtered logs, no receipts; "
-                            f"{c} requests, chunk {k})")
-                    figures.append(Figure("cryo-2", what, "unpinned (2 cores)", tuple(runs["unpinned"]),
-                                          "process start to exit"))
-                    figures.append(Figure("cryo-1", "cryo, same", "core 0 (1 core)", tuple(runs["core 0"])))
-                if not args.skip_etl:
-                    from bench import etl_baseline
-
-                    best_path = etl_baseline.DATA_ROOT / "etl-best.json"
-                    if args.retune or not best_path.exists():
-                        etl_baseline.tune(replay.url, start, min(end, start + 399), cpu=0)
-                    best = etl_baseline.best_settings()
-                    tuned_at = time.strftime("%Y-%m-%d", time.gmtime(best_path.stat().st_mtime))
-                    runs = {"unpinned": [], "core 0": []}
-                    for _ in range(args.repeat):
-                        for pin, cpu in (("unpinned", None), ("core 0", 0)):
-                            runs[pin].append(etl_baseline.run_etl_baseline(replay.url, start, end, cpu=cpu))
-                    what = (f"ethereum-etl {etl_baseline.ETL_VERSION} tuned ({best.flavor}, batch "
-                            f"{best.batch_size}, {best.max_workers} workers; tuned {tuned_at})")
-                    figures.append(Figure("etl-1", what, "core 0 (1 core)", tuple(runs["core 0"]),
-                                          "its own logged time (start-up left out)"))
-                    figures.append(Figure("etl-2", "ethereum-etl tuned", "unpinned (2 cores)",
-                                          tuple(runs["unpinned"])))
             if not args.skip_anvil:
                 with start_anvil_from_data(directory) as anvil:
                     _pin(anvil.proc.pid, 1)
@@ -298,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"replay server; the server and Kafka pinned to core 1; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"watcher settings: batch_size {args.batch_size}, max_concurrency {args.concurrency}, "
-          f"blocks_per_request {args.blocks_per_request}")
+          f"blocks_per_request {args.blocks_per_request}; each of the {args.repeat} rounds ran every "
+          "tool once (watcher, cryo, ethereum-etl; unpinned, then on core 0); "
+          f"load average at the end {os.getloadavg()[0]:.1f}")
     print(f"{'blocks/s':>8}  {'(range, runs)':<18}{'pinning':<20}tool")
     for f in figures:
         print(f.line())

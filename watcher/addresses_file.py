@@ -92,6 +92,9 @@ def parse_addresses(raw: Any, codecs: Mapping[str, AddressCodec]) -> dict[str, l
     return out
 
 
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_addresses_file(path: Path,
                         codecs: Mapping[str, AddressCodec]) -> dict[str, list[FileEntry]]:
     try:
@@ -101,7 +104,9 @@ def read_addresses_file(path: Path,
     except UnicodeDecodeError as exc:
         raise ConfigError(KEY, f"{path} is not UTF-8 text") from exc
     try:
-        raw = yaml.safe_load(text)
+        # libyaml's parser where PyYAML has it (the same safe constructors and resolvers, so
+        # the same values): the pure-Python one took ~0.1 s of CPU a start for 1,000 addresses.
+        raw = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         raise ConfigError(KEY, f"{path} is not valid YAML: {exc}") from exc
     return parse_addresses(raw, codecs)

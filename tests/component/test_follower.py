@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -292,3 +293,71 @@ def test_confirmed_deposits_observe_the_wait_for_credit() -> None:
                      DepositEvent(DepositEventType.REVERTED, d, 0, DepositEventType.CONFIRMED)])
     assert sample("watcher_deposit_confirmation_seconds_count") == count + 1
     assert sample("watcher_deposit_confirmation_seconds_sum") == total + 600
+
+
+class RecordingSim(SimChain):
+    """Records the order of header requests and of contents requests and answers; each
+    contents request yields to the event loop first, as a network round trip does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trace: list[tuple[str, int]] = []
+
+    async def headers(self, start: int, count: int) -> list[Any]:
+        self.trace.append(("headers", start))
+        return await super().headers(start, count)
+
+    async def contents(self, refs: Any, watched: Any) -> list[Any]:
+        self.trace.append(("contents", refs[0].number))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        got = await super().contents(refs, watched)
+        self.trace.append(("contents-answered", refs[0].number))
+        return got
+
+
+async def test_headers_of_the_next_final_range_are_asked_while_contents_are_fetched() -> None:
+    """Batches of 5, finality depth 12, head 40: the ranges up to block 28 are final."""
+    sim, sink = RecordingSim(), MemorySink()
+    for i in range(1, 41):
+        sim.mine(transfer(f"0x{i:x}", ALICE, 10**18)) if i % 5 == 0 else sim.mine_empty(1)
+    f = follower(sim, sink, start_block=1)
+    await f.start()
+    assert await drain(f) is StepOutcome.CAUGHT_UP
+    assert f.status.processed_height == 40
+    t = sim.trace.index
+    # 6-10, 11-15 and 16-20 asked before the contents of the range before them were answered.
+    assert t(("headers", 6)) < t(("contents-answered", 1))
+    assert t(("headers", 11)) < t(("contents-answered", 6))
+    assert t(("headers", 16)) < t(("contents-answered", 11))
+    # 31-35 would end above block 28: asked only once 26-30 is done.
+    assert t(("headers", 31)) > t(("contents-answered", 26))
+    # Every header asked once; every deposit confirmed once, in order.
+    starts = [start for kind, start in sim.trace if kind == "headers"]
+    assert len(starts) == len(set(starts))
+    assert [e["block_number"] for e in sink.events() if e["type"] == "deposit.confirmed"] == \
+        [5, 10, 15, 20, 25, 30, 35]
+
+
+async def test_no_header_is_asked_ahead_above_finality_so_a_reorg_there_publishes_nothing_orphaned(
+        ) -> None:
+    """Batches of 5, finality depth 12, head 20: after the first step, blocks 6-10 are being
+    prefetched; 11-15 lie above finality (8), so they are not asked ahead. The chain then
+    reorgs from 11: the deposit of the orphaned block 12 is never published, the new
+    branch's deposit at 12 is."""
+    sim, sink = RecordingSim(), MemorySink()
+    for i in range(1, 21):
+        sim.mine(transfer("0xold", ALICE, 10**18)) if i == 12 else sim.mine_empty(1)
+    f = follower(sim, sink, start_block=1)
+    await f.start()
+    assert await f.step() is StepOutcome.PROGRESS         # blocks 1-5; 6-10 prefetched
+    for _ in range(10):
+        await asyncio.sleep(0)                             # the prefetch runs to its end
+    assert ("headers", 11) not in sim.trace
+    sim.fork_at(11)
+    for i in range(11, 22):
+        sim.mine(transfer("0xnew", ALICE, 10**18)) if i == 12 else sim.mine_empty(1)
+    assert await drain(f) is StepOutcome.CAUGHT_UP
+    assert f.status.processed_height == 21
+    published = {(e["deposit_id"], e["block_hash"]) for e in sink.events()}
+    assert published == {("eth:0xnew:tx", sim.ref_at(12).hash)}

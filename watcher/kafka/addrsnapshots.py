@@ -47,7 +47,7 @@ from watcher.core.addrsnapshot import (
     manifest_key,
 )
 from watcher.errors import SinkError
-from watcher.kafka.client import ManualConsumer
+from watcher.kafka.client import SHORT_READ_FETCH_WAIT_MS, ManualConsumer
 from watcher.kafka.sink import _close_producer, producer_kwargs, read_last
 
 log = logging.getLogger(__name__)
@@ -98,10 +98,12 @@ class AddressSnapshotStore:
         wanted = {c.offset for c in manifest.chunks}
         found: dict[int, tuple[bytes | None, bytes | None]] = {}
         if wanted:
-            consumer = ManualConsumer(self._cfg, self._topic, timeout_s=self._timeout_s)
+            consumer = ManualConsumer(self._cfg, self._topic, timeout_s=self._timeout_s,
+                                      fetch_max_wait_ms=SHORT_READ_FETCH_WAIT_MS)
             try:
                 await self._start(consumer)
                 end = (await consumer.end_offsets())[CHUNK_PARTITION]
+                consumer.assign()  # after the offsets: they would wait behind its fetch
                 lo, hi = min(wanted), max(wanted) + 1
                 if hi > end:
                     raise SnapshotCorrupt(f"manifest names offset {hi - 1} beyond the end {end} of "
@@ -123,14 +125,14 @@ class AddressSnapshotStore:
     async def _start(self, consumer: ManualConsumer) -> None:
         probe = ManualConsumer(self._cfg, self._topic, timeout_s=self._timeout_s)
         try:
-            partitions = await probe.start()
+            partitions = await probe.start(assign=False)
         finally:
             await probe.stop()
         if CHUNK_PARTITION not in partitions or MANIFEST_PARTITION not in partitions:
             raise SnapshotUnavailable(
                 f"topic {self._topic} has partitions {partitions}; snapshots need "
                 f"{SNAPSHOT_PARTITIONS} (recreate it, or configure kafka.topics.address_snapshots)")
-        await consumer.start([CHUNK_PARTITION])
+        await consumer.start([CHUNK_PARTITION], assign=False)
 
     async def write(self, chain: str, key_size: int, count: int, key_chunks: Iterable[bytes],
                     labels: Mapping[bytes, str], offsets: Mapping[int, int], base: str | None,

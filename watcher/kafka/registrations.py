@@ -284,9 +284,10 @@ class RegistrationFollower:
                 await consumer.stop()
 
     async def _follow(self, consumer: ManualConsumer) -> None:
-        partitions = await consumer.start()
+        # Offsets first, then the assignment: asked after it, each offsets request would
+        # wait behind the consumer's open fetch (up to 0.5 s each, at every start).
+        partitions = await consumer.start(assign=False)
         if self._targets is None:
-            await consumer.seek_to_beginning()
             beginning = await consumer.beginning_offsets()
             targets = await consumer.end_offsets()
             start = dict(beginning)
@@ -296,6 +297,7 @@ class RegistrationFollower:
             self._positions = {p: max(beginning[p], start.get(p, 0)) for p in partitions}
             log.info("reading address registrations from %s up to %s", self._positions,
                      self._targets)
+        consumer.assign()
         for p in partitions:
             if p in self._positions:
                 consumer.seek(p, self._positions[p])

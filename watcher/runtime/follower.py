@@ -118,8 +118,19 @@ class ChainFollower:
         self.clock = clock
         self.status = FollowerStatus()
         self.state: ChainState | None = None
+        self._checkpoint_read: tuple[bytes | None] | None = None
+        """The committed checkpoint as :meth:`start` read it, for the first state load only."""
         self._checkpoint_name = f"chain:{cfg.id}"
         self._prefetch: asyncio.Task[_Batch | None] | None = None
+        self._next_headers: tuple[BlockRef, asyncio.Task[list[BlockRef] | None]] | None = None
+        """Headers of the range after the one being prefetched, asked while its contents are
+        (they follow the block of the pair): the scan workers need not wait for them."""
+        self._prefetch_head = -1
+        """The head height the prefetch was started under (how far its follower may read)."""
+        self._prefetch_final: int | None = None
+        """The highest block final under that head (config's finality): headers are asked
+        ahead only up to it, where a reorg halts the chain anyway; above it a header asked a
+        range early could name a block orphaned meanwhile and get it published."""
         self._node_behind = False
         self.mempool = mempool
         self.mempool_drop_after_s = mempool_drop_after_s
@@ -135,6 +146,12 @@ class ChainFollower:
         # Fence first: an older instance's open transaction is aborted by this, and only
         # then can the checkpoint be read up to the true end.
         await self.sink.start()
+        # The checkpoint needs no watched address: read it now, while the registrations
+        # load, not after them. Read after the fencing above, so it is the true last one;
+        # nobody else writes it unless they fence this sink (whose commits then fail and
+        # the state is reloaded). A failure here is left to the first step to retry.
+        with contextlib.suppress(SinkError):
+            self._checkpoint_read = (await self.sink.load_checkpoint(self._checkpoint_name),)
         try:
             await self.source.verify_identity()
         except ChainError as exc:
@@ -256,6 +273,11 @@ class ChainFollower:
             return StepOutcome.HALTED
 
         decision, contents = batch
+        if decision.added:
+            # Start fetching the next range now, while this one is applied and committed:
+            # it follows this batch's last block, the tip once applied. Used only if it links
+            # to the tip the next step finds (so never after a failed apply or commit).
+            self._start_prefetch(decision.added[-1], head)
         agreed = await self._quorum(state.due_after(decision, contents, self._required_for))
         applied = state.apply(decision, contents, self._label_of, agreed)
         now = self.clock()
@@ -269,8 +291,6 @@ class ChainFollower:
         # finality advance; taking it from the node's head before the branch was checked would
         # flag a reorg that happened while we were down as a finality violation.
         state.window.set_finalized(self._finalized(head, new_tip))
-        # Start fetching the next range while this one commits.
-        self._start_prefetch(new_tip, head)
         await self.sink.commit(records, self._checkpoint_name, state.snapshot())
         self._count_unconfirmed(applied.unconfirmed, mined=applied.mined)
 
@@ -447,6 +467,9 @@ class ChainFollower:
             decision = state.window.decide(branch)
         if isinstance(decision, BeyondWindow):
             return decision
+        if decision.added and self._prefetch is None:
+            self._set_prefetch_bounds(head)
+            self._ask_next_headers(decision.added[-1])  # for the prefetch that follows this
         contents = await self.source.contents(decision.added, self.addresses)
         return decision, tuple(contents)
 
@@ -455,8 +478,15 @@ class ChainFollower:
         if remaining <= 0 or self._prefetch is not None:
             return
         outpoints = self._watch_outpoints(self.state) if self.state else frozenset()
+        self._set_prefetch_bounds(head)
         self._prefetch = asyncio.create_task(
             self._fetch_range(tip, min(self.cfg.batch_size, remaining), outpoints))
+
+    def _set_prefetch_bounds(self, head: ChainHead) -> None:
+        self._prefetch_head = head.number
+        self._prefetch_final = (head.finalized_number
+                                if self.cfg.finality_mode is FinalityMode.FINALIZED
+                                else head.number - self.cfg.finality_depth)
 
     def _watch_outpoints(self, state: ChainState) -> frozenset[Outpoint]:
         """Tells the mempool source which outpoints' spenders block contents must list."""
@@ -469,9 +499,10 @@ class ChainFollower:
     async def _fetch_range(self, tip: BlockRef, count: int,
                            outpoints: frozenset[Outpoint]) -> _Batch | None:
         try:
-            refs = linked_prefix(await self.source.headers(tip.number + 1, count))
+            refs = await self._headers_after(tip, count)
             if not refs or refs[0].parent_hash != tip.hash:
                 return None
+            self._ask_next_headers(refs[-1])
             contents = await self.source.contents(refs, self.addresses)
             return _Batch(tuple(refs), tuple(contents), outpoints)
         except asyncio.CancelledError:
@@ -479,6 +510,44 @@ class ChainFollower:
         except Exception:
             # and reports any error with its own counting and classification.
             return None
+
+    async def _headers_after(self, tip: BlockRef, count: int) -> list[BlockRef]:
+        """The linked headers of up to ``count`` blocks after ``tip``: those asked ahead when
+        they follow ``tip`` itself (same hash), else asked now. Headers asked a moment
+        earlier are checked exactly as fresh ones (parent link to the tip, then the window),
+        as prefetched contents are."""
+        ahead, self._next_headers = self._next_headers, None
+        if ahead is not None:
+            base, task = ahead
+            if base == tip:
+                refs = await task
+                if refs and refs[0].parent_hash == tip.hash:
+                    return refs[:count]
+            else:
+                task.cancel()
+        return linked_prefix(await self.source.headers(tip.number + 1, count))
+
+    def _ask_next_headers(self, last: BlockRef) -> None:
+        """Asks the headers of the range after ``last`` now, when it is all final (see
+        ``_prefetch_final``): catch-up far behind the head, where the scan workers would
+        otherwise wait for them at each range."""
+        remaining = self._prefetch_head - last.number
+        final = self._prefetch_final
+        count = min(self.cfg.batch_size, remaining)
+        if count <= 0 or final is None or last.number + count > final:
+            return
+
+        async def ask() -> list[BlockRef] | None:
+            try:
+                return linked_prefix(await self.source.headers(last.number + 1, count))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                return None  # asked again, in the open, by whoever needs them
+
+        if self._next_headers is not None:
+            self._next_headers[1].cancel()  # asked after another tip: never used
+        self._next_headers = (last, asyncio.create_task(ask()))
 
     async def _take_prefetch(self) -> _Batch | None:
         task, self._prefetch = self._prefetch, None
@@ -492,12 +561,19 @@ class ChainFollower:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # After the prefetch: until it ended, it could still ask for the next headers.
+        ahead, self._next_headers = self._next_headers, None
+        if ahead is not None:
+            ahead[1].cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await ahead[1]
 
     # ------------------------------------------------------------ helpers
 
     async def _load_state(self) -> ChainState:
         cfg = self.cfg
-        data = await self.sink.load_checkpoint(self._checkpoint_name)
+        read, self._checkpoint_read = self._checkpoint_read, None
+        data = read[0] if read is not None else await self.sink.load_checkpoint(self._checkpoint_name)
         if data is None:
             log.info("no checkpoint; starting fresh", chain=cfg.id, start_block=cfg.start_block)
             return ChainState(cfg.id, cfg.reorg_window, self._required_for,
