@@ -40,7 +40,7 @@ from tests.support.btc_wallet import (
     segwit_address,
 )
 from tests.support.services import BtcdService, KafkaService, ServiceManager, devstack
-from tests.support.solidity import Event, TopicReader, http_get, produce, scrape
+from tests.support.solidity import Event, TopicReader, produce, scrape, wait_ready
 from watcher.app import App
 from watcher.config import WatcherConfig, parse
 from watcher.kafka.client import ensure_topics
@@ -193,15 +193,7 @@ async def environment(kafka: KafkaService, node: BtcdService, wallet: RegtestWal
     env = Env(node, cfg, reader, f"http://127.0.0.1:{port}", hot_script, hot_address,
               (funding_txid, 0), task)
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while True:
-            env.alive()
-            with contextlib.suppress(OSError, TimeoutError):
-                if (await http_get(f"{env.metrics}/readyz", 2.0))[0] == 200:
-                    break
-            assert loop.time() < deadline, "/readyz did not answer 200 within 60 s"
-            await asyncio.sleep(0.1)  # polling: readiness has no event to wait on
+        await wait_ready(env.metrics, env.alive)
         yield env
     finally:
         stop.set()

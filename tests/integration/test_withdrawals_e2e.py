@@ -34,10 +34,10 @@ from tests.support.solidity import (
     Chain,
     Event,
     TopicReader,
-    http_get,
     new_address,
     produce,
     scrape,
+    wait_ready,
     watcher_config,
 )
 from watcher.app import App
@@ -195,15 +195,7 @@ async def environment(kafka: KafkaService, anvil_factory: AnvilFactory, services
     stop = asyncio.Event()
     env.task = asyncio.create_task(App(cfg).run(stop))
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while True:
-            env.alive()
-            with contextlib.suppress(OSError, TimeoutError):
-                if (await http_get(f"{env.metrics}/readyz", 2.0))[0] == 200:
-                    break
-            assert loop.time() < deadline, "/readyz did not answer 200 within 60 s"
-            await asyncio.sleep(0.1)  # polling: readiness has no event to wait on
+        await wait_ready(env.metrics, env.alive)
         yield env
     finally:
         stop.set()

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -433,6 +434,20 @@ async def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, str]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s, \
             s.get(url) as resp:
         return resp.status, await resp.text()
+
+
+async def wait_ready(metrics_base: str, alive: Callable[[], None], timeout_s: float = 60.0) -> None:
+    """Until the watcher at ``metrics_base`` answers ``/readyz`` with 200; ``alive`` raises
+    when the watcher under test died meanwhile."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        alive()
+        with contextlib.suppress(OSError, TimeoutError):
+            if (await http_get(f"{metrics_base}/readyz", 2.0))[0] == 200:
+                return
+        assert loop.time() < deadline, f"/readyz did not answer 200 within {timeout_s:.0f} s"
+        await asyncio.sleep(0.1)  # polling: readiness has no event to wait on
 
 
 def metric_value(exposition: str, name: str, **labels: str) -> float | None:
