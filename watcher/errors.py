@@ -102,3 +102,21 @@ class SignerError(WatcherError):
 
     The message never holds the key, a digest's signature or a secret's path content.
     """
+
+
+def json_rpc_error_fields(obj: object) -> tuple[int | None, str]:
+    """``(code, message)`` of a JSON-RPC ``error`` member, whatever its shape (an object,
+    a bare string, anything else): the code only when it is a real integer, the message
+    cut to 300 characters. Each chain family classifies these once, at its edge."""
+    code: int | None = None
+    message = ""
+    if isinstance(obj, dict):
+        raw_code = obj.get("code")
+        if isinstance(raw_code, int) and not isinstance(raw_code, bool):
+            code = raw_code
+        raw_message = obj.get("message")
+        if isinstance(raw_message, str):
+            message = raw_message[:300]
+    elif isinstance(obj, str):
+        message = obj[:300]
+    return code, message

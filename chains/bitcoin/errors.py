@@ -67,7 +67,7 @@ from enum import StrEnum
 
 from chains.evm.errors import classify_exception, classify_http_status, transport_error
 from watcher.core.withdrawals import BroadcastOutcome
-from watcher.errors import ChainError, ErrorKind
+from watcher.errors import ChainError, ErrorKind, json_rpc_error_fields
 
 __all__ = [
     "BitcoinRpcError",
@@ -203,17 +203,7 @@ def classify(code: int | None, message: str) -> tuple[Reason, ErrorKind]:
 
 def rpc_error_from_object(obj: object, endpoint: str) -> BitcoinRpcError:
     """A :class:`BitcoinRpcError` from a JSON-RPC ``error`` member, whatever its shape."""
-    code: int | None = None
-    message = ""
-    if isinstance(obj, dict):
-        raw_code = obj.get("code")
-        if isinstance(raw_code, int) and not isinstance(raw_code, bool):
-            code = raw_code
-        raw_message = obj.get("message")
-        if isinstance(raw_message, str):
-            message = raw_message[:300]
-    elif isinstance(obj, str):
-        message = obj[:300]
+    code, message = json_rpc_error_fields(obj)
     reason, kind = classify(code, message)
     return BitcoinRpcError(reason, kind, code, message, endpoint)
 

@@ -16,7 +16,7 @@ import os
 
 import aiohttp
 
-from watcher.errors import ChainError, ErrorKind
+from watcher.errors import ChainError, ErrorKind, json_rpc_error_fields
 
 # (needle in the lower-cased message, kind). Order matters: the first match wins, so the
 # more specific "replacement transaction underpriced" is listed with the general form.
@@ -127,17 +127,7 @@ def classify_exception(exc: BaseException) -> ErrorKind:
 
 def rpc_error_from_object(obj: object, endpoint: str) -> RpcError:
     """An :class:`RpcError` from a JSON-RPC ``error`` member, whatever its shape."""
-    code: int | None = None
-    message = ""
-    if isinstance(obj, dict):
-        raw_code = obj.get("code")
-        if isinstance(raw_code, int) and not isinstance(raw_code, bool):
-            code = raw_code
-        raw_message = obj.get("message")
-        if isinstance(raw_message, str):
-            message = raw_message[:300]
-    elif isinstance(obj, str):
-        message = obj[:300]
+    code, message = json_rpc_error_fields(obj)
     return RpcError(classify_rpc_error(code, message), code, message, endpoint,
                     too_large=is_too_large(message))
 
