@@ -226,6 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cpu_busy: list[float] = []
                 pinnings: tuple[tuple[str, list[int] | None], ...] = (("unpinned", None),
                                                                       ("core 0", [0]))
+                # One untimed watcher run first: a fresh broker's JIT compilers took ~4 s of
+                # CPU in the first run (measured per broker thread, 2026-12-01) and ~0.4 s in
+                # the third, on the cores the timed tools share; a broker in service has been
+                # running for days.
+                run_end_to_end(replay.url, kafka.bootstrap_servers, directory, label="warmup")
                 for _ in range(args.repeat):
                     for pin, cpus in pinnings:
                         res, problems = run_end_to_end(replay.url, kafka.bootstrap_servers, directory,
