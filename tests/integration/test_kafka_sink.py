@@ -25,6 +25,7 @@ from watcher.kafka.client import (
     describe,
     ensure_topics,
 )
+from watcher.kafka.partitioner import partition_for
 from watcher.kafka.sink import COMMIT_ID_HEADER, KafkaTransactionalSink, classify
 from watcher.metrics import REGISTRY
 from watcher.ports import OutRecord
@@ -354,6 +355,36 @@ async def test_send_failure_aborts_and_retries_cleanly(cfg: KafkaConfig, txn_id:
     finally:
         await sink.stop()
     assert keys(await read_all(cfg, cfg.topics.deposits)) == [b"ok"]
+
+
+@pytest.mark.integration
+async def test_batches_keep_each_keys_partition_and_order(cfg: KafkaConfig, txn_id: str) -> None:
+    """The sink queues whole record batches itself: a key still lands on the partition the
+    Java client gives it, and a partition's records keep their order across the several
+    batches one transaction needs."""
+    probe = ManualConsumer(cfg, cfg.topics.deposits, timeout_s=30)
+    partitions = len(await probe.start(assign=False))
+    await probe.stop()
+    # ~1.5 MB: over the 256 KiB batch size on every partition.
+    records = [OutRecord(cfg.topics.deposits, b"21", b"golden")] + [
+        OutRecord(cfg.topics.deposits, f"key-{i}".encode(), b"%05d" % i + b"v" * 1000)
+        for i in range(1500)]
+    sink = KafkaTransactionalSink(cfg, txn_id, "t7", timeout_s=30)
+    await sink.start()
+    try:
+        await sink.commit(records, "eth", b"cp-1")
+    finally:
+        await sink.stop()
+    got = await read_all(cfg, cfg.topics.deposits)
+    assert sorted(r.key or b"" for r in got) == sorted(r.key for r in records), "each once"
+    # Java's toPositive(murmur2(b"21")) is 1173551340 (tests/unit/test_kafka_partitioner.py).
+    assert [r.partition for r in got if r.key == b"21"] == [1173551340 % partitions]
+    for r in got:
+        assert r.partition == partition_for(r.key or b"", partitions), r.key
+    for p in range(partitions):
+        order = [int((r.value or b"")[:5]) for r in sorted(got, key=lambda r: r.offset)
+                 if r.partition == p and r.key != b"21"]
+        assert order == sorted(order) and len(order) > 300, (p, len(order))
 
 
 @pytest.mark.integration
