@@ -238,6 +238,7 @@ async def test_headers_without_end_above_the_limit_are_a_protocol_violation(serv
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n",
     b"HTTP/1.1 200 OK\r\n folded: header\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n\x1f\x8b",
 ])
 async def test_malformed_responses_are_protocol_violations(serve: Serve, response: bytes) -> None:
     srv = await serve(once(response, close=False))

@@ -84,6 +84,7 @@ async def test_other_methods_are_405(server: GetServer) -> None:
     b"GET /a HTTP/1.1\r\nno colon here\r\n\r\n",
     b"GET /a HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
     b"GET /a HTTP/1.1\r\nContent-Length: 9999999\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n",  # a digit to str.isdigit only
     b"GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # a TLS hello
     b"GET /a HTTP/1.1\r\nX: " + b"y" * 4000 + b"\r\n\r\n",   # headers above 2048 bytes

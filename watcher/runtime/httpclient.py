@@ -267,6 +267,11 @@ class _Connection(asyncio.Protocol):
                                                     for c in codings):
                     raise ProtocolViolation("unsupported Transfer-Encoding")
                 chunked = True
+            elif key == b"content-encoding":
+                if value.strip().lower() not in (b"", b"identity"):
+                    # Never asked for (no Accept-Encoding is sent): the body would be read
+                    # as JSON while compressed.
+                    raise ProtocolViolation("unrequested Content-Encoding")
             elif key == b"connection":
                 tokens = {t.strip() for t in value.lower().split(b",")}
                 if b"close" in tokens:

@@ -95,6 +95,9 @@ class GetServer:
             await self._requests(reader, writer)
         except (OSError, asyncio.IncompleteReadError, TimeoutError):
             pass  # the client went away or was too slow: nothing to answer
+        except Exception as exc:
+            # A defect here must cost one connection, never the server (nor leak the text).
+            log.error("http connection failed: %s", type(exc).__name__)  # noqa: TRY400
         finally:
             self._connections.discard(task)
             writer.close()
@@ -155,7 +158,8 @@ class GetServer:
                 raise _BadRequest
             key, value = name.lower(), value.strip().lower()
             if key == "content-length":
-                if not value.isdigit() or int(value) > self._max_body_bytes:
+                if not (value.isascii() and value.isdigit()) \
+                        or int(value) > self._max_body_bytes:
                     raise _BadRequest
                 length = int(value)
             elif key == "transfer-encoding":
