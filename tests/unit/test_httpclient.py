@@ -337,6 +337,14 @@ async def test_refused_connection_is_an_os_error(serve: Serve) -> None:
         await client.post(b"{}", 5.0)
 
 
+async def test_the_request_target_is_percent_encoded_where_it_must_be(serve: Serve) -> None:
+    srv = await serve(keep_alive_echo())
+    client = HttpClient(url(srv, "/a b/é/%41?k=v w"))
+    await client.post(b"{}", 5.0)
+    await client.close()
+    assert srv.requests[0][0] == b"POST /a%20b/%C3%A9/%41?k=v%20w HTTP/1.1"
+
+
 def test_bad_urls_name_the_part_not_the_url() -> None:
     for bad, part in [("ftp://h/SECRET", "scheme"), ("http:///SECRET", "host"),
                       ("http://h:99999/SECRET", "port")]:

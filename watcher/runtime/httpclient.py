@@ -41,7 +41,7 @@ import base64
 import ssl
 import time
 from collections.abc import Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 __all__ = [
     "ConnectionClosed",
@@ -92,8 +92,8 @@ def default_ssl_context() -> ssl.SSLContext:
 class _Response:
     """The parser's state for one response on one connection."""
 
-    __slots__ = ("body", "chunk_left", "close_after", "done", "length", "mode", "status",
-                 "trailers")
+    __slots__ = ("body", "chunk_left", "close_after", "done", "got", "length", "mode",
+                 "parts", "status", "trailers")
 
     def __init__(self) -> None:
         self.status = 0
@@ -102,6 +102,9 @@ class _Response:
         self.chunk_left = -1  # -1: a chunk-size line is next
         self.trailers = False
         self.body = bytearray()
+        self.parts: list[bytes] = []
+        """A Content-Length body as received, joined once at the end (one copy)."""
+        self.got = 0
         self.close_after = False
         self.done = False
 
@@ -138,8 +141,15 @@ class _Connection(asyncio.Protocol):
             # Bytes nobody asked for: the connection's framing can no longer be trusted.
             self.close()
             return
-        self._buf += data
         try:
+            resp = self._resp
+            if resp is not None and resp.mode == "length":
+                # The hot path: a node's answer has a length; its bytes are kept as they came.
+                resp.parts.append(data)
+                resp.got += len(data)
+                self._length_body(resp)
+                return
+            self._buf += data
             self._parse()
         except HttpError as exc:
             self._fail(exc)
@@ -223,12 +233,11 @@ class _Connection(asyncio.Protocol):
             del buf[:end + 4]
             self._headers(resp, head)
         if resp.mode == "length":
-            if len(buf) >= resp.length:
-                if len(buf) > resp.length:
-                    # Bytes after the response with nothing asked: framing is off.
-                    raise ProtocolViolation("bytes after the response body")
-                self._complete(resp, bytes(buf))
+            if buf:
+                resp.parts.append(bytes(buf))
+                resp.got = len(buf)
                 buf.clear()
+            self._length_body(resp)
         elif resp.mode == "chunked":
             self._chunks(resp)
         else:  # "close": everything up to the end of the connection
@@ -236,6 +245,15 @@ class _Connection(asyncio.Protocol):
             buf.clear()
             if len(resp.body) > self._max_body:
                 raise ResponseTooLarge(f"response body above {self._max_body} bytes")
+
+    def _length_body(self, resp: _Response) -> None:
+        if resp.got < resp.length:
+            return
+        if resp.got > resp.length:
+            # Bytes after the response with nothing asked: the framing is off.
+            raise ProtocolViolation("bytes after the response body")
+        parts = resp.parts
+        self._complete(resp, parts[0] if len(parts) == 1 else b"".join(parts))
 
     def _headers(self, resp: _Response, head: bytes) -> None:
         lines = head.split(b"\r\n")
@@ -388,8 +406,9 @@ class HttpClient:
             if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
                 raise ValueError(f"header {name!r}: no CR or LF allowed")
             fixed.append(f"{name}: {value}")
-        self._target = target.encode("ascii", "strict") if target.isascii() else \
-            target.encode("utf-8")
+        # Anything that is not already a legal request-target character is percent-encoded
+        # (a space would otherwise split the request line); existing escapes are kept.
+        self._target = quote(target, safe="/?#[]@!$&'()*+,;=:%~-._").encode("ascii")
         self._fixed_headers = ("\r\n".join(fixed) + "\r\n").encode("latin-1")
         self._max_body = max_response_bytes
         self._keepalive_s = keepalive_s
