@@ -113,6 +113,21 @@ async def test_a_slow_client_is_dropped_without_an_answer(server: GetServer) -> 
     assert silent == b""
 
 
+async def test_a_slow_second_request_gets_the_header_timeout_not_the_idle_one() -> None:
+    srv = GetServer("127.0.0.1", 0, {"/a": lambda: Response(200, b"alpha")},
+                    header_timeout_s=0.3, idle_timeout_s=30)
+    await srv.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.bound_port)
+        writer.write(b"GET /a HTTP/1.1\r\n\r\nGET /a HTT")  # the second head never ends
+        async with asyncio.timeout(5):
+            raw = await reader.read()  # closed at 0.3 s, not after the 30 s of idling
+        assert split(raw) == [(b"HTTP/1.1 200 OK", b"alpha")]
+        writer.close()
+    finally:
+        await srv.stop()
+
+
 async def test_stop_closes_idle_keep_alive_connections() -> None:
     srv = GetServer("127.0.0.1", 0, {"/a": lambda: Response(200, b"alpha")})
     await srv.start()

@@ -109,13 +109,17 @@ class GetServer:
         first = True
         while True:
             try:
+                # Between requests a client may idle; once its first byte came, the rest of
+                # the head has header_timeout_s (a slow sender holds no connection for long).
                 async with asyncio.timeout(self._header_timeout_s if first
                                            else self._idle_timeout_s):
-                    head = await self._read_head(reader)
+                    start = await reader.read(1)
+                if not start:
+                    return
+                async with asyncio.timeout(self._header_timeout_s):
+                    head = await self._read_head(reader, start)
             except _BadRequest:
                 await self._answer(writer, _plain(400), close=True)
-                return
-            if head is None:
                 return
             first = False
             try:
@@ -130,15 +134,11 @@ class GetServer:
             if close:
                 return
 
-    async def _read_head(self, reader: asyncio.StreamReader) -> bytes | None:
+    async def _read_head(self, reader: asyncio.StreamReader, start: bytes) -> bytes:
         try:
-            return await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                return None  # closed between requests
-            raise _BadRequest from None
-        except asyncio.LimitOverrunError:
-            raise _BadRequest from None
+            return start + await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            raise _BadRequest from None  # cut short, or longer than max_header_bytes
 
     async def _parse(self, reader: asyncio.StreamReader, head: bytes) -> tuple[str, str, bool]:
         """(method, path, close after answering) of a request head; reads and drops a body."""
