@@ -352,6 +352,7 @@ def _parse_chain(cid: ChainId, r: _Reader, base_dir: Path, environ: Mapping[str,
         try:
             parts = urlsplit(url)
             host = parts.hostname
+            _ = parts.port  # a port that is not a number in 0-65535 raises here, not at start
         except ValueError:
             # Never echo the text: a malformed URL may still hold a password.
             raise ConfigError(er.key("url"), "must be an http(s) URL with a host") from None

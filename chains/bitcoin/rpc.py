@@ -25,8 +25,8 @@ Blocks and transactions are always fetched raw (``getblock <hash> 0``,
 ``getrawtransaction <txid> 0``), identical on both nodes and a seventh of
 verbose JSON's size; :mod:`chains.bitcoin.block` parses them. Requests are
 JSON-RPC 1.0 envelopes (what both nodes and every Core version accept),
-serialized and parsed with orjson, over one keep-alive ``aiohttp`` session
-with HTTP basic auth.
+serialized and parsed with orjson, over one keep-alive
+:class:`watcher.runtime.httpclient.HttpClient` pool with HTTP basic auth.
 
 This client makes exactly one attempt per call: retries, failover and
 endpoint health belong to the chain's endpoint pool. It raises only
@@ -38,7 +38,6 @@ an exception or used as a label: only the endpoint's configured name.
 
 from __future__ import annotations
 
-import base64
 import itertools
 import re
 import time
@@ -48,7 +47,6 @@ from decimal import ROUND_CEILING, Decimal
 from enum import StrEnum
 from typing import Any
 
-import aiohttp
 import orjson
 
 from chains.bitcoin.errors import (
@@ -68,6 +66,7 @@ from watcher.errors import (
     NodeAnswerInvalid,
 )
 from watcher.metrics import RPC_LATENCY
+from watcher.runtime.httpclient import HttpClient, HttpError
 from watcher.types import BlockHash, ChainHead, TxId
 
 Call = tuple[str, Sequence[Any]]
@@ -134,15 +133,12 @@ class BitcoinRpcClient:
                  connections: int = 16) -> None:
         self._chain = chain
         self._name = endpoint.name
-        self._url = endpoint.url
         self._network = network
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._headers = {"Content-Type": "application/json"}
-        if endpoint.username is not None:
-            token = base64.b64encode(f"{endpoint.username}:{endpoint.password or ''}".encode())
-            self._headers["Authorization"] = "Basic " + token.decode("ascii")
-        self._connections = connections
-        self._session: aiohttp.ClientSession | None = None
+        self._timeout_s = timeout_s
+        auth = (None if endpoint.username is None
+                else (endpoint.username, endpoint.password or ""))
+        self._http = HttpClient(endpoint.url, connections=connections, auth=auth,
+                                headers={"Content-Type": "application/json"})
         self._ids = itertools.count(1)
         self._latency: dict[str, Any] = {}
         self._dialect: Dialect | None = None
@@ -161,13 +157,6 @@ class BitcoinRpcClient:
 
     # ------------------------------------------------------------ transport
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300,
-                                             keepalive_timeout=60)
-            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
-        return self._session
-
     def _observe(self, label: str, seconds: float) -> None:
         child = self._latency.get(label)
         if child is None:
@@ -177,13 +166,10 @@ class BitcoinRpcClient:
 
     async def _post(self, body: bytes, label: str) -> Any:
         """One HTTP round trip: the decoded JSON answer, or a classified :class:`ChainError`."""
-        session = self._get_session()
         started = time.perf_counter()
         try:
-            async with session.post(self._url, data=body, timeout=self._timeout) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            status, raw = await self._http.post(body, self._timeout_s)
+        except (HttpError, TimeoutError, OSError) as exc:
             raise transport_error(exc, self._name) from None
         self._observe(label, time.perf_counter() - started)
         try:
@@ -315,9 +301,7 @@ class BitcoinRpcClient:
                                     "getblockchaininfo.bestblockhash", self._name))
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     # ------------------------------------------------------------ chain reads
 

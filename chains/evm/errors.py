@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import os
 
-import aiohttp
-
 from watcher.errors import ChainError, ErrorKind, json_rpc_error_fields
+from watcher.runtime.httpclient import HttpError
 
 # (needle in the lower-cased message, kind). Order matters: the first match wins, so the
 # more specific "replacement transaction underpriced" is listed with the general form.
@@ -120,7 +119,7 @@ def classify_exception(exc: BaseException) -> ErrorKind:
     """Kind of a transport failure: every network or timeout problem may pass on retry."""
     if isinstance(exc, ChainError):
         return exc.kind
-    if isinstance(exc, TimeoutError | aiohttp.ClientError | OSError):
+    if isinstance(exc, TimeoutError | HttpError | OSError):
         return ErrorKind.RETRIABLE
     return ErrorKind.FINAL
 
@@ -142,8 +141,8 @@ def http_error(status: int, endpoint: str) -> ChainError:
 def transport_error(exc: BaseException, endpoint: str) -> ChainError:
     """A :class:`ChainError` for a transport failure that names the endpoint, never its URL.
 
-    aiohttp's messages carry host, port and sometimes the full URL, so only the exception's
-    class name (and an OS error's errno text) is kept.
+    OS errors' messages (and those of any HTTP library) may carry host, port or the full
+    URL, so only the exception's class name (and an OS error's errno text) is kept.
     """
     if isinstance(exc, ChainError):
         return exc

@@ -3,7 +3,7 @@
 Single attempts only: retries, failover and endpoint states belong to
 :class:`watcher.runtime.pool.EndpointPool`. The bulk path avoids web3 entirely:
 requests are serialized and answers parsed with orjson, once per HTTP body, over
-one keep-alive ``aiohttp`` session per endpoint. Every failure leaves as a
+one keep-alive :class:`watcher.runtime.httpclient.HttpClient` pool per endpoint. Every failure leaves as a
 classified :class:`ChainError` (:mod:`chains.evm.errors`); a defective answer as a
 :class:`NodeAnswerInvalid` with its :class:`AnswerCheck` (a batch with a missing,
 repeated or unknown id is ``batch``); answers are matched to requests by id, in
@@ -20,7 +20,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import aiohttp
 import orjson
 
 from chains.evm import answers, parse
@@ -28,6 +27,7 @@ from chains.evm.errors import RpcError, http_error, rpc_error_from_object, trans
 from watcher.config import Endpoint, FinalityMode
 from watcher.errors import AnswerCheck, ChainError, ChainIdentityMismatch, ErrorKind, NodeAnswerInvalid
 from watcher.metrics import RPC_LATENCY
+from watcher.runtime.httpclient import HttpClient, HttpError
 from watcher.types import ChainHead
 
 T = TypeVar("T")
@@ -36,7 +36,7 @@ Call = tuple[str, Sequence[Any]]
 """(method, params) of one JSON-RPC call."""
 
 Transport = Callable[[bytes, float], Awaitable[tuple[int, bytes]]]
-"""One HTTP POST of a body with a timeout: (status, raw body). Raises aiohttp/OS/timeout
+"""One HTTP POST of a body with a timeout: (status, raw body). Raises HttpError/OS/timeout
 errors for transport failures, which the client classifies."""
 
 TRACE_CONFIG = {"tracer": "callTracer"}
@@ -57,28 +57,18 @@ def _batch_label(calls: Sequence[Call]) -> str:
 
 
 class HttpTransport:
-    """aiohttp, one session per endpoint (created on first use), keep-alive."""
+    """One :class:`HttpClient` per endpoint (keep-alive, at most ``limit`` connections)."""
 
     def __init__(self, url: str, limit: int) -> None:
         self.url = url
-        self._url = url
-        self._limit = limit
-        self._session: aiohttp.ClientSession | None = None
+        self._client = HttpClient(url, connections=limit,
+                                  headers={"Content-Type": "application/json"})
 
     async def __call__(self, body: bytes, timeout_s: float) -> tuple[int, bytes]:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300,
-                                             keepalive_timeout=60)
-            self._session = aiohttp.ClientSession(
-                connector=connector, headers={"Content-Type": "application/json"})
-        async with self._session.post(self._url, data=body,
-                                      timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-            return resp.status, await resp.read()
+        return await self._client.post(body, timeout_s)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._client.close()
 
 
 class EvmRpcClient:
@@ -306,7 +296,7 @@ class EvmRpcClient:
         started = time.perf_counter()
         try:
             status, raw = await self._transport(body, self._timeout_s)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (HttpError, TimeoutError, OSError) as exc:
             raise transport_error(exc, self.name) from None
         self._observe(label, time.perf_counter() - started)
         return status, raw

@@ -78,6 +78,7 @@ def test_example_values() -> None:
     ("chains.eth.chain_id", "one", "chains.eth.chain_id", "integer"),
     ("chains.eth.endpoints", [], "chains.eth.endpoints", "at least one"),
     ("chains.eth.endpoints.0.url", "ftp://x", "chains.eth.endpoints[0].url", "http"),
+    ("chains.eth.endpoints.0.url", "http://n:85a5", "chains.eth.endpoints[0].url", "http"),
     ("chains.eth.endpoints.1.name", "primary", "chains.eth.endpoints", "unique"),
     ("chains.eth.poll_interval_ms", 0, "chains.eth.poll_interval_ms", ">= 10"),
     ("chains.eth.confirm_quorum", 3, "chains.eth.confirm_quorum", "more than the 2 endpoint(s)"),

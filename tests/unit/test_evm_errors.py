@@ -6,6 +6,7 @@ The client and pool tests run against an in-process aiohttp server that plays a 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from watcher.config import Endpoint
 from watcher.core.endpoints import BehindBest, HeadSeen, IdentityOk
 from watcher.errors import ChainError, ErrorKind, NodeAnswerInvalid
 from watcher.metrics import REGISTRY
+from watcher.runtime.httpclient import ConnectionClosed, ProtocolViolation, ResponseTooLarge
 from watcher.runtime.pool import EndpointPool
 from watcher.runtime.retry import RetryPolicy
 
@@ -86,10 +88,12 @@ def test_classify_http_status(status: int, kind: ErrorKind) -> None:
 
 @pytest.mark.parametrize(("exc", "kind"), [
     (TimeoutError(), R),
-    (aiohttp.ServerDisconnectedError(), R),
-    (aiohttp.ClientPayloadError("x"), R),
+    (ConnectionClosed("closed before the response began"), R),
+    (ProtocolViolation("malformed chunk size"), R),
+    (ResponseTooLarge("response body above 10 bytes"), R),
     (ConnectionResetError(104, "reset"), R),
-    (aiohttp.ClientOSError(111, "refused"), R),
+    (ConnectionRefusedError(111, "refused"), R),
+    (ssl.SSLCertVerificationError(1, "certificate verify failed"), R),
     (ChainError(ErrorKind.NONCE_TOO_LOW, "x"), ErrorKind.NONCE_TOO_LOW),
     (ValueError("x"), F),
 ])

@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, NoReturn, TextIO
 
-import aiohttp
 import orjson
 
 from watcher.config import ChainConfig, WatcherConfig
@@ -42,6 +41,7 @@ from watcher.errors import (
     WatcherError,
 )
 from watcher.ports import AddressCodec, ChainSource
+from watcher.runtime.httpclient import HttpClient, HttpError
 from watcher.types import AddressKey, BlockContents, BlockRef, ChainId, Transfer
 
 EXIT_OK = 0
@@ -138,15 +138,19 @@ async def fetch_status(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
     """The running daemon's ``/status`` document; :class:`Unavailable` when it cannot be had."""
     target = url.rstrip("/") + "/status"
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s, \
-                s.get(target) as resp:
-            if resp.status == 404:
-                raise Unavailable(f"{url} has no /status route (a watcher older than this CLI?)")
-            if resp.status != 200:
-                raise Unavailable(f"{target} answered HTTP {resp.status}")
-            body = await resp.read()
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        client = HttpClient(target, connections=1)
+    except ValueError as exc:
+        raise Unavailable(f"cannot reach the watcher at {url}: {exc}") from exc
+    try:
+        status, body = await client.get(timeout_s)
+    except (HttpError, TimeoutError, OSError) as exc:
         raise Unavailable(f"cannot reach the watcher at {url}: {type(exc).__name__} {exc}") from exc
+    finally:
+        await client.close()
+    if status == 404:
+        raise Unavailable(f"{url} has no /status route (a watcher older than this CLI?)")
+    if status != 200:
+        raise Unavailable(f"{target} answered HTTP {status}")
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -13,17 +13,18 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from watcher.core.endpoints import EndpointState
 from watcher.metrics import REGISTRY
 from watcher.runtime.follower import FollowerStatus
+from watcher.runtime.httpserver import GetServer, Response
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,11 @@ def liveness(statuses: Mapping[str, FollowerStatus], stale_after: Mapping[str, f
     return Readiness(not reasons, tuple(reasons))
 
 
+def _json(doc: object, status: int = 200) -> Response:
+    # json.dumps and this content type: the bytes aiohttp's json_response answered.
+    return Response(status, json.dumps(doc).encode(), "application/json; charset=utf-8")
+
+
 class HealthServer:
     def __init__(self, host: str, port: int, statuses: Mapping[str, FollowerStatus],
                  stale_after: Mapping[str, float], registrations_caught_up: Callable[[], bool],
@@ -84,41 +90,34 @@ class HealthServer:
         self._stale_after = stale_after
         self._registrations = registrations_caught_up
         self._clock = clock
-        self._runner: web.AppRunner | None = None
         self._status = status
+        routes = {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz}
+        if status is not None:
+            routes["/status"] = self._status_route
+        self._server = GetServer(host, port, routes)
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        if self._status is not None:
-            app.router.add_get("/status", self._status_route)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
+        await self._server.start()
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._server.stop()
 
-    async def _metrics(self, _: web.Request) -> web.Response:
-        body = generate_latest(REGISTRY)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    def _metrics(self) -> Response:
+        return Response(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
 
-    async def _healthz(self, _: web.Request) -> web.Response:
+    def _healthz(self) -> Response:
         r = liveness(self._statuses, self._stale_after, self._clock())
-        return web.json_response({"status": "ok" if r.ready else "wedged", "reasons": list(r.reasons)},
-                                 status=200 if r.ready else 503)
+        return _json({"status": "ok" if r.ready else "wedged", "reasons": list(r.reasons)},
+                     200 if r.ready else 503)
 
-    async def _readyz(self, _: web.Request) -> web.Response:
+    def _readyz(self) -> Response:
         r = readiness(self._statuses, self._stale_after, self._registrations(), self._clock())
         roles = {chain: st.role for chain, st in self._statuses.items()}
-        return web.json_response({"ready": r.ready, "reasons": list(r.reasons), "roles": roles,
-                                  "endpoints": endpoint_states(self._statuses)},
-                                 status=200 if r.ready else 503)
+        return _json({"ready": r.ready, "reasons": list(r.reasons), "roles": roles,
+                      "endpoints": endpoint_states(self._statuses)},
+                     200 if r.ready else 503)
 
-    async def _status_route(self, _: web.Request) -> web.Response:
+    def _status_route(self) -> Response:
         """``/status``: the document of :mod:`watcher.runtime.status` (``watcher status``)."""
         assert self._status is not None
-        return web.json_response(dict(self._status()))
+        return _json(dict(self._status()))
