@@ -38,6 +38,8 @@ NOT_IMPORTED = (
     "chains.evm.wallet",
     "eth_keys",
     "pydantic",
+    "cffi",               # pycryptodome's keccak is bound through ctypes (chains.evm.keccak)
+    "pycparser",
 )
 """Packages (and their submodules) a deposit-only EVM ``watcher run`` must not import."""
 
