@@ -176,14 +176,14 @@ class KafkaTransactionalSink:
         self._timeout_s = timeout_s
         self._producer: Any | None = None
         self._lock = asyncio.Lock()
+        self._readers: asyncio.Future[Readers] | None = None
+        """The consumers of the first checkpoint read, connecting since :meth:`start`."""
         self._fenced = False
         self._needs_recovery = False
         self._known: dict[str, bytes | None] = {}
         """Per checkpoint name: the commit id of its last record as far as we know it."""
         self._pending: tuple[str, bytes, bytes] | None = None
         """(name, commit id, checkpoint) of a commit whose outcome is not known yet."""
-        self._readers: asyncio.Future[Readers] | None = None
-        """The consumers of the first checkpoint read, connecting since :meth:`start`."""
 
     @property
     def transactional_id(self) -> str:
