@@ -25,13 +25,15 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-import yaml
-
 from watcher import config as config_mod
 from watcher.errors import ConfigError, WatcherError
 from watcher.logs import configure
-from watcher.ops.common import quiet_libraries
 from watcher.redact import Redactor, masked_config, secret_values
+
+# What ``watcher run`` imports is on the daemon's start-up critical path: the operator
+# commands (``watcher.ops``: their HTTP client, the rescan and audit machinery) are
+# imported only when one of them, or the full ``--help``, is asked for.
+CORE_COMMANDS = frozenset({"run", "check-config", "tail"})
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -57,7 +59,9 @@ def _positive(text: str) -> int:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(with_ops: bool = True) -> argparse.ArgumentParser:
+    """The argument parser; ``with_ops=False`` leaves out the operator subcommands (for a
+    command line that names one of :data:`CORE_COMMANDS`, which parses the same)."""
     parser = _Parser(prog="watcher", description=__doc__.split("\n\n")[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="follow the configured chains and publish events")
@@ -75,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="start at the oldest retained event instead of new ones only")
     tail.add_argument("--json", action="store_true", help="print each record's raw JSON value")
     tail.add_argument("--limit", type=_positive, default=None, metavar="N", help="stop after N events")
+    if not with_ops:
+        return parser
     from watcher.ops import register
 
     register(sub)  # status, rescan, audit, halt: their exit codes in watcher.ops.common
@@ -86,9 +92,18 @@ def _fail(code: int, message: str, redactor: Redactor) -> int:
     return code
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand a command line names: its first word not an option (``watcher``
+    itself takes no option with a value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = _parser(with_ops=_command_of(words) not in CORE_COMMANDS).parse_args(words)
     if getattr(args, "ops_main", None) is not None:
+        from watcher.ops.common import quiet_libraries
+
         configure("warning", json=False)
         quiet_libraries()
         return int(args.ops_main(args))
@@ -119,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_config(cfg: config_mod.WatcherConfig) -> int:
+    import yaml
+
     sys.stdout.write(yaml.safe_dump(masked_config(cfg), sort_keys=False, default_flow_style=False,
                                     width=120))
     for cid, c in cfg.chains.items():

@@ -11,10 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from watcher.core.coins import HotOutput
 from watcher.core.endpoints import EndpointView
-from watcher.core.mempool import MempoolChange
-from watcher.core.withdrawals import BroadcastOutcome, Spend
 from watcher.types import (
     Address,
     AddressKey,
@@ -26,8 +23,13 @@ from watcher.types import (
     TxId,
 )
 
+# Annotations only: the UTXO and withdrawal cores are imported by the modules that use
+# them, not by every process that follows a chain (a deposit-only EVM daemon never does).
 if TYPE_CHECKING:
+    from watcher.core.coins import HotOutput
+    from watcher.core.mempool import MempoolChange
     from watcher.core.settled import SettledIndex
+    from watcher.core.withdrawals import BroadcastOutcome, Spend
     from watcher.kafka.client import Consumed
     from watcher.kafka.settled import SettledLoad
 

@@ -9,8 +9,36 @@ eth-hash) computes the hash; EIP-55 is a few lines over it.
 from __future__ import annotations
 
 import re
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from Crypto.Hash import keccak as _keccak
+
+def _load_keccak() -> ModuleType:
+    """pycryptodome's keccak, bound through ctypes rather than cffi.
+
+    pycryptodome binds its compiled code through cffi whenever cffi is importable, and
+    cffi's ABI mode parses the C declarations with pycparser at import: ~75 ms of CPU on
+    the daemon's start-up critical path (0.3 s on a loaded machine), where its ctypes
+    binding of the same compiled code loads in ~25 ms and hashes no slower (measured
+    7-8 us against 9-18 us a 64-byte hash). Only when nothing imported cffi before: then
+    the binding already chosen is used as it is.
+    """
+    blocked = "cffi" not in sys.modules
+    if blocked:
+        sys.modules["cffi"] = None  # type: ignore[assignment]  # "import cffi" fails
+    try:
+        from Crypto.Hash import keccak
+    finally:
+        if blocked and sys.modules.get("cffi", ...) is None:
+            del sys.modules["cffi"]
+    return keccak
+
+
+if TYPE_CHECKING:
+    from Crypto.Hash import keccak as _keccak
+else:
+    _keccak = _load_keccak()
 
 _LOWER_ADDRESS_RE = re.compile(r"0x[0-9a-f]{40}\Z")
 

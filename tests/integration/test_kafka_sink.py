@@ -120,6 +120,39 @@ async def test_commit_makes_records_and_checkpoint_visible_together(
 
 
 @pytest.mark.integration
+async def test_the_first_read_after_start_sees_what_was_committed_after_the_start(
+        cfg: KafkaConfig, txn_id: str) -> None:
+    # start() connects the first checkpoint read's consumers while it fences; where that read
+    # ends is still decided when it is made: a commit landing in between is seen.
+    reader = KafkaTransactionalSink(cfg, txn_id, "t2", timeout_s=15)
+    writer = KafkaTransactionalSink(cfg, f"{txn_id}-other", "t2", timeout_s=15)
+    await reader.start()
+    try:
+        await writer.start()
+        await writer.commit(deposits(cfg, "late"), "eth", b"cp-after-the-start")
+        assert await reader.load_checkpoint("eth") == b"cp-after-the-start"
+        assert await reader.load_checkpoint("eth") == b"cp-after-the-start", "read anew"
+    finally:
+        await writer.stop()
+        await reader.stop()
+
+
+@pytest.mark.integration
+async def test_a_sink_stopped_before_any_read_closes_its_readers(
+        cfg: KafkaConfig, txn_id: str) -> None:
+    sink = KafkaTransactionalSink(cfg, txn_id, "t3", timeout_s=15)
+    await sink.start()
+    await sink.stop()
+    assert sink._readers is None
+    again = KafkaTransactionalSink(cfg, txn_id, "t3", timeout_s=15)
+    await again.start()  # a stopped sink's readers hold nothing the next one needs
+    try:
+        assert await again.load_checkpoint("eth") is None
+    finally:
+        await again.stop()
+
+
+@pytest.mark.integration
 async def test_second_instance_fences_the_first(cfg: KafkaConfig, txn_id: str) -> None:
     first = KafkaTransactionalSink(cfg, txn_id, "t2", timeout_s=15)
     second = KafkaTransactionalSink(cfg, txn_id, "t2", timeout_s=15)

@@ -4,6 +4,8 @@ an index left as it was (never a partial one)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -144,3 +146,65 @@ async def test_snapshots_are_taken_when_due_and_a_failure_backs_off() -> None:
     writer = f._writer
     await f._maybe_snapshot()
     assert f._writer is writer, "no new export right after a failure"
+
+
+class GatedStore(FakeStore):
+    """Its manifest read opens ``reading``: the gate the fake consumer's start waits on."""
+
+    def __init__(self, manifests: dict[str, Manifest | Exception | None]) -> None:
+        super().__init__(manifests)
+        self.reading = asyncio.Event()
+
+    async def read_manifest(self, chain: str) -> Manifest | None:
+        self.reading.set()
+        return await super().read_manifest(chain)
+
+
+class GatedConsumer:
+    """A registrations consumer whose start completes only once a manifest read began, and
+    that is at the end of ENDS at once (no record to read)."""
+
+    def __init__(self, store: GatedStore) -> None:
+        self.store = store
+        self.seeks: dict[int, int] = {}
+
+    async def start(self, assign: bool = True) -> list[int]:
+        await self.store.reading.wait()
+        return [0, 1]
+
+    async def beginning_offsets(self) -> dict[int, int]:
+        return dict(BEGIN)
+
+    async def end_offsets(self) -> dict[int, int]:
+        return dict(ENDS)
+
+    def assign(self) -> None:
+        pass
+
+    def seek(self, partition: int, offset: int) -> None:
+        self.seeks[partition] = offset
+
+    async def position(self, partition: int) -> int:
+        return ENDS[partition]
+
+    async def fetch(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Any]:
+        await asyncio.sleep(timeout_ms / 1000)
+        return []
+
+
+async def test_the_manifests_are_read_while_the_consumer_starts() -> None:
+    # Serial, the consumer's start would wait for a manifest read that never began: the
+    # follower would not catch up within the timeout.
+    store = GatedStore({"eth": manifest("eth", {0: 40, 1: 7})})
+    f, ix = follower(store)
+    consumer = GatedConsumer(store)
+    task = asyncio.ensure_future(f._follow(consumer))  # type: ignore[arg-type]
+    try:
+        async with asyncio.timeout(5):
+            await f.caught_up.wait()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert consumer.seeks == {0: 40, 1: 7}, "the read starts where the snapshot ends"
+    assert f.restored["eth"] and sorted(ix["eth"]) == [K1, K2]

@@ -382,6 +382,12 @@ class ManualConsumer:
                     if not found:
                         raise SinkError(ErrorKind.RETRIABLE, f"topic {self.topic} does not exist")
                     partitions = sorted(int(p) for p in found)
+                # The consumer's own metadata cache knows no topic yet (that answer was a
+                # separate one): its first offsets request would find no leader, sleep
+                # retry_backoff_ms (100 ms) and ask again. Tracking the topic now costs one
+                # metadata round trip instead; the topic is known to exist, or was named by
+                # the caller (assigning it would ask for the same metadata).
+                await self._consumer._client.add_topic(self.topic)
                 self._partitions = list(partitions)
                 if assign:
                     self.assign()

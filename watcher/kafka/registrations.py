@@ -37,7 +37,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -286,17 +286,32 @@ class RegistrationFollower:
     async def _follow(self, consumer: ManualConsumer) -> None:
         # Offsets first, then the assignment: asked after it, each offsets request would
         # wait behind the consumer's open fetch (up to 0.5 s each, at every start).
-        partitions = await consumer.start(assign=False)
-        if self._targets is None:
-            beginning = await consumer.beginning_offsets()
-            targets = await consumer.end_offsets()
-            start = dict(beginning)
-            if self._snap is not None:
-                start = await self._restore(partitions, beginning, targets)
-            self._targets = targets
-            self._positions = {p: max(beginning[p], start.get(p, 0)) for p in partitions}
-            log.info("reading address registrations from %s up to %s", self._positions,
-                     self._targets)
+        # The snapshot manifests are read while the consumer connects and asks its offsets,
+        # not after (independent reads of another topic). A manifest read first is at most
+        # as new as the end offsets asked after it, so it never looks beyond their end.
+        manifests: dict[str, asyncio.Future[Manifest | None]] = {}
+        if self._targets is None and self._snap is not None:
+            store = self._snap.store
+            manifests = {chain: asyncio.ensure_future(store.read_manifest(chain))
+                         for chain in self._indexes}
+        try:
+            partitions = await consumer.start(assign=False)
+            if self._targets is None:
+                beginning = await consumer.beginning_offsets()
+                targets = await consumer.end_offsets()
+                start = dict(beginning)
+                if self._snap is not None:
+                    start = await self._restore(partitions, beginning, targets, manifests)
+                self._targets = targets
+                self._positions = {p: max(beginning[p], start.get(p, 0)) for p in partitions}
+                log.info("reading address registrations from %s up to %s", self._positions,
+                         self._targets)
+        finally:
+            for reading in manifests.values():
+                reading.cancel()  # done ones stay as they are
+            for reading in manifests.values():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reading  # a failure was judged by _restore_chain, or is moot now
         consumer.assign()
         for p in partitions:
             if p in self._positions:
@@ -367,13 +382,19 @@ class RegistrationFollower:
     # ------------------------------------------------------------ snapshots
 
     async def _restore(self, partitions: list[int], beginning: Mapping[int, int],
-                       targets: Mapping[int, int]) -> dict[int, int]:
-        """Loads each chain's snapshot; returns where the read must start per partition."""
+                       targets: Mapping[int, int],
+                       manifests: Mapping[str, Awaitable[Manifest | None]] | None = None
+                       ) -> dict[int, int]:
+        """Loads each chain's snapshot; returns where the read must start per partition.
+        ``manifests``: each chain's manifest already being read (None: read them here)."""
         assert self._snap is not None
         used: list[Manifest | None] = []
         for chain, index in self._indexes.items():
             started = time.perf_counter()
-            manifest, outcome = await self._restore_chain(chain, index, partitions, targets)
+            reading = manifests[chain] if manifests is not None else \
+                self._snap.store.read_manifest(chain)
+            manifest, outcome = await self._restore_chain(chain, index, partitions, targets,
+                                                          reading)
             ADDRESS_SNAPSHOT_RESTORES.labels(chain, outcome).inc()
             ADDRESS_SNAPSHOT_RESTORE_SECONDS.labels(chain).set(time.perf_counter() - started)
             used.append(manifest)
@@ -393,10 +414,11 @@ class RegistrationFollower:
         return start
 
     async def _restore_chain(self, chain: str, index: AddressIndex, partitions: list[int],
-                             targets: Mapping[int, int]) -> tuple[Manifest | None, str]:
+                             targets: Mapping[int, int], reading: Awaitable[Manifest | None]
+                             ) -> tuple[Manifest | None, str]:
         assert self._snap is not None
         try:
-            manifest = await self._snap.store.read_manifest(chain)
+            manifest = await reading
             if manifest is None:
                 log.info("no address snapshot for %s: reading all its registrations", chain)
                 return None, "missing"

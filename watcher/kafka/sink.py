@@ -223,6 +223,8 @@ class KafkaTransactionalSink:
         self._timeout_s = timeout_s
         self._producer: Any | None = None
         self._lock = asyncio.Lock()
+        self._readers: asyncio.Future[Readers] | None = None
+        """The consumers of the first checkpoint read, connecting since :meth:`start`."""
         self._fenced = False
         self._needs_recovery = False
         self._known: dict[str, bytes | None] = {}
@@ -247,10 +249,31 @@ class KafkaTransactionalSink:
         async with self._lock:
             self._check_not_fenced()
             if self._producer is None:
-                await self._open()
+                if self._readers is None:
+                    # The checkpoint read that follows a start connects its consumers while
+                    # the producer fences: connecting asks no offset, so the read's end is
+                    # still taken after the fencing (by read_last).
+                    self._readers = asyncio.ensure_future(connect_readers(
+                        self._cfg, self._checkpoint_topic, CHECKPOINT_PARTITION, self._timeout_s))
+                try:
+                    await self._open()
+                except BaseException:
+                    await self._drop_readers()
+                    raise
+
+    async def _drop_readers(self) -> None:
+        readers, self._readers = self._readers, None
+        if readers is None:
+            return
+        readers.cancel()  # nothing when they are connected already
+        await asyncio.wait([readers])
+        if not readers.cancelled() and readers.exception() is None:
+            for consumer in readers.result():
+                await consumer.stop()
 
     async def stop(self) -> None:
         async with self._lock:
+            await self._drop_readers()
             producer, self._producer = self._producer, None
             if producer is None:
                 return
@@ -319,6 +342,20 @@ class KafkaTransactionalSink:
     def checkpoint_topic(self) -> str:
         return self._checkpoint_topic
 
+    async def _topic_exists(self, topic: str) -> bool:
+        """Whether ``topic`` exists, asked over the producer's connection when there is one:
+        one metadata round trip, where a new admin client costs a bootstrap and a connection
+        first (measured 0.1-0.3 s on a busy broker, on a fresh start's critical path)."""
+        producer = self._producer
+        if producer is None:
+            return await topic_exists(self._cfg, topic, self._timeout_s)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                cluster = await producer.client.fetch_all_metadata()
+        except Exception as exc:
+            raise SinkError(ErrorKind.RETRIABLE, f"listing topics failed: {exc!r}") from exc
+        return topic in cluster.topics(exclude_internal_topics=False)
+
     async def _read_legacy_checkpoint(self, name: str) -> Consumed | None:
         """The checkpoint in the one-topic layout of earlier versions, if that topic exists.
 
@@ -326,7 +363,7 @@ class KafkaTransactionalSink:
         this read may wait on other chains' open transactions in that old topic."""
         legacy = self._cfg.topics.checkpoints
         try:
-            if not await topic_exists(self._cfg, legacy, self._timeout_s):
+            if not await self._topic_exists(legacy):
                 return None
             record = await read_last(self._cfg, legacy, CHECKPOINT_PARTITION, name.encode(),
                                      timeout_s=self._timeout_s)
@@ -341,9 +378,11 @@ class KafkaTransactionalSink:
         return record
 
     async def _read_checkpoint(self, name: str) -> Consumed | None:
+        readers, self._readers = self._readers, None  # one read's: later reads connect anew
         try:
+            connected = await readers if readers is not None else None
             return await read_last(self._cfg, self._checkpoint_topic, CHECKPOINT_PARTITION,
-                                    name.encode(), timeout_s=self._timeout_s)
+                                    name.encode(), timeout_s=self._timeout_s, readers=connected)
         except SinkError:
             raise
         except Exception as exc:
@@ -519,8 +558,37 @@ async def read_chain_checkpoint(cfg: KafkaConfig, chain: str, *,
     return None
 
 
+Readers = tuple[ManualConsumer, ManualConsumer]
+"""What :func:`read_last` reads with: a read_uncommitted probe and a read_committed reader."""
+
+
+async def connect_readers(cfg: KafkaConfig, topic: str, partition: int,
+                          timeout_s: float = 30.0) -> Readers:
+    """The consumers of a :func:`read_last` of ``topic[partition]``, connected: no offset is
+    asked yet, so where the read ends is still decided by the read itself."""
+    # Offsets are asked before the partition is assigned (see ManualConsumer), and the read
+    # is short-lived: a short fetch wait costs nothing here and ends each read sooner.
+    probe = ManualConsumer(cfg, topic, read_committed=False, timeout_s=timeout_s,
+                           fetch_max_wait_ms=SHORT_READ_FETCH_WAIT_MS)
+    consumer = ManualConsumer(cfg, topic, timeout_s=timeout_s,
+                              fetch_max_wait_ms=SHORT_READ_FETCH_WAIT_MS)
+    # Both connect at once (each start is a bootstrap and a metadata round).
+    try:
+        started = await asyncio.gather(probe.start([partition], assign=False),
+                                       consumer.start([partition], assign=False),
+                                       return_exceptions=True)
+        for outcome in started:
+            if isinstance(outcome, BaseException):
+                raise outcome
+    except BaseException:
+        await probe.stop()
+        await consumer.stop()
+        raise
+    return probe, consumer
+
+
 async def read_last(cfg: KafkaConfig, topic: str, partition: int, key: bytes, *,
-                    timeout_s: float = 30.0) -> Consumed | None:
+                    timeout_s: float = 30.0, readers: Readers | None = None) -> Consumed | None:
     """The last committed record with ``key`` in ``partition`` (a tombstone included).
 
     Every record written before the call is taken into account: the read waits
@@ -534,23 +602,15 @@ async def read_last(cfg: KafkaConfig, topic: str, partition: int, key: bytes, *,
     Reads in windows from the end backwards, so a compacted topic with a recent
     record costs one short read; the answer is the one a read from the
     beginning gives.
+
+    ``readers``: :func:`connect_readers` of this topic and partition, connected earlier (then
+    stopped here); the call is what counts, not when they connected.
     """
     deadline = time.monotonic() + timeout_s
-    # Offsets are asked before the partition is assigned (see ManualConsumer), and the read
-    # is short-lived: a short fetch wait costs nothing here and ends each read sooner.
-    probe = ManualConsumer(cfg, topic, read_committed=False, timeout_s=timeout_s,
-                           fetch_max_wait_ms=SHORT_READ_FETCH_WAIT_MS)
-    consumer = ManualConsumer(cfg, topic, timeout_s=timeout_s,
-                              fetch_max_wait_ms=SHORT_READ_FETCH_WAIT_MS)
-    # Both connect at once (each start is a bootstrap and a metadata round); the high
-    # watermark is still taken before the committed end is first asked.
-    started = await asyncio.gather(probe.start([partition], assign=False),
-                                   consumer.start([partition], assign=False),
-                                   return_exceptions=True)
+    probe, consumer = readers if readers is not None else \
+        await connect_readers(cfg, topic, partition, timeout_s)
+    # The high watermark is taken before the committed end is first asked.
     try:
-        for outcome in started:
-            if isinstance(outcome, BaseException):
-                raise outcome
         high_watermark = (await probe.end_offsets())[partition]
     except BaseException:
         await consumer.stop()

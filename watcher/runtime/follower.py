@@ -143,15 +143,30 @@ class ChainFollower:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        # Fence first: an older instance's open transaction is aborted by this, and only
-        # then can the checkpoint be read up to the true end.
-        await self.sink.start()
-        # The checkpoint needs no watched address: read it now, while the registrations
-        # load, not after them. Read after the fencing above, so it is the true last one;
-        # nobody else writes it unless they fence this sink (whose commits then fail and
-        # the state is reloaded). A failure here is left to the first step to retry.
-        with contextlib.suppress(SinkError):
-            self._checkpoint_read = (await self.sink.load_checkpoint(self._checkpoint_name),)
+        # The endpoints' identity probe needs nothing of Kafka: it runs while the sink fences
+        # and the checkpoint is read, not after them (independent round trips).
+        identity = asyncio.ensure_future(self._verify_identity())
+        try:
+            # Fence first: an older instance's open transaction is aborted by this, and only
+            # then can the checkpoint be read up to the true end.
+            await self.sink.start()
+            # The checkpoint needs no watched address: read it now, while the registrations
+            # load, not after them. Read after the fencing above, so it is the true last
+            # one; nobody else writes it unless they fence this sink (whose commits then fail
+            # and the state is reloaded). A failure here is left to the first step to retry.
+            with contextlib.suppress(SinkError):
+                self._checkpoint_read = (await self.sink.load_checkpoint(self._checkpoint_name),)
+        except BaseException:
+            identity.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await identity  # the sink's error is the one raised
+            raise
+        await identity
+        self._observe_endpoints()
+        self.status.started = True
+        self.status.started_at = self.clock()
+
+    async def _verify_identity(self) -> None:
         try:
             await self.source.verify_identity()
         except ChainError as exc:
@@ -159,9 +174,6 @@ class ChainFollower:
             log.warning("no endpoint verified at start; retrying each cycle", chain=self.cfg.id,
                         error=str(exc))
             self.status.last_error = str(exc)
-        self._observe_endpoints()
-        self.status.started = True
-        self.status.started_at = self.clock()
 
     async def run(self, stop: asyncio.Event) -> None:
         poll = self.cfg.poll_interval_ms / 1000

@@ -17,6 +17,10 @@ GEN0_THRESHOLD = 50_000
 
 
 def tune_for_throughput() -> None:
-    gc.collect()
+    # Only the young generations are collected before the freeze: a full collection here
+    # re-traversed everything start-up built (~40 ms of CPU on the start-up critical path,
+    # between the registrations loaded and the first range) and found nothing to free;
+    # the young ones hold what garbage start-up leaves (measured: none either), in ~2 ms.
+    gc.collect(1)
     gc.freeze()
     gc.set_threshold(GEN0_THRESHOLD, 20, 100)
