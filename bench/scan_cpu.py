@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import pickle
 import statistics
 import time
@@ -28,6 +29,7 @@ from chains.evm import parse, scanworker
 from chains.evm.adapter import ScanPlan
 from chains.evm.rpc import EvmRpcClient
 from watcher.config import Endpoint
+from watcher.runtime.gc_tuning import tune_for_throughput
 from watcher.types import AssetSymbol, BlockContents, BlockHash, BlockRef
 
 STEPS = ("scan", "succeeded", "pickle", "unpickle", "transfers", "old pickle", "old unpickle",
@@ -122,11 +124,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--server-cpu", type=int, default=1)
     ap.add_argument("--profile", default=None)
     ap.add_argument("--url", default=None, help="a replay server already running")
+    ap.add_argument("--gc", choices=("default", "tuned"), default="tuned",
+                    help="the worker's collector settings: the interpreter's, or the daemon's")
     args = ap.parse_args(argv)
     refs = _refs()
+    if args.gc == "tuned":
+        tune_for_throughput()
     if args.blocks:
         refs = refs[:args.blocks]
     runs: list[dict[str, float]] = []
+    collected = {"seconds": 0.0, "runs": 0, "started": 0.0}
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collected["started"] = time.process_time()
+        else:
+            collected["seconds"] += time.process_time() - collected["started"]
+            collected["runs"] += 1
+
+    gc.callbacks.append(on_gc)
     profile = cProfile.Profile() if args.profile else None
     if args.url:
         for _ in range(args.repeat):
@@ -149,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in runs:
         total.append(sum(r[k] for k in ("scan", "succeeded", "pickle")) / n * 1000)
     print(f"  worker total (scan+succeeded+pickle) {statistics.median(total):.3f} ms/block")
+    print(f"  cyclic collector ({args.gc}): {collected['runs']} runs, "
+          f"{collected['seconds'] / n / args.repeat * 1000:.3f} ms/block")
     print("  (old: the reply as ScannedBlock dataclasses, settled in the daemon)")
     return 0
 
