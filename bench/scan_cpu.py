@@ -81,8 +81,7 @@ async def _run(url: str, refs: Sequence[BlockRef], size: int, profile: cProfile.
             _, blocks, ok, _ = scanworker._ok_result(pickle.loads(blob))
             t4 = time.process_time()
             for b in blocks:
-                found += len(b.transfers if type(b) is BlockContents
-                             else b.transfers(ok))  # type: ignore[operator]
+                found += len(b.transfers if isinstance(b, BlockContents) else b.transfers(ok))
             t5 = time.process_time()
             # The reply as it was before (ScannedBlock dataclasses, settled in the daemon).
             doubtful_ids = {id(d) for d in doubtful}

@@ -41,7 +41,8 @@ def blocks() -> tuple[list[parse.ScannedBlock], list[parse.ScannedBlock]]:
 
 
 def across(reply: tuple[Any, ...]) -> tuple[Any, ...]:
-    return pickle.loads(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+    back: tuple[Any, ...] = pickle.loads(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+    return back
 
 
 def test_settled_blocks_come_back_as_their_contents_and_doubtful_ones_whole() -> None:
@@ -67,7 +68,7 @@ def test_the_reply_is_what_the_daemon_would_have_settled() -> None:
     succeeded = {TX[0], TX[3]}
     want = [(s.ref, s.transfers(succeeded)) for s in scanned]
     _, got, ok, _ = _ok_result(across(_ok_reply(1, 1, scanned, doubtful, succeeded, [])))
-    assert [(g.ref, g.transfers if type(g) is BlockContents else g.transfers(ok))
+    assert [(g.ref, g.transfers if isinstance(g, BlockContents) else g.transfers(ok))
             for g in got] == want
 
 
