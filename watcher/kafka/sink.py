@@ -53,7 +53,7 @@ from watcher.kafka.client import (
     topic_exists,
 )
 from watcher.kafka.compression import use_fast_lz4
-from watcher.kafka.partitioner import JavaCompatiblePartitioner
+from watcher.kafka.partitioner import JavaCompatiblePartitioner, partition_for
 from watcher.metrics import DEAD_LETTERS, KAFKA_COMMIT_LATENCY, KAFKA_COMMITS
 from watcher.ports import OutRecord
 
@@ -106,6 +106,47 @@ def producer_kwargs(cfg: KafkaConfig, timeout_s: float) -> dict[str, Any]:
         # aiokafka's byte-by-byte murmur2, its largest cost per record in catch-up.
         "partitioner": JavaCompatiblePartitioner(),
     }
+
+
+BATCHED_RECORD_BYTES = 64 * 1024
+"""A transaction's records go to Kafka in per-partition batches when each is at most this
+big (key and value) and keyed: always true of deposit events (~0.5 kB)."""
+
+
+async def _send_records(producer: Any, records: Sequence[OutRecord]) -> list[Any]:
+    """Hands ``records`` to ``producer`` in the open transaction; their delivery futures.
+
+    Appended to one batch per partition (``create_batch``/``send_batch``), each record on
+    the partition :func:`partition_for` gives its key, as ``send`` would (the producer's
+    partitioner is :class:`JavaCompatiblePartitioner`), in their order within it. One
+    ``send`` per record cost ~40 us of the daemon's CPU each in catch-up (a coroutine, a
+    metadata wait, a future per record), ~27 us batched (both with a broker on the same
+    machine, 700 records a transaction). A transaction with any record unkeyed or larger
+    than :data:`BATCHED_RECORD_BYTES` is sent record by record as before, so a record too
+    large for Kafka fails in ``send`` with the same error (classified ``FINAL``)."""
+    if any(r.key is None or len(r.key) + len(r.value or b"") > BATCHED_RECORD_BYTES
+           for r in records):
+        return [await producer.send(r.topic, value=r.value, key=r.key) for r in records]
+    partitions: dict[str, list[int]] = {}
+    by_partition: dict[tuple[str, int], list[OutRecord]] = {}
+    for r in records:
+        parts = partitions.get(r.topic)
+        if parts is None:
+            parts = partitions[r.topic] = sorted(await producer.partitions_for(r.topic))
+        by_partition.setdefault((r.topic, parts[partition_for(r.key, len(parts))]),
+                                []).append(r)
+    futures: list[Any] = []
+    for (topic, partition), items in by_partition.items():
+        batch = producer.create_batch()
+        for r in items:
+            if batch.append(timestamp=None, key=r.key, value=r.value) is None:
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                # An empty batch (max_batch_size 256 KiB) always takes a record this small.
+                if batch.append(timestamp=None, key=r.key, value=r.value) is None:
+                    raise RuntimeError("a record did not fit an empty batch")
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
 
 
 def _txn_state(producer: Any) -> str:
@@ -367,8 +408,7 @@ class KafkaTransactionalSink:
         try:
             async with asyncio.timeout(self._timeout_s):
                 await producer.begin_transaction()
-                futures = [await producer.send(r.topic, value=r.value, key=r.key)
-                           for r in records]
+                futures = await _send_records(producer, records)
                 futures.append(await producer.send(
                     self._checkpoint_topic, value=checkpoint, key=name.encode(),
                     partition=CHECKPOINT_PARTITION, headers=[(COMMIT_ID_HEADER, commit_id)]))
