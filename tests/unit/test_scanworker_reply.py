@@ -83,3 +83,64 @@ def test_the_reply_is_what_the_daemon_would_have_settled() -> None:
 def test_a_reply_of_another_shape_is_refused(reply: tuple[Any, ...]) -> None:
     with pytest.raises((TypeError, ValueError)):
         _ok_result(reply)
+
+
+class _Watched:
+    generation = 1
+
+
+async def _scan_with_reply(reply_of: Any, refs: list[BlockRef]) -> tuple[Any, Any]:
+    """A ScanWorker whose 'worker' is this test at the other end of its pipe."""
+    import asyncio
+    import multiprocessing
+
+    from chains.evm.scanworker import ScanWorker, WorkerGone, WorkerInit
+
+    worker = ScanWorker(WorkerInit("w", 1, (("e", "http://127.0.0.1:1"),), 1.0, 1, 2, 1, 20))
+    parent, child = multiprocessing.Pipe(duplex=True)
+    worker._conn = parent
+    assert worker._attach()
+    loop = asyncio.get_running_loop()
+
+    def answer() -> None:
+        msg = child.recv()
+        child.send(reply_of(msg[1]))
+
+    loop.add_reader(child.fileno(), answer)
+    try:
+        try:
+            got: Any = await asyncio.wait_for(worker.scan("e", None, refs, _Watched()), 5)
+        except WorkerGone as exc:
+            got = exc
+        return got, worker.failed
+    finally:
+        loop.remove_reader(child.fileno())
+        await worker.close()
+        child.close()
+
+
+async def test_the_daemon_takes_a_reply_of_the_blocks_it_asked() -> None:
+    scanned, doubtful = blocks()
+    refs = [s.ref for s in scanned]
+    got, failed = await _scan_with_reply(
+        lambda rid: _ok_reply(rid, 1, scanned, doubtful, {TX[0], TX[3]}, []), refs)
+    assert not failed
+    contents, succeeded = got
+    assert [c.ref for c in contents] == refs and succeeded == {TX[3]}
+
+
+@pytest.mark.parametrize("wrong", ["other blocks", "fewer blocks", "unreadable"])
+async def test_a_reply_of_other_blocks_sets_the_worker_aside(wrong: str) -> None:
+    from chains.evm.scanworker import WorkerGone
+
+    scanned, doubtful = blocks()
+    refs = [s.ref for s in scanned]
+
+    def reply(rid: int) -> tuple[Any, ...]:
+        if wrong == "unreadable":
+            return ("ok", rid, 1, "not blocks", set(), [])
+        sent = scanned[1:] if wrong == "fewer blocks" else [scanned[1], scanned[0], scanned[2]]
+        return _ok_reply(rid, 1, sent, doubtful, {TX[0]}, [])
+
+    got, failed = await _scan_with_reply(reply, refs)
+    assert isinstance(got, WorkerGone) and failed
