@@ -54,8 +54,9 @@ from watcher.types import (
 
 log = structlog.get_logger("watcher.follower")
 
-ADDRESS_CACHE = 1 << 16
-"""Parsed transfer addresses kept per chain (the codec's EIP-55 or bech32 work, ~0.1 kB each)."""
+ADDRESS_CACHE = 1 << 14
+"""Parsed transfer addresses kept per chain (the codec's EIP-55 or bech32 work; ~0.3 kB each
+with the cache's own entry, ~5 MB when full)."""
 
 
 class LabelledAddresses(Protocol):
