@@ -380,8 +380,8 @@ class EvmChainSource:
         parts = [(w, refs[i * share:(i + 1) * share]) for i, w in enumerate(workers)
                  if refs[i * share:(i + 1) * share]]
 
-        async def op(c: EvmRpcClient) -> tuple[list[parse.ScannedBlock],
-                                               list[parse.ScannedBlock], set[TxId]] | None:
+        async def op(c: EvmRpcClient) -> tuple[list[BlockContents | parse.ScannedBlock],
+                                               set[TxId]] | None:
             tasks = [asyncio.ensure_future(w.scan(c.name, plan, part, watched))
                      for w, part in parts]
             try:
@@ -394,19 +394,25 @@ class EvmChainSource:
                 await asyncio.gather(*tasks, return_exceptions=True)
             if any(r is None for r in results):
                 return None  # the watched set changed meanwhile
-            scanned = [s for r in results if r is not None for s in r[0]]
-            doubtful = [s for r in results if r is not None for s in r[1]]
-            succeeded: set[TxId] = set().union(*(r[2] for r in results if r is not None))
-            return scanned, doubtful, succeeded
+            blocks = [b for r in results if r is not None for b in r[0]]
+            succeeded: set[TxId] = set().union(*(r[1] for r in results if r is not None))
+            return blocks, succeeded
 
         got = await self._pool.ask(op, what=f"contents of {len(refs)} blocks (scan worker)")
         if got is None:
             return None
-        scanned, doubtful, succeeded = got
-        for block in doubtful:
-            logs = await self._logs_from_receipts(block)
-            parse.scan_logs(logs, block, watched, self._assets)
-        return [BlockContents(ref=s.ref, transfers=s.transfers(succeeded)) for s in scanned]
+        blocks, succeeded = got
+        out: list[BlockContents] = []
+        for block in blocks:
+            if type(block) is parse.ScannedBlock:
+                # Doubtful: the worker's logs answer was empty where the bloom says maybe.
+                logs = await self._logs_from_receipts(block)
+                parse.scan_logs(logs, block, watched, self._assets)
+                out.append(BlockContents(ref=block.ref, transfers=block.transfers(succeeded)))
+            else:
+                assert type(block) is BlockContents
+                out.append(block)
+        return out
 
     async def _contents_chunk(self, refs: Sequence[BlockRef],
                               watched: WatchedAddressLookup) -> list[BlockContents]:

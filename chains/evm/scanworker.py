@@ -50,7 +50,8 @@ from chains.evm.errors import RpcError
 from chains.evm.rpc import EvmRpcClient
 from watcher.config import Endpoint
 from watcher.errors import AnswerCheck, ChainError, ErrorKind, NodeAnswerInvalid
-from watcher.types import BlockRef, TxId
+from watcher.runtime.gc_tuning import tune_for_throughput
+from watcher.types import BlockContents, BlockRef, Transfer, TxId
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,10 @@ def worker_main(conn: Connection, init: WorkerInit, parent_end: Connection | Non
             signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Forked before the daemon tuned its collector (at start-up, after the registrations):
+    # with the interpreter's thresholds the worker ran ~200 collections per 4,000 blocks over
+    # the logs' dicts and everything the daemon had imported (0.07 ms/block, bench/scan_cpu.py).
+    tune_for_throughput()
     asyncio.run(_serve(conn, init))
 
 
@@ -176,13 +181,8 @@ async def _serve(conn: Connection, init: WorkerInit) -> None:
             client = clients[name]
             scanned, doubtful = await _scan_range(client, init, plan, refs, keys)
             succeeded = await _succeeded(client, init, scanned)
-            doubtful_ids = {id(d) for d in doubtful}
-            flags = [id(s) in doubtful_ids for s in scanned]
-            for s, keep in zip(scanned, flags, strict=True):
-                if not keep:
-                    s.txs = []  # only a doubtful block's transactions are needed again
-            reply: tuple[Any, ...] = ("ok", rid, generation, scanned, flags, succeeded,
-                                      observations[start:])
+            reply = _ok_reply(rid, generation, scanned, doubtful, succeeded,
+                              observations[start:])
         except ChainError as exc:
             reply = ("err", rid, _encode_error(exc), observations[start:])
         except Exception as exc:  # a bug here must not hang the daemon: it hears of it
@@ -213,6 +213,62 @@ async def _serve(conn: Connection, init: WorkerInit) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         for client in clients.values():
             await client.close()
+
+
+Packed = tuple[int, str, str, int, list[tuple[Any, ...]]]
+"""A settled block as it crosses the pipe: (number, hash, parent hash, timestamp, transfers
+as :func:`_transfer_fields`)."""
+
+
+def _transfer_fields(t: Transfer) -> tuple[Any, ...]:
+    return (t.txid, t.locator, t.asset, t.token_contract, t.to_address, t.from_address,
+            t.amount, t.decimals)
+
+
+def _ok_reply(rid: int, generation: Any, scanned: Sequence[parse.ScannedBlock],
+              doubtful: Sequence[parse.ScannedBlock], succeeded: set[TxId],
+              observations: list[tuple[str, str, float]]) -> tuple[Any, ...]:
+    """The worker's answer to a scan that succeeded, as it crosses the pipe.
+
+    A block whose logs the worker could believe is settled here (its transfers, the native
+    ones only if their receipt said success) and sent as plain tuples: pickling dataclasses
+    goes through ``__getstate__`` in Python, which cost more CPU than the block's scan. A
+    doubtful block (its empty logs answer must be settled by its receipts, in process)
+    travels whole, with its transactions and the successes among its candidates."""
+    doubtful_ids = {id(d) for d in doubtful}
+    blocks: list[Packed | parse.ScannedBlock] = []
+    for s in scanned:
+        if id(s) in doubtful_ids:
+            blocks.append(s)
+            continue
+        r = s.ref
+        blocks.append((r.number, r.hash, r.parent_hash, r.timestamp,
+                       [_transfer_fields(t) for t in s.transfers(succeeded)]))
+    kept = {c.transfer.txid for d in doubtful for c in d.candidates} & succeeded
+    return ("ok", rid, generation, blocks, kept, observations)
+
+
+def _ok_result(reply: tuple[Any, ...]
+               ) -> tuple[Any, list[BlockContents | parse.ScannedBlock], set[TxId],
+                          list[tuple[str, str, float]]]:
+    """(generation, blocks, succeeded, observations) of an :func:`_ok_reply`: each block
+    settled (:class:`BlockContents`) or doubtful (a :class:`parse.ScannedBlock`, whose
+    candidates that succeeded are in ``succeeded``). Raises ``TypeError`` or ``ValueError``
+    for a reply of another shape."""
+    _, _, generation, packed, succeeded, observations = reply
+    if type(packed) is not list or type(succeeded) is not set:
+        raise TypeError("scan reply")
+    blocks: list[BlockContents | parse.ScannedBlock] = []
+    for item in packed:
+        if type(item) is tuple:
+            number, hash_, parent, timestamp, transfers = item
+            blocks.append(BlockContents(BlockRef(number, hash_, parent, timestamp),
+                                        tuple([Transfer(*t) for t in transfers])))
+        elif type(item) is parse.ScannedBlock:
+            blocks.append(item)
+        else:
+            raise TypeError("scan reply block")
+    return generation, blocks, succeeded, observations
 
 
 async def _scan_range(client: EvmRpcClient, init: WorkerInit, plan: Any, refs: Sequence[BlockRef],
@@ -353,10 +409,11 @@ class ScanWorker:
         return self.usable(watched)
 
     async def scan(self, endpoint: str, plan: Any, refs: Sequence[BlockRef], watched: Any
-                   ) -> tuple[list[parse.ScannedBlock], list[parse.ScannedBlock],
-                              set[TxId]] | None:
-        """(scanned, doubtful, txids of candidates that succeeded) of ``refs`` at ``endpoint``;
-        None when the watched set changed
+                   ) -> tuple[list[BlockContents | parse.ScannedBlock], set[TxId]] | None:
+        """(blocks, succeeded) of ``refs`` at ``endpoint``: each block settled (its
+        :class:`BlockContents`) or, when its empty logs answer must be settled by its
+        receipts, the :class:`parse.ScannedBlock` to finish, with the txids of its native
+        candidates that succeeded in ``succeeded``. None when the watched set changed
         meanwhile (scan in process). Raises the endpoint's error as the pool expects it, and
         :class:`WorkerGone` when the worker is not there (scan in process)."""
         if self.failed:
@@ -370,15 +427,22 @@ class ScanWorker:
         finally:
             self._pending.pop(rid, None)
         if reply[0] == "ok":
-            _, _, generation, scanned, flags, succeeded, observations = reply
+            try:
+                generation, blocks, succeeded, observations = _ok_result(reply)
+            except (TypeError, ValueError):
+                self._fail("scan worker: unreadable reply")
+                raise WorkerGone("unreadable reply") from None
             self._replay(observations)
             if generation != watched.generation:
                 return None
+            if len(blocks) != len(refs) or any(b.ref != r for b, r in zip(blocks, refs, strict=True)):
+                self._fail("scan worker: reply of other blocks")
+                raise WorkerGone("reply of other blocks")
             self.ranges += 1
             if self.ranges == 1:
                 log.info("chain %s: catch-up ranges fetched and scanned by the scan worker",
                          self._init.chain)
-            return scanned, [s for s, d in zip(scanned, flags, strict=True) if d], succeeded
+            return blocks, succeeded
         if reply[0] == "err":
             self._replay(reply[3])
             raise _decode_error(reply[2], endpoint)

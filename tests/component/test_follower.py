@@ -286,13 +286,21 @@ def test_confirmed_deposits_observe_the_wait_for_credit() -> None:
     block = BlockRef(7, BlockHash("0xb7"), BlockHash("0xb6"), timestamp=1_800_000_000 - 600)
     t = Transfer(TxId("0xt"), "tx", AssetSymbol("ETH"), None, Address(ALICE), None, 5, 18)
     d = TrackedDeposit(DepositId(f"{chain}:0xt:tx"), block, t, 3, None)
+    def events(kind: str) -> float:
+        return REGISTRY.get_sample_value("watcher_deposit_events_total",
+                                         {"chain": chain, "type": kind}) or 0.0
+
     count, total = sample("watcher_deposit_confirmation_seconds_count"), \
         sample("watcher_deposit_confirmation_seconds_sum")
-    f._count_events([DepositEvent(DepositEventType.PENDING, d, 1),
-                     DepositEvent(DepositEventType.CONFIRMED, d, 3),
-                     DepositEvent(DepositEventType.REVERTED, d, 0, DepositEventType.CONFIRMED)])
-    assert sample("watcher_deposit_confirmation_seconds_count") == count + 1
-    assert sample("watcher_deposit_confirmation_seconds_sum") == total + 600
+    kinds = ("deposit.pending", "deposit.confirmed", "deposit.reverted", "deposit.seen")
+    before = [events(k) for k in kinds]
+    for _ in range(2):  # the second time through the follower's cached series
+        f._count_events([DepositEvent(DepositEventType.PENDING, d, 1),
+                         DepositEvent(DepositEventType.CONFIRMED, d, 3),
+                         DepositEvent(DepositEventType.REVERTED, d, 0, DepositEventType.CONFIRMED)])
+    assert sample("watcher_deposit_confirmation_seconds_count") == count + 2
+    assert sample("watcher_deposit_confirmation_seconds_sum") == total + 1200
+    assert [events(k) for k in kinds] == [b + n for b, n in zip(before, (2, 2, 2, 0), strict=True)]
 
 
 class RecordingSim(SimChain):

@@ -421,6 +421,38 @@ async def test_batches_keep_each_keys_partition_and_order(cfg: KafkaConfig, txn_
 
 
 @pytest.mark.integration
+async def test_batched_records_land_on_their_keys_partitions_in_order(
+        cfg: KafkaConfig, txn_id: str, kafka: KafkaService) -> None:
+    """1,500 records of 1 kB (several 256 KiB batches per partition) on a three-partition
+    topic: each on the Java client's partition for its key, in order within it, once."""
+    topic = f"test.batched.{uuid.uuid4().hex[:10]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 3, 1)])
+    finally:
+        await admin.close()
+    records = [OutRecord(topic, f"eth:0x{i:064x}:log:{i % 7}".encode(),
+                         f'{{"n":{i},"pad":"{"x" * 1000}"}}'.encode()) for i in range(1500)]
+    sink = KafkaTransactionalSink(cfg, txn_id, "t7", timeout_s=30)
+    await sink.start()
+    try:
+        await sink.load_checkpoint("eth")
+        await sink.commit(records[:1000], "eth", b"cp-1")
+        await sink.commit(records[1000:], "eth", b"cp-2")
+        assert await sink.load_checkpoint("eth") == b"cp-2"
+    finally:
+        await sink.stop()
+    got = await read_all(cfg, topic)
+    assert sorted(r.key or b"" for r in got) == sorted(r.key for r in records)
+    for p in range(3):
+        want = [r.key for r in records if partition_for(r.key, 3) == p]
+        assert want, "every partition has records"
+        assert [r.key for r in sorted((g for g in got if g.partition == p),
+                                      key=lambda g: g.offset)] == want
+
+
+@pytest.mark.integration
 async def test_large_checkpoint_round_trips(cfg: KafkaConfig, txn_id: str) -> None:
     snapshot = bytes(range(256)) * (8 * 1024 * 1024 // 256)  # 8 MiB, compressible
     sink = KafkaTransactionalSink(cfg, txn_id, "t6", timeout_s=30)

@@ -34,3 +34,21 @@ def test_eip55_examples(expected: str) -> None:
 def test_eip55_refuses_what_is_not_a_lower_case_address(bad: str) -> None:
     with pytest.raises(ValueError, match="lower-case"):
         checksum_lower(bad)
+
+
+def _reference(lower: str) -> str:
+    """EIP-55 as the EIP writes it, one character at a time."""
+    nibbles = keccak256(lower[2:].encode("ascii")).hex()
+    return "0x" + "".join(c.upper() if int(n, 16) >= 8 else c
+                          for c, n in zip(lower[2:], nibbles, strict=False))
+
+
+def test_eip55_equals_the_per_character_rule() -> None:
+    import random
+
+    rng = random.Random(55)
+    cases = ["0x" + "0" * 40, "0x" + "f" * 40, "0x" + "a" * 40, "0x" + "9" * 40]
+    cases += ["0x" + "".join(rng.choice("0123456789abcdef") for _ in range(40))
+              for _ in range(2000)]
+    for lower in cases:
+        assert checksum_lower(lower) == _reference(lower), lower
