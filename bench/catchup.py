@@ -317,15 +317,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     by = {f.key: f.median for f in figures}
     w, w1 = by.get("watcher-2"), by.get("watcher-1")
     cryo_u, cryo_1, etl_1 = by.get("cryo-2"), by.get("cryo-1"), by.get("etl-1")
+    # ethereum-etl at its best: the faster of its two pinnings (its tuned setting is one
+    # worker, so pinning only moves it by the noise), never the slower one.
+    etl_runs = [(by[k], pin) for k, pin in (("etl-1", "core 0"), ("etl-2", "unpinned")) if by.get(k)]
+    etl_best = max(etl_runs) if etl_runs else None
     print("ratios (medians, this run):")
     if w and cryo_u:
-        print(f"  watcher end to end unpinned / cryo unpinned      {w / cryo_u:5.2f}x")
+        print(f"  watcher end to end unpinned / cryo unpinned                  {w / cryo_u:5.2f}x")
     if w1 and cryo_1:
-        print(f"  watcher end to end core 0 / cryo core 0          {w1 / cryo_1:5.2f}x")
-    if w and etl_1:
-        print(f"  watcher end to end unpinned / ethereum-etl tuned {w / etl_1:5.2f}x")
+        print(f"  watcher end to end core 0 / cryo core 0                      {w1 / cryo_1:5.2f}x")
+    if w and etl_best:
+        print(f"  watcher end to end unpinned / ethereum-etl tuned, its best "
+              f"({etl_best[1]}) {w / etl_best[0]:5.2f}x")
     if w1 and etl_1:
-        print(f"  watcher end to end core 0 / ethereum-etl tuned   {w1 / etl_1:5.2f}x (both one core)")
+        print(f"  watcher end to end core 0 / ethereum-etl tuned core 0       {w1 / etl_1:5.2f}x "
+              "(both one core)")
     if anvil_result is not None:
         print(f"watcher served by anvil (in process): {anvil_result.blocks_per_s:.0f} blocks/s "
               f"(anvil-bound; watcher CPU {anvil_result.cpu_seconds / anvil_result.seconds:.0%})")
