@@ -45,6 +45,9 @@ from watcher.kafka.sink import KafkaTransactionalSink
 from watcher.runtime.follower import ChainFollower
 from watcher.runtime.gc_tuning import tune_for_throughput
 
+WARMUP_RUNS = 4
+"""Untimed end-to-end runs that warm the broker before the timed rounds."""
+
 
 @dataclass(frozen=True)
 class CatchUp:
@@ -226,11 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cpu_busy: list[float] = []
                 pinnings: tuple[tuple[str, list[int] | None], ...] = (("unpinned", None),
                                                                       ("core 0", [0]))
-                # One untimed watcher run first: a fresh broker's JIT compilers took ~4 s of
-                # CPU in the first run (measured per broker thread, 2026-12-01) and ~0.4 s in
-                # the third, on the cores the timed tools share; a broker in service has been
-                # running for days.
-                run_end_to_end(replay.url, kafka.bootstrap_servers, directory, label="warmup")
+                # Untimed watcher runs first: a fresh broker's JIT compilers took ~4 s of CPU
+                # in the first run, ~1 s in the second and third and ~0.4 s from the fifth
+                # (measured per broker thread, 2026-12-01; the broker's CPU per run 4.0, 2.1,
+                # 1.7, 1.8, 1.3, 1.3, 1.1 s), on the cores the timed tools share. A broker in
+                # service has been running for days.
+                for _ in range(WARMUP_RUNS):
+                    run_end_to_end(replay.url, kafka.bootstrap_servers, directory, label="warmup")
                 for _ in range(args.repeat):
                     for pin, cpus in pinnings:
                         res, problems = run_end_to_end(replay.url, kafka.bootstrap_servers, directory,
