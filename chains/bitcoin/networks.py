@@ -37,6 +37,10 @@ class Network:
     """The native asset's usual ticker (events carry the configured symbol)."""
     max_money: int
     """Consensus MAX_MONEY in base units: no output can be worth more."""
+    coinbase_maturity: int = 100
+    """Consensus coinbase maturity: the confirmations a coinbase output needs before a spend
+    of it is valid (Bitcoin's and Litecoin's ``COINBASE_MATURITY`` 100; Dogecoin's 240 since
+    its digishield fork at block 145,000, 30 before: 240 is the rule of every block today)."""
 
     @property
     def p2sh_version(self) -> int:
@@ -47,12 +51,14 @@ def _net(name: str, p2pkh: int, p2sh: tuple[int, ...], hrp: str | None, genesis:
          *, taproot: bool, symbol: str) -> Network:
     return Network(name=name, p2pkh_version=p2pkh, p2sh_versions=p2sh, bech32_hrp=hrp,
                    genesis_hash=BlockHash(genesis), segwit=hrp is not None, taproot=taproot,
-                   symbol=symbol, max_money=_MAX_MONEY[symbol])
+                   symbol=symbol, max_money=_MAX_MONEY[symbol],
+                   coinbase_maturity=_COINBASE_MATURITY.get(symbol, 100))
 
 
 _COIN = 100_000_000
 _MAX_MONEY = {"BTC": 21_000_000 * _COIN, "LTC": 84_000_000 * _COIN,
               "DOGE": 10_000_000_000 * _COIN}  # each chain's amount.h
+_COINBASE_MATURITY = {"DOGE": 240}  # Dogecoin's chainparams (digishieldConsensus); else 100
 
 
 NETWORKS: dict[str, Network] = {n.name: n for n in (

@@ -34,6 +34,10 @@ A, B, C = op("a"), op("b"), op("c")
     (HotOutput(A, 1000, change=False), 10, CoinRules(6, True), False, False),  # a deposit is not change
     (HotOutput(A, 1000, coinbase=True), 10 + COINBASE_MATURITY - 2, CoinRules(1, True), False, False),
     (HotOutput(A, 1000, coinbase=True), 10 + COINBASE_MATURITY - 1, CoinRules(1, True), False, True),
+    # Dogecoin's 240: a coinbase at height 10 is spendable at tip 249 (240 confirmations).
+    (HotOutput(A, 1000, coinbase=True), 248, CoinRules(1, True, 240), False, False),
+    (HotOutput(A, 1000, coinbase=True), 249, CoinRules(1, True, 240), False, True),
+    (HotOutput(A, 1000), 10, CoinRules(1, True, 240), False, True),  # only coinbases wait
 ])
 def test_spendable_rules(output: HotOutput, tip: int, rules: CoinRules, bound: bool,
                          spendable: bool) -> None:
@@ -129,3 +133,16 @@ def test_send_refusals_become_outcomes(code: int, message: str, outcome: Broadca
 
 def test_a_transport_failure_is_retriable() -> None:
     assert broadcast_outcome(ChainError(ErrorKind.RETRIABLE, "timeout", "n")) is BroadcastOutcome.RETRIABLE
+
+
+def test_each_networks_coinbase_maturity() -> None:
+    """Consensus values, from each chain's own source (Bitcoin Core consensus.h
+    COINBASE_MATURITY 100, Litecoin the same, Dogecoin 1.14 digishieldConsensus 240)."""
+    from chains.bitcoin.networks import NETWORKS
+
+    assert {n: NETWORKS[n].coinbase_maturity for n in sorted(NETWORKS)} == {
+        "bitcoin": 100, "dogecoin": 240, "dogecoin_testnet": 240, "litecoin": 100,
+        "litecoin_regtest": 100, "litecoin_testnet": 100, "regtest": 100, "signet": 100,
+        "testnet": 100, "testnet4": 100}
+    with pytest.raises(ValueError, match="coinbase_maturity"):
+        CoinRules(1, False, 0)

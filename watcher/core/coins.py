@@ -29,6 +29,8 @@ from watcher.core.utxo import ScriptType, Utxo
 from watcher.types import BlockHash
 
 COINBASE_MATURITY = 100
+"""Bitcoin's (and Litecoin's) consensus ``COINBASE_MATURITY``: the default of
+:attr:`CoinRules.coinbase_maturity`; each network's own is in ``chains.bitcoin.networks``."""
 SNAPSHOT_VERSION = 1
 
 
@@ -61,10 +63,15 @@ class CoinRules:
     """Confirmations of a received output before it may be spent (>= 1)."""
     own_change: bool
     """The hot wallet's own change may be spent from its first confirmation."""
+    coinbase_maturity: int = COINBASE_MATURITY
+    """Confirmations a coinbase output needs before a node accepts a spend of it (the
+    chain's consensus rule: 100 on Bitcoin and Litecoin, 240 on Dogecoin)."""
 
     def __post_init__(self) -> None:
         if self.confirmations < 1:
             raise ValueError("confirmations must be >= 1")
+        if self.coinbase_maturity < 1:
+            raise ValueError("coinbase_maturity must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +113,7 @@ class HotCoins:
             if c.output.change and rules.own_change:
                 need = 1
             if c.output.coinbase:
-                need = max(need, COINBASE_MATURITY)
+                need = max(need, rules.coinbase_maturity)
             if depth >= need:
                 out.append(Utxo(op, c.output.value, ScriptType.P2WPKH))
         return sorted(out, key=lambda u: u.outpoint)

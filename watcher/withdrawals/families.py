@@ -220,7 +220,8 @@ class UtxoPayments:
         self._node = node
         self._floor = cw.min_fee
         self._cap = cw.max_fee
-        self._rules = CoinRules(cw.input_confirmations or cw.confirmations, cw.spend_own_change)
+        self._rules = CoinRules(cw.input_confirmations or cw.confirmations, cw.spend_own_change,
+                                network.coinbase_maturity)
         self._hot_script = p2wpkh_script(compressed_public_key(signer.public_key))
         self._hot = Address(p2wpkh_address(signer.public_key, network))
         self.coins = HotCoins()
