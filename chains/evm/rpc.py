@@ -56,21 +56,6 @@ def _batch_label(calls: Sequence[Call]) -> str:
     return "batch:" + "+".join(sorted({method for method, _ in calls}))
 
 
-class HttpTransport:
-    """One :class:`HttpClient` per endpoint (keep-alive, at most ``limit`` connections)."""
-
-    def __init__(self, url: str, limit: int) -> None:
-        self.url = url
-        self._client = HttpClient(url, connections=limit,
-                                  headers={"Content-Type": "application/json"})
-
-    async def __call__(self, body: bytes, timeout_s: float) -> tuple[int, bytes]:
-        return await self._client.post(body, timeout_s)
-
-    async def close(self) -> None:
-        await self._client.close()
-
-
 class EvmRpcClient:
     """One endpoint of one EVM chain; every method is one attempt."""
 
@@ -89,15 +74,19 @@ class EvmRpcClient:
         self.known_head: int | None = None
         """The last head this endpoint reported: a ``null`` at or below it is a lie."""
         self._timeout_s = timeout_s
-        self._http = HttpTransport(endpoint.url, connections) if transport is None else None
-        self._transport: Transport = transport if transport is not None else self._http_post
+        self._url = endpoint.url if transport is None else None
+        self._http: HttpClient | None = None
+        self._transport: Transport
+        if transport is None:
+            # The client's own POST is the transport: no wrapper frame per request.
+            self._http = HttpClient(endpoint.url, connections=connections,
+                                    headers={"Content-Type": "application/json"})
+            self._transport = self._http.post
+        else:
+            self._transport = transport
         self._ids = itertools.count(1)
         self._latency: dict[str, Any] = {}
         self._observer = observe
-
-    async def _http_post(self, body: bytes, timeout_s: float) -> tuple[int, bytes]:
-        assert self._http is not None
-        return await self._http(body, timeout_s)
 
     @property
     def name(self) -> str:
@@ -107,7 +96,7 @@ class EvmRpcClient:
     def url(self) -> str | None:
         """The endpoint's URL when this client speaks HTTP itself (None with a test transport);
         handed to a scan worker, never logged."""
-        return self._http.url if self._http is not None else None
+        return self._url
 
     def observe_latency(self, label: str, seconds: float) -> None:
         """Records a round trip made on this endpoint's behalf (by a scan worker)."""

@@ -247,8 +247,21 @@ async def ensure_topics(cfg: KafkaConfig, timeout_s: float = 30.0,
         await admin.close()
 
 
-async def topic_exists(cfg: KafkaConfig, topic: str, timeout_s: float = 30.0) -> bool:
-    """Whether ``topic`` exists; raises SinkError(RETRIABLE) when Kafka cannot be asked."""
+async def topic_exists(cfg: KafkaConfig, topic: str, timeout_s: float = 30.0, *,
+                       client: Any | None = None) -> bool:
+    """Whether ``topic`` exists; raises SinkError(RETRIABLE) when Kafka cannot be asked.
+
+    ``client``: an aiokafka client already connected (a producer's ``client``), asked over
+    its connection: one metadata round trip, where a new admin client costs a bootstrap and
+    a connection first (0.1-0.3 s measured on a busy broker, on a fresh start's critical
+    path)."""
+    if client is not None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                cluster = await client.fetch_all_metadata()
+        except Exception as exc:
+            raise SinkError(ErrorKind.RETRIABLE, f"listing topics failed: {exc!r}") from exc
+        return topic in cluster.topics(exclude_internal_topics=False)
     admin = AIOKafkaAdminClient(**connection_kwargs(cfg), request_timeout_ms=int(timeout_s * 1000))
     try:
         async with asyncio.timeout(timeout_s):

@@ -38,6 +38,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
     TransactionalIdAuthorizationFailed,
 )
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from watcher.config import KafkaConfig
 from watcher.errors import ErrorKind, SinkError
@@ -175,8 +176,6 @@ async def _send_batched(producer: Any, partitioner: JavaCompatiblePartitioner,
     (classified FINAL, like aiokafka's own check); each partition joins the transaction
     (``send_batch`` adds it) before its first batch is sent.
     """
-    from aiokafka.record.default_records import DefaultRecordBatchBuilder
-
     builders: dict[tuple[str, int], Any] = {}
     layout: dict[str, tuple[list[int], list[int]]] = {}
     futures: list[asyncio.Future[Any]] = []
@@ -342,20 +341,6 @@ class KafkaTransactionalSink:
     def checkpoint_topic(self) -> str:
         return self._checkpoint_topic
 
-    async def _topic_exists(self, topic: str) -> bool:
-        """Whether ``topic`` exists, asked over the producer's connection when there is one:
-        one metadata round trip, where a new admin client costs a bootstrap and a connection
-        first (measured 0.1-0.3 s on a busy broker, on a fresh start's critical path)."""
-        producer = self._producer
-        if producer is None:
-            return await topic_exists(self._cfg, topic, self._timeout_s)
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                cluster = await producer.client.fetch_all_metadata()
-        except Exception as exc:
-            raise SinkError(ErrorKind.RETRIABLE, f"listing topics failed: {exc!r}") from exc
-        return topic in cluster.topics(exclude_internal_topics=False)
-
     async def _read_legacy_checkpoint(self, name: str) -> Consumed | None:
         """The checkpoint in the one-topic layout of earlier versions, if that topic exists.
 
@@ -363,7 +348,9 @@ class KafkaTransactionalSink:
         this read may wait on other chains' open transactions in that old topic."""
         legacy = self._cfg.topics.checkpoints
         try:
-            if not await self._topic_exists(legacy):
+            producer = self._producer
+            if not await topic_exists(self._cfg, legacy, self._timeout_s,
+                                      client=producer.client if producer is not None else None):
                 return None
             record = await read_last(self._cfg, legacy, CHECKPOINT_PARTITION, name.encode(),
                                      timeout_s=self._timeout_s)
