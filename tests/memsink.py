@@ -20,9 +20,15 @@ class MemorySink:
     """The next N commits fail without any effect (as an aborted transaction)."""
     fenced: bool = False
     commits: int = 0
+    fail_starts: int = 0
+    """The next N starts fail as a broker not ready yet would (RETRIABLE)."""
+    starts: int = 0
 
     async def start(self) -> None:
-        return None
+        self.starts += 1
+        if self.fail_starts > 0:
+            self.fail_starts -= 1
+            raise SinkError(ErrorKind.RETRIABLE, "injected start failure: broker not ready")
 
     async def load_checkpoint(self, name: str) -> bytes | None:
         return self.checkpoints.get(name)

@@ -24,6 +24,7 @@ from watcher.ports import AddressCodec, ChainSource, MempoolSource
 from watcher.runtime.follower import ChainFollower, FollowerStatus
 from watcher.runtime.gc_tuning import tune_for_throughput
 from watcher.runtime.health import HealthServer
+from watcher.runtime.retry import until_kafka_answers
 from watcher.runtime.status import endpoints_of, status_document
 from watcher.types import ChainId
 
@@ -181,9 +182,10 @@ class App:
         if cfg.addresses_file is not None:
             load_addresses_file(cfg.addresses_file, codecs, self.indexes)
 
-        await ensure_topics(cfg.kafka, chains=list(cfg.chains))
+        await until_kafka_answers("ensuring topics",
+                                  lambda: ensure_topics(cfg.kafka, chains=list(cfg.chains)))
         dead_letters = DeadLetterWriter(cfg.kafka)
-        await dead_letters.start()
+        await until_kafka_answers("starting the dead-letter producer", dead_letters.start)
         snapshots = SnapshotSettings(AddressSnapshotStore(cfg.kafka),
                                      base=file_fingerprint(cfg.addresses_file))
         registrations = RegistrationFollower(cfg.kafka, codecs, self.indexes, dead_letters,

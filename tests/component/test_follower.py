@@ -162,6 +162,18 @@ async def test_restart_resumes_from_checkpoint_without_duplicates() -> None:
     assert [e["type"] for e in sink.events()] == ["deposit.pending", "deposit.confirmed"]
 
 
+async def test_a_start_waits_for_a_broker_not_ready_yet_then_follows() -> None:
+    """Kafka back from a pause, its broker not yet registered: the producer's start is
+    refused a few times; the start is tried again instead of ending the process."""
+    sim, sink = SimChain(), MemorySink(fail_starts=2)
+    f = follower(sim, sink)
+    await f.start()
+    assert sink.starts == 3 and f.status.started
+    sim.mine(transfer("0xt1", ALICE, 10**18))
+    await drain(f)
+    assert [e["type"] for e in sink.events()] == ["deposit.pending"]
+
+
 async def test_fenced_instance_halts_for_good() -> None:
     sim, sink = SimChain(), MemorySink()
     f = follower(sim, sink)

@@ -9,6 +9,7 @@
   confirmed events (dry run) and, published into an empty topic, passes the audit.
 * A chain halted by a reorg deeper than its window is inspected, resumed with
   ``watcher halt resume``, and follows again.
+* A start while Kafka refuses connections waits for it instead of exiting 1.
 """
 
 from __future__ import annotations
@@ -380,3 +381,67 @@ async def test_halted_chain_is_inspected_resumed_and_follows_again(
                                         ("deposit.reverted", "deposit.pending")], summary(events)
     assert by_tx[fresh.txid][-1] == ("deposit.confirmed", None), summary(events)
     assert set(by_tx) == {lost_confirmed.txid, lost_pending.txid, fresh.txid}
+
+
+
+async def _forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
+async def test_a_start_while_kafka_refuses_connections_waits_for_it(
+        kafka: KafkaService, anvil_factory: AnvilFactory, services: ServiceManager,
+        tmp_path: Path) -> None:
+    """Kafka not listening yet (a rolling restart, or a broker back from a pause and not yet
+    registered): the start tries again, a warning at each try, instead of exiting 1. The
+    watcher bootstraps through a port that refuses connections for its first 3 s and then
+    forwards to the broker (which advertises its own address for everything after)."""
+    h = await build_history(kafka, anvil_factory, services, tmp_path, batch_size=2)
+    watched = [new_address(f"{h.cfg.kafka.client_id}-0")]
+    await produce(kafka.bootstrap_servers, h.cfg.kafka.topics.address_registrations,
+                  [registration("eth", a) for a in watched])
+    await deposits(h, h.token, watched, 3)
+    await h.chain.mine(5)
+    height = await h.chain.height()
+    port = services.free_port()
+    raw = yaml.safe_load(h.config.read_text())
+    raw["kafka"]["bootstrap_servers"] = f"127.0.0.1:{port}"
+    h.config.write_text(yaml.safe_dump(raw))
+    host, kport = kafka.bootstrap_servers.rsplit(":", 1)
+
+    async def forward(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        broker_r, broker_w = await asyncio.open_connection(host, int(kport))
+        await asyncio.gather(_forward(client_r, broker_w), _forward(broker_r, client_w))
+
+    d = h.daemon
+    server: asyncio.Server | None = None
+    try:
+        d.start()
+        started = time.monotonic()
+        while "Kafka not ready" not in (d.log.read_text() if d.log.exists() else ""):
+            d.check_alive()
+            assert time.monotonic() - started < 30, f"no retry logged; log:\n{d.tail()}"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - started)))
+        d.check_alive()
+        server = await asyncio.start_server(forward, "127.0.0.1", port)
+        await wait_status(d, "following once Kafka answers",
+                          lambda st: st.get("processed_height") == height, timeout_s=90)
+        assert d.terminate() == 0
+        log = d.log.read_text()
+        assert "ensuring topics: Kafka not ready (attempt 1," in log, log
+    finally:
+        d.close()
+        if server is not None:
+            server.close()
+    events = [orjson.loads(r.value) for r in await read_all(h.cfg.kafka, h.cfg.kafka.topics.deposits)
+              if r.value is not None]
+    canonical = {n: await h.chain.block_hash_at(n) for n in range(height + 1)}
+    receipts = {s.txid: await h.chain.receipt(s.txid) for s, *_ in h.sending.deposits}
+    problems = check(events, canonical, height, h.sending, receipts)
+    assert not problems, "\n".join(problems[:40]) + f"\n{summary(events)}"
+    assert sorted(e["txid"] for e in events if e["type"] == "deposit.confirmed") == sorted(
+        s.txid for s, *_ in h.sending.deposits)

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from watcher.errors import ChainError, ErrorKind, NodeAnswerInvalid
-from watcher.runtime.retry import RetryPolicy
+from watcher.errors import ChainError, ConfigError, ErrorKind, NodeAnswerInvalid, SinkError
+from watcher.runtime.retry import RetryPolicy, until_kafka_answers
 
 
 class Flaky:
@@ -16,7 +16,7 @@ class Flaky:
         self.failures = list(failures)
         self.calls = 0
 
-    async def __call__(self) -> str:
+    async def __call__(self, *_: object) -> str:
         self.calls += 1
         if self.failures:
             raise self.failures.pop(0)
@@ -88,3 +88,46 @@ def test_policy_rejects_bad_bounds() -> None:
         RetryPolicy(max_attempts=0)
     with pytest.raises(ValueError, match="deadline"):
         RetryPolicy(deadline_s=0)
+
+
+async def test_a_kafka_start_step_is_tried_again_while_the_broker_is_not_ready(
+        caplog: pytest.LogCaptureFixture) -> None:
+    flaky = Flaky(SinkError(R, "NodeNotReadyError"), SinkError(R, "timeout"))
+    with caplog.at_level("WARNING", logger="watcher.runtime.retry"):
+        got = await until_kafka_answers("ensuring topics", flaky, wait=False)
+    assert got == "ok" and flaky.calls == 3
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2 and all(m.startswith("ensuring topics: Kafka not ready") for m in warned)
+    assert "(attempt 1," in warned[0] and warned[0].endswith("NodeNotReadyError")
+
+
+@pytest.mark.parametrize("error", [SinkError(ErrorKind.FINAL, "topic policy"),
+                                   SinkError(ErrorKind.FENCED, "fenced"),
+                                   ConfigError("kafka.topics.checkpoints", "delete policy"),
+                                   ChainError(R, "a node, not Kafka"), KeyError("bug")])
+async def test_a_kafka_start_step_fails_at_once_on_anything_but_a_retriable_kafka_error(
+        error: BaseException) -> None:
+    flaky = Flaky(error)
+    with pytest.raises(type(error)) as info:
+        await until_kafka_answers("ensuring topics", flaky, wait=False)
+    assert info.value is error and flaky.calls == 1
+
+
+async def test_a_kafka_start_step_gives_up_after_its_budget_with_the_last_error() -> None:
+    errors = [SinkError(R, f"not ready {i}") for i in range(1000)]
+    flaky = Flaky(*errors)
+    started = time.monotonic()
+    with pytest.raises(SinkError) as info:
+        await until_kafka_answers("ensuring topics", flaky, budget_s=0.3)
+    elapsed = time.monotonic() - started
+    # Waits of up to 0.25 s, 0.5 s...: no wait is started that would end past the budget.
+    assert 1 <= flaky.calls <= 4 and elapsed < 0.3 + 0.1
+    assert info.value is errors[flaky.calls - 1]
+
+
+async def test_a_kafka_start_step_given_as_a_lambda_is_awaited_and_retried() -> None:
+    flaky = Flaky(SinkError(R, "not ready"))
+    # What the watcher passes: a plain function returning a coroutine (not a coroutine
+    # function), as `lambda: ensure_topics(cfg.kafka, chains=...)` is.
+    got = await until_kafka_answers("ensuring topics", lambda: flaky(99), wait=False)
+    assert got == "ok" and flaky.calls == 2

@@ -41,6 +41,7 @@ from watcher.core.window import BeyondWindow, BrokenBranch, Extend, NeedParent, 
 from watcher.errors import ChainError, ErrorKind, SinkError
 from watcher.events import deposit_record, unconfirmed_record
 from watcher.ports import AddressCodec, ChainSource, MempoolSource, OutRecord, TransactionalSink
+from watcher.runtime.retry import until_kafka_answers
 from watcher.types import (
     AddressKey,
     BlockContents,
@@ -163,7 +164,8 @@ class ChainFollower:
         try:
             # Fence first: an older instance's open transaction is aborted by this, and only
             # then can the checkpoint be read up to the true end.
-            await self.sink.start()
+            await until_kafka_answers(f"chain {self.cfg.id}: fencing its producer",
+                                      self.sink.start)
             # The checkpoint needs no watched address: read it now, while the registrations
             # load, not after them. Read after the fencing above, so it is the true last
             # one; nobody else writes it unless they fence this sink (whose commits then fail

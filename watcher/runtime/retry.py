@@ -13,12 +13,18 @@ counts it in ``watcher_rpc_retries_total{chain,endpoint,kind}``).
 Tests turn the waiting off with :meth:`RetryPolicy.without_waiting`: same
 attempts and decisions, no sleep.
 
-Kafka retries (``watcher/kafka``) are not node calls and are not done here.
+:func:`until_kafka_answers` is the start-up counterpart for Kafka: a step a
+start cannot do without (ensuring the topics, fencing a chain's producer) is
+tried again on a RETRIABLE :class:`watcher.errors.SinkError` for a bounded time,
+so a broker that is restarting, or is back from a pause and not yet
+registered, delays the start instead of failing it. Kafka retries after the
+start belong to each step's own loop (``watcher/kafka``, the follower).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -34,9 +40,15 @@ from tenacity import (
 )
 
 from watcher.config import ChainConfig
-from watcher.errors import ChainError, ErrorKind
+from watcher.errors import ChainError, ErrorKind, SinkError
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+KAFKA_START_BUDGET_S = 60.0
+"""How long a start waits for Kafka before it fails (exit 1): a rolling broker restart is
+over well within it, and Kubernetes' startup probe (300 s in the chart) is not reached."""
 
 
 def is_retriable(exc: BaseException) -> bool:
@@ -102,3 +114,42 @@ class RetryPolicy:
         )
         result: T = await retrying(bounded)
         return result
+
+
+def _kafka_retriable(exc: BaseException) -> bool:
+    return isinstance(exc, SinkError) and exc.kind is ErrorKind.RETRIABLE
+
+
+async def until_kafka_answers(what: str, attempt: Callable[[], Awaitable[T]], *,
+                              budget_s: float = KAFKA_START_BUDGET_S,
+                              wait: bool = True) -> T:
+    """``await attempt()`` again while it raises a RETRIABLE :class:`SinkError`, with
+    exponential backoff (0.25 s doubling, at most 5 s, full jitter) and a warning naming
+    ``what`` before each wait; no wait is started that would end past ``budget_s``.
+
+    Any other error (FINAL, FENCED, a :class:`ConfigError`) is raised at once, unchanged;
+    when the budget runs out the last RETRIABLE error is raised as it is. Each attempt is
+    bounded by its own timeouts (the step's Kafka timeouts), not by this budget.
+    """
+
+    def before_sleep(state: RetryCallState) -> None:
+        outcome = state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning("%s: Kafka not ready (attempt %d, next in %.1f s): %s", what,
+                    state.attempt_number, delay, exc)
+
+    async def call() -> T:
+        # tenacity awaits only what it sees is a coroutine function: a lambda returning a
+        # coroutine would be "called" and its coroutine returned unawaited.
+        return await attempt()
+
+    retrying = AsyncRetrying(
+        stop=stop_before_delay(budget_s),
+        wait=wait_random_exponential(multiplier=0.25, max=5.0) if wait else wait_none(),
+        retry=retry_if_exception(_kafka_retriable),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    result: T = await retrying(call)
+    return result
