@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 
 from bench.chaingen import ensure_chain, load_meta, load_watched, start_anvil_from_data
+from bench.e2e import EndToEnd, process_cpu, run_end_to_end
 from bench.replay_server import ReplayServer
 from chains.evm.adapter import EvmAddressCodec, EvmChainSource
 from watcher.config import parse
@@ -194,7 +195,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     watched = load_watched(directory)
     start, end = int(meta.get("first_payload_block", 1)), int(meta["head"])
     want = expected_ids(directory)
-    from bench.e2e import run_end_to_end
     from tests.support.services import ServiceManager
 
     figures: list[Figure] = []
@@ -227,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # minutes apart measured the load more than the tools).
                 runs: dict[str, list[float]] = {}
                 cpu_busy: list[float] = []
+                budgets: list[EndToEnd] = []
                 pinnings: tuple[tuple[str, list[int] | None], ...] = (("unpinned", None),
                                                                       ("core 0", [0]))
                 # Untimed watcher runs first: a fresh broker's JIT compilers took ~4 s of CPU
@@ -236,16 +237,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # service has been running for days.
                 for _ in range(WARMUP_RUNS):
                     run_end_to_end(replay.url, kafka.bootstrap_servers, directory, label="warmup")
+                probes = {"broker": process_cpu(kafka_pid), "replay": process_cpu(replay.pid)}
                 for _ in range(args.repeat):
                     for pin, cpus in pinnings:
                         res, problems = run_end_to_end(replay.url, kafka.bootstrap_servers, directory,
-                                                       cpus=cpus, label=pin.replace(" ", ""))
+                                                       cpus=cpus, label=pin.replace(" ", ""),
+                                                       cpu_probes=probes)
                         if problems:
                             raise SystemExit("watcher end to end: output differs from the record:\n  "
                                              + "\n  ".join(problems[:20]))
                         runs.setdefault(f"watcher {pin}", []).append(res.blocks_per_s)
                         if cpus is None:
                             cpu_busy.append(res.cpu_seconds / res.seconds)
+                            budgets.append(res)
                         if use_cryo:
                             runs.setdefault(f"cryo {pin}", []).append(cryo_peer.run_cryo(
                                 replay.url, start, end, str(meta["token"]), cpus=cpus).blocks_per_s)
@@ -337,10 +341,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if w1 and etl_1:
         print(f"  watcher end to end core 0 / ethereum-etl tuned core 0       {w1 / etl_1:5.2f}x "
               "(both one core)")
+    if budgets:
+        print(cpu_budget(budgets))
     if anvil_result is not None:
         print(f"watcher served by anvil (in process): {anvil_result.blocks_per_s:.0f} blocks/s "
               f"(anvil-bound; watcher CPU {anvil_result.cpu_seconds / anvil_result.seconds:.0%})")
     return 0
+
+
+def cpu_budget(runs: Sequence[EndToEnd]) -> str:
+    """Where the two cores' time went in the unpinned end-to-end runs (medians): the watcher
+    (its daemon and scan workers), the broker and the replay server, against 2 x the wall
+    time; and what 2,000 blocks/s would leave (the broker's and the server's CPU as
+    measured): why the absolute rate is this machine's, not only the watcher's."""
+    med = statistics.median
+    wall = med(r.seconds for r in runs)
+    watcher = med(r.cpu_seconds for r in runs)
+    broker = med(r.others_cpu.get("broker", 0.0) for r in runs)
+    replay = med(r.others_cpu.get("replay", 0.0) for r in runs)
+    blocks = runs[0].blocks
+    at_2000 = 2 * blocks / 2000
+    return (f"CPU of an unpinned watcher run (medians of {len(runs)}): watcher {watcher:.2f} s "
+            f"(daemon + scan workers, start to exit), Kafka broker {broker:.2f} s, replay server "
+            f"{replay:.2f} s (start to last commit), = {watcher + broker + replay:.2f} s of the two "
+            f"cores' {2 * wall:.2f} s (2 x {wall:.2f} s wall). At 2,000 blocks/s the run would have "
+            f"{at_2000:.2f} s of both cores, {at_2000 - broker - replay:.2f} s of it left to the "
+            f"watcher after the broker and the server ({blocks / (watcher + broker + replay) * 2:,.0f} "
+            "blocks/s is where this run's CPU caps it on 2 cores)")
 
 
 def _check(res: CatchUp, ids: set[str], want: set[str]) -> None:

@@ -39,8 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,9 @@ class EndToEnd:
     cpu_seconds: float
     """User + system CPU of the watcher process (and its children) over the run."""
     pinned: str
+    others_cpu: Mapping[str, float] = field(default_factory=dict)
+    """CPU seconds of the other processes on the same cores (the broker, the node) from the
+    watcher's start to its last commit, by name: what the machine spent beside the watcher."""
 
     @property
     def blocks_per_s(self) -> float:
@@ -251,8 +254,13 @@ def _children_cpu() -> float:
 def run_end_to_end(rpc: str, bootstrap: str, directory: Path, *, cpus: Sequence[int] | None = None,
                    env: dict[str, str] | None = None, timeout_s: float = 300.0,
                    label: str = "e2e", log_level: str = "warning",
-                   keep_log: Path | None = None) -> tuple[EndToEnd, list[str]]:
-    """One ``watcher run`` over the recorded chain; (figure, differences from the record)."""
+                   keep_log: Path | None = None,
+                   cpu_probes: Mapping[str, Callable[[], float]] | None = None,
+                   ) -> tuple[EndToEnd, list[str]]:
+    """One ``watcher run`` over the recorded chain; (figure, differences from the record).
+
+    ``cpu_probes``: name -> a reading of another process's CPU seconds so far, read just
+    before the watcher starts and just after its last commit (``EndToEnd.others_cpu``)."""
     from bench.chaingen import free_port, load_meta, load_watched
 
     meta = load_meta(directory)
@@ -275,11 +283,14 @@ def run_end_to_end(rpc: str, bootstrap: str, directory: Path, *, cpus: Sequence[
             pinned = f"core {','.join(map(str, cpus))}"
         log = tmp / "watcher.log"
         cpu0 = _children_cpu()
+        probes = dict(cpu_probes or {})
+        others0 = {name: probe() for name, probe in probes.items()}
         with log.open("wb") as out:
             t0 = time.perf_counter()
             proc = subprocess.Popen(cmd, stdout=out, stderr=out, env={**os.environ, **(env or {})})
             try:
                 done = asyncio.run(_wait_checkpoint(kafka, "eth", end, proc, timeout_s))
+                others = {name: probe() - others0[name] for name, probe in probes.items()}
             except SystemExit:
                 proc.kill()
                 proc.wait()
@@ -297,8 +308,21 @@ def run_end_to_end(rpc: str, bootstrap: str, directory: Path, *, cpus: Sequence[
         events, count = asyncio.run(_read_events(kafka, kafka.topics.deposits, set(want)))
         if keep_log is not None:
             keep_log.write_bytes(log.read_bytes())
-    result = EndToEnd(end - start + 1, done - t0, len(events), count, cpu, pinned)
+    result = EndToEnd(end - start + 1, done - t0, len(events), count, cpu, pinned, others)
     return result, compare(events, want)
+
+
+def process_cpu(pid: int) -> Callable[[], float]:
+    """A probe of ``pid``'s CPU seconds so far (user + system, all its threads), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float:
+        # Fields after the command name (which may hold spaces, in parentheses): utime and
+        # stime are the 14th and 15th of the line.
+        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(rest[11]) + int(rest[12])) / ticks
+
+    return read
 
 
 def main(argv: Sequence[str] | None = None) -> int:
