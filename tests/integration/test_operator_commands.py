@@ -143,6 +143,18 @@ async def deposits(h: History, token_contract: AsyncContract, watched: Sequence[
         await h.chain.mine(2)
 
 
+async def check_exactly_once(h: History, height: int) -> list[dict[str, Any]]:
+    """The committed deposit events up to ``height``, checked as the SIGKILL chaos test checks
+    them (each deposit's lifecycle once, on canonical blocks, nothing lost or doubled)."""
+    events = [orjson.loads(r.value) for r in await read_all(h.cfg.kafka, h.cfg.kafka.topics.deposits)
+              if r.value is not None]
+    canonical = {n: await h.chain.block_hash_at(n) for n in range(height + 1)}
+    receipts = {s.txid: await h.chain.receipt(s.txid) for s, *_ in h.sending.deposits}
+    problems = check(events, canonical, height, h.sending, receipts)
+    assert not problems, "\n".join(problems[:40]) + f"\n{summary(events)}"
+    return events
+
+
 @pytest.fixture(scope="module")
 async def history(kafka: KafkaService, anvil_factory: AnvilFactory, services: ServiceManager,
                   tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[History]:
@@ -200,12 +212,7 @@ async def test_sigterm_during_catch_up_drains_and_loses_nothing(history: History
     assert h.daemon.terminate() == 0
     h.caught_up = True
 
-    events = [orjson.loads(r.value) for r in await read_all(h.cfg.kafka, h.cfg.kafka.topics.deposits)
-              if r.value is not None]
-    canonical = {n: await h.chain.block_hash_at(n) for n in range(height + 1)}
-    receipts = {s.txid: await h.chain.receipt(s.txid) for s, *_ in h.sending.deposits}
-    problems = check(events, canonical, height, h.sending, receipts)
-    assert not problems, "\n".join(problems[:40]) + f"\n{summary(events)}"
+    events = await check_exactly_once(h, height)
     assert sum(e["type"] == "deposit.confirmed" for e in events) == len(h.sending.deposits)
 
 
@@ -248,12 +255,7 @@ async def test_sigterm_while_kafka_hangs_mid_commit_exits_0_within_the_grace_per
         assert d.terminate() == 0
     finally:
         d.close()
-    events = [orjson.loads(r.value) for r in await read_all(h.cfg.kafka, h.cfg.kafka.topics.deposits)
-              if r.value is not None]
-    canonical = {n: await h.chain.block_hash_at(n) for n in range(height + 1)}
-    receipts = {s.txid: await h.chain.receipt(s.txid) for s, *_ in h.sending.deposits}
-    problems = check(events, canonical, height, h.sending, receipts)
-    assert not problems, "\n".join(problems[:40]) + f"\n{summary(events)}"
+    await check_exactly_once(h, height)
 
 
 async def copy_topic(h: History, name: str, drop: set[str], add: list[dict[str, Any]]) -> str:
@@ -437,11 +439,6 @@ async def test_a_start_while_kafka_refuses_connections_waits_for_it(
         d.close()
         if server is not None:
             server.close()
-    events = [orjson.loads(r.value) for r in await read_all(h.cfg.kafka, h.cfg.kafka.topics.deposits)
-              if r.value is not None]
-    canonical = {n: await h.chain.block_hash_at(n) for n in range(height + 1)}
-    receipts = {s.txid: await h.chain.receipt(s.txid) for s, *_ in h.sending.deposits}
-    problems = check(events, canonical, height, h.sending, receipts)
-    assert not problems, "\n".join(problems[:40]) + f"\n{summary(events)}"
+    events = await check_exactly_once(h, height)
     assert sorted(e["txid"] for e in events if e["type"] == "deposit.confirmed") == sorted(
         s.txid for s, *_ in h.sending.deposits)
