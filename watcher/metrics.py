@@ -265,6 +265,20 @@ WITHDRAWAL_CONFIRMATION_SECONDS = Histogram(
     "From the request record's timestamp to withdrawal.confirmed (or .failed)",
     ["chain"], buckets=_WITHDRAWAL_BUCKETS, registry=REGISTRY)
 
+WITHDRAWAL_BATCHES = Counter(
+    "watcher_withdrawal_batches_total",
+    "Payments the batcher bound to their inputs, one on-chain transaction each (of one or "
+    "more requests; chains with batch configured)", ["chain"], registry=REGISTRY)
+WITHDRAWAL_BATCHED_REQUESTS = Counter(
+    "watcher_withdrawal_batched_requests_total",
+    "Requests bound into those payments: divided by watcher_withdrawal_batches_total, the "
+    "mean batch size", ["chain"], registry=REGISTRY)
+WITHDRAWALS_GATHERING = Gauge(
+    "watcher_withdrawals_gathering",
+    "Requests gathered for the next batched payment, not yet bound to inputs (held in memory; "
+    "after a restart they are gathered again from the committed state)", ["chain"],
+    registry=REGISTRY)
+
 # -- Bitcoin block walk (issue #7 speed, btcspeed) --------------------------------------------
 BTC_BLOCK_WALK = Gauge("watcher_btc_block_walk",
                        "1 for the Bitcoin block walk this process runs (kind: compiled C extension, "

@@ -17,10 +17,15 @@ from tests.unit.test_withdrawal_runtime import FakeRequests, FakeSink
 from watcher.config import BatchConfig, parse
 from watcher.core.withdrawals import BroadcastOutcome, RequestId
 from watcher.errors import ConfigError
+from watcher.metrics import REGISTRY
 
 REGTEST = network("regtest")
 PAYEES = [regtest_payee(kind, "batch") for kind in ("p2wpkh", "p2tr", "p2pkh")]
 AMOUNTS = [120_000, 35_000, 7_000]
+
+
+def sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name, {"chain": "btc"}) or 0.0
 
 
 def outputs(raw: bytes) -> list[tuple[bytes, int]]:
@@ -65,11 +70,17 @@ async def test_a_full_batch_goes_at_once_and_the_rest_waits_for_company() -> Non
     await r.start()
     node.fund(300_000, "full")
     await r.step()
+    batches = sample("watcher_withdrawal_batches_total")
+    batched = sample("watcher_withdrawal_batched_requests_total")
     for i, (p, a) in enumerate(zip(PAYEES, AMOUNTS, strict=True)):
         reqs.add(request(f"w-f{i}", a, to=p.address))
     await r.step()
     assert len(node.sent) == 1 and len(outputs(node.sent[0])) == 3  # two payments + change
     assert types_of(sink, "w-f2") == ["withdrawal.accepted"]
+    # One payment of two requests bound; the third is held for company (and shown so).
+    assert sample("watcher_withdrawal_batches_total") - batches == 1
+    assert sample("watcher_withdrawal_batched_requests_total") - batched == 2
+    assert sample("watcher_withdrawals_gathering") == 1
 
 
 async def test_a_stuck_batch_is_bumped_on_the_same_inputs_and_outputs() -> None:

@@ -84,6 +84,8 @@ from watcher.kafka.client import Consumed
 from watcher.kafka.registrations import DeadLetters
 from watcher.metrics import (
     HOT_WALLET_LOW_THRESHOLD,
+    WITHDRAWAL_BATCHED_REQUESTS,
+    WITHDRAWAL_BATCHES,
     WITHDRAWAL_CONFIRMATION_SECONDS,
     WITHDRAWAL_EVENTS,
     WITHDRAWAL_NONCE_GAP,
@@ -94,6 +96,7 @@ from watcher.metrics import (
     WITHDRAWAL_TO_BROADCAST,
     WITHDRAWAL_TO_CONFIRMED,
     WITHDRAWALS_BY_STATE,
+    WITHDRAWALS_GATHERING,
     WITHDRAWALS_STUCK,
     WITHDRAWALS_WAITING_FUNDS,
 )
@@ -274,6 +277,10 @@ class WithdrawalRunner:
         self._partitions = await self._requests.start()
         await self._position()
         WITHDRAWAL_SENDS_REFUSED.labels(self.chain)  # exported at 0 from the start
+        if self._batch is not None:
+            WITHDRAWAL_BATCHES.labels(self.chain)
+            WITHDRAWAL_BATCHED_REQUESTS.labels(self.chain)
+            WITHDRAWALS_GATHERING.labels(self.chain).set(0)
         for symbol, limits in self._cw.assets.items():
             HOT_WALLET_LOW_THRESHOLD.labels(self.chain, symbol).set(float(limits.low_balance))
         head = await self._node.head()
@@ -442,8 +449,10 @@ class WithdrawalRunner:
             finalized = head.number - self._ccfg.finality_depth
         await self._settle(await self._carry_all(
             self.book.tip(head.number, finalized if finalized >= 0 else None)))
-        if self._batch is not None and self._gathering:
-            await self._settle(await self._pay_gathered())
+        if self._batch is not None:
+            if self._gathering:
+                await self._settle(await self._pay_gathered())
+            WITHDRAWALS_GATHERING.labels(self.chain).set(len(self._gathering))
         if self._clock() - self._balances_at >= BALANCE_EVERY_S:
             with contextlib.suppress(ChainError):
                 await self._balances()
@@ -584,12 +593,18 @@ class WithdrawalRunner:
             for rid in live:
                 if rid not in paid:
                     ds.extend(book.funds(rid, False))
+            bound = 0
             if len(paid) == 1:
                 ds.extend(book.funds(paid[0], True, inputs))
+                bound = 1
             elif paid and inputs:
                 log.info("withdrawals: batch bound", chain=self.chain, requests=len(paid),
                          inputs=len(inputs))
                 ds.extend(book.funds_batch(paid, inputs))
+                bound = len(paid)
+            if bound:
+                WITHDRAWAL_BATCHES.labels(self.chain).inc()
+                WITHDRAWAL_BATCHED_REQUESTS.labels(self.chain).inc(bound)
             waiting.extend(await self._carry_all(ds))
         return waiting
 
