@@ -175,7 +175,7 @@ ROWS: tuple[tuple[str, bool, tuple[Spec, ...]], ...] = (
               "{{chain}} {{outcome}}"),), width=12,
              description="Anything but committed is an abort or failure (WatcherKafkaCommitsFailing)."),
     )),
-    ("Withdrawals (slice #8 not landed yet)", True, (
+    ("Withdrawals", True, (
         Spec("Withdrawal events by type", (
             q(f"sum by (chain, type) (increase(watcher_withdrawal_events_total{{{C}}}[{RI}]))",
               "{{chain}} {{type}}"),)),
@@ -190,6 +190,14 @@ ROWS: tuple[tuple[str, bool, tuple[Spec, ...]], ...] = (
              unit="none", width=12),
         Spec("Request to confirmation", quantiles("watcher_withdrawal_confirmation_seconds", "chain",
                                                   "{{chain}}"), unit="s", width=12),
+        Spec("Batched payments (chains with batch configured)", (
+            q(f"sum by (chain) (increase(watcher_withdrawal_batched_requests_total{{{C}}}[{RI}])) / "
+              f"sum by (chain) (increase(watcher_withdrawal_batches_total{{{C}}}[{RI}]))",
+              "{{chain}} mean requests per payment"),
+            q(f"sum by (chain) (watcher_withdrawals_gathering{{{C}}})", "{{chain}} gathering")),
+             unit="none", width=12,
+             description="Requests per on-chain payment, and requests held for the next batch "
+                         "(at most batch.max_wait_blocks)."),
     )),
     ("UTXO mempool (Bitcoin-family chains with mempool.enabled)", False, (
         Spec("Unconfirmed deposits by transition", (

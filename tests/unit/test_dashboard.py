@@ -32,7 +32,7 @@ def test_dashboard_shape() -> None:
     rows = [p for p in board["panels"] if p["type"] == "row"]
     assert [r["title"] for r in rows] == [
         "Chains: following the head", "Deposits", "Reorgs and finality", "Endpoints and RPC", "Kafka",
-        "Withdrawals (slice #8 not landed yet)",
+        "Withdrawals",
         "UTXO mempool (Bitcoin-family chains with mempool.enabled)"]
     # Rows of slices not landed are collapsed (their panels inside them), the others expanded.
     assert [r["collapsed"] for r in rows] == [False] * 5 + [True, False]
