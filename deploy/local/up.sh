@@ -29,9 +29,11 @@ curl -fsS http://127.0.0.1:9308/readyz >/dev/null || {
   echo "watcher: not ready after 60 s; what /readyz says:" >&2
   curl -sS http://127.0.0.1:9308/readyz >&2 || true
   echo; echo "its last warnings and errors (.stack/logs/watcher.log):" >&2
-  grep -E '"level": "(warning|error|critical)"' .stack/logs/watcher.log | tail -8 >&2 || true
-  echo "A stack left over from an unclean stop (a node restarted behind the checkpoints that" >&2
-  echo "Kafka kept) stays halted; start afresh with: make down && rm -rf .stack && make up" >&2
+  grep -E '"level": "(warning|error|critical)"|\[(warning|error|critical) *\]' .stack/logs/watcher.log \
+    | tail -8 >&2 || true
+  echo "A stack left over from an unclean stop (a local node restarted behind, or on another" >&2
+  echo "chain than, the checkpoints Kafka kept) waits or halts, as it would in production;" >&2
+  echo "start the local stack afresh with: make down && rm -rf .stack && make up" >&2
   exit 1
 }
 echo "watcher: ready — metrics http://127.0.0.1:9308/metrics, Prometheus http://127.0.0.1:9090"
