@@ -9,7 +9,7 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -182,10 +182,20 @@ class App:
         if cfg.addresses_file is not None:
             load_addresses_file(cfg.addresses_file, codecs, self.indexes)
 
-        await until_kafka_answers("ensuring topics",
-                                  lambda: ensure_topics(cfg.kafka, chains=list(cfg.chains)))
+        async def stopped_early() -> int:
+            for source in sources.values():
+                with contextlib.suppress(Exception):
+                    await source.close()  # its scan workers, its HTTP connections
+            return 0
+
+        # A SIGTERM while a start waits for Kafka ends the wait (exit 0), not the grace period.
+        if not await unless_stopped(until_kafka_answers(
+                "ensuring topics", lambda: ensure_topics(cfg.kafka, chains=list(cfg.chains))), stop):
+            return await stopped_early()
         dead_letters = DeadLetterWriter(cfg.kafka)
-        await until_kafka_answers("starting the dead-letter producer", dead_letters.start)
+        if not await unless_stopped(until_kafka_answers("starting the dead-letter producer",
+                                                        dead_letters.start), stop):
+            return await stopped_early()
         snapshots = SnapshotSettings(AddressSnapshotStore(cfg.kafka),
                                      base=file_fingerprint(cfg.addresses_file))
         registrations = RegistrationFollower(cfg.kafka, codecs, self.indexes, dead_letters,
@@ -245,7 +255,8 @@ class App:
                         self._lead_chain(name, new_follower, stop), name=f"lead-{name}"))
                 else:
                     f = self.followers[name]
-                    await starting.pop(name)
+                    if not await unless_stopped(starting.pop(name), stop):
+                        return 0
                     tasks.append(asyncio.create_task(f.run(stop), name=f"follow-{name}"))
                     runner = self._new_runner(name)
                     if runner is not None:
@@ -399,6 +410,24 @@ class App:
         else:
             return
         await f.run(stop)
+
+
+async def unless_stopped(step: Awaitable[object], stop: asyncio.Event) -> bool:
+    """``await step`` unless ``stop`` is set first; then ``step`` is cancelled. True when the
+    step finished (its error, if any, is raised), False when the stop came first."""
+    task = asyncio.ensure_future(step)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 async def follow_until_stopped(tasks: list[asyncio.Task[None]], stop: asyncio.Event,

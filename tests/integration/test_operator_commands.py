@@ -9,7 +9,8 @@
   confirmed events (dry run) and, published into an empty topic, passes the audit.
 * A chain halted by a reorg deeper than its window is inspected, resumed with
   ``watcher halt resume``, and follows again.
-* A start while Kafka refuses connections waits for it instead of exiting 1.
+* A start while Kafka refuses connections waits for it instead of exiting 1, and a SIGTERM
+  during that wait exits 0 at once.
 """
 
 from __future__ import annotations
@@ -442,3 +443,29 @@ async def test_a_start_while_kafka_refuses_connections_waits_for_it(
     events = await check_exactly_once(h, height)
     assert sorted(e["txid"] for e in events if e["type"] == "deposit.confirmed") == sorted(
         s.txid for s, *_ in h.sending.deposits)
+
+
+async def test_sigterm_while_a_start_waits_for_kafka_exits_0_at_once(
+        kafka: KafkaService, anvil_factory: AnvilFactory, services: ServiceManager,
+        tmp_path: Path) -> None:
+    """Kafka never answers (nothing listens on the bootstrap port): the start waits, and a
+    SIGTERM ends the wait at once with exit 0, not at the end of the grace period."""
+    h = await build_history(kafka, anvil_factory, services, tmp_path, batch_size=2)
+    raw = yaml.safe_load(h.config.read_text())
+    raw["kafka"]["bootstrap_servers"] = f"127.0.0.1:{services.free_port()}"
+    h.config.write_text(yaml.safe_dump(raw))
+    d = h.daemon
+    try:
+        d.start()
+        started = time.monotonic()
+        while "Kafka not ready" not in (d.log.read_text() if d.log.exists() else ""):
+            d.check_alive()
+            assert time.monotonic() - started < 30, f"no retry logged; log:\n{d.tail()}"
+            await asyncio.sleep(0.05)
+        stopped_at = time.monotonic()
+        code = d.terminate(timeout_s=GRACE_S + 5)
+        elapsed = time.monotonic() - stopped_at
+        assert code == 0, d.tail()
+        assert elapsed < 3, f"SIGTERM to exit took {elapsed:.1f}s (grace {GRACE_S}s)"
+    finally:
+        d.close()

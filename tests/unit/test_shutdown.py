@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from watcher.app import App, follow_until_stopped
+from watcher.app import App, follow_until_stopped, unless_stopped
 from watcher.config import load
 from watcher.errors import ConfigError
 
@@ -49,6 +49,35 @@ async def test_a_step_stuck_past_the_drain_is_cancelled() -> None:
     await follow_until_stopped([task], stop, drain_s=0.2)
     await asyncio.wait_for(cancelled.wait(), 2)
     assert 0.15 < time.monotonic() - started < 2
+
+
+async def test_a_start_step_waiting_for_kafka_is_cancelled_by_the_stop() -> None:
+    stop = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def waiting() -> None:
+        try:
+            await asyncio.sleep(3600)  # a start retrying a broker that is not there
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    asyncio.get_running_loop().call_later(0.05, stop.set)
+    started = time.monotonic()
+    assert await unless_stopped(waiting(), stop) is False
+    assert cancelled.is_set() and time.monotonic() - started < 1
+
+
+async def test_a_start_step_that_finishes_or_fails_first_is_its_own_outcome() -> None:
+    async def done() -> str:
+        return "ok"
+
+    async def fails() -> None:
+        raise RuntimeError("final")
+
+    assert await unless_stopped(done(), asyncio.Event()) is True
+    with pytest.raises(RuntimeError, match="final"):
+        await unless_stopped(fails(), asyncio.Event())
 
 
 async def test_a_failing_follower_is_raised() -> None:
