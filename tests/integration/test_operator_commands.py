@@ -387,6 +387,23 @@ async def test_halted_chain_is_inspected_resumed_and_follows_again(
 
 
 
+def bootstrap_through(h: History, port: int) -> None:
+    """The watcher's config bootstraps from ``127.0.0.1:port`` instead of the broker."""
+    raw = yaml.safe_load(h.config.read_text())
+    raw["kafka"]["bootstrap_servers"] = f"127.0.0.1:{port}"
+    h.config.write_text(yaml.safe_dump(raw))
+
+
+async def wait_for_kafka_retry(d: Daemon) -> float:
+    """Waits until the daemon logged a start-up try against Kafka; when it started."""
+    started = time.monotonic()
+    while "Kafka not ready" not in (d.log.read_text() if d.log.exists() else ""):
+        d.check_alive()
+        assert time.monotonic() - started < 30, f"no retry logged; log:\n{d.tail()}"
+        await asyncio.sleep(0.05)
+    return started
+
+
 async def _forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     with contextlib.suppress(OSError):
         while data := await reader.read(65536):
@@ -410,9 +427,7 @@ async def test_a_start_while_kafka_refuses_connections_waits_for_it(
     await h.chain.mine(5)
     height = await h.chain.height()
     port = services.free_port()
-    raw = yaml.safe_load(h.config.read_text())
-    raw["kafka"]["bootstrap_servers"] = f"127.0.0.1:{port}"
-    h.config.write_text(yaml.safe_dump(raw))
+    bootstrap_through(h, port)
     host, kport = kafka.bootstrap_servers.rsplit(":", 1)
 
     async def forward(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
@@ -423,11 +438,7 @@ async def test_a_start_while_kafka_refuses_connections_waits_for_it(
     server: asyncio.Server | None = None
     try:
         d.start()
-        started = time.monotonic()
-        while "Kafka not ready" not in (d.log.read_text() if d.log.exists() else ""):
-            d.check_alive()
-            assert time.monotonic() - started < 30, f"no retry logged; log:\n{d.tail()}"
-            await asyncio.sleep(0.05)
+        started = await wait_for_kafka_retry(d)
         await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - started)))
         d.check_alive()
         server = await asyncio.start_server(forward, "127.0.0.1", port)
@@ -451,17 +462,11 @@ async def test_sigterm_while_a_start_waits_for_kafka_exits_0_at_once(
     """Kafka never answers (nothing listens on the bootstrap port): the start waits, and a
     SIGTERM ends the wait at once with exit 0, not at the end of the grace period."""
     h = await build_history(kafka, anvil_factory, services, tmp_path, batch_size=2)
-    raw = yaml.safe_load(h.config.read_text())
-    raw["kafka"]["bootstrap_servers"] = f"127.0.0.1:{services.free_port()}"
-    h.config.write_text(yaml.safe_dump(raw))
+    bootstrap_through(h, services.free_port())
     d = h.daemon
     try:
         d.start()
-        started = time.monotonic()
-        while "Kafka not ready" not in (d.log.read_text() if d.log.exists() else ""):
-            d.check_alive()
-            assert time.monotonic() - started < 30, f"no retry logged; log:\n{d.tail()}"
-            await asyncio.sleep(0.05)
+        await wait_for_kafka_retry(d)
         stopped_at = time.monotonic()
         code = d.terminate(timeout_s=GRACE_S + 5)
         elapsed = time.monotonic() - stopped_at
