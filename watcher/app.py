@@ -9,7 +9,7 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,6 +145,9 @@ class App:
     indexes: dict[str, AddressIndex] = field(default_factory=dict)
     stop_requested_at: float | None = None
     """Monotonic time of the SIGTERM (or SIGINT): the grace period counts from it."""
+    following: bool = False
+    """Set once the chains' loops run: before, nothing is in flight that a drain must finish
+    (no event is being written), so a stop cancels the start at once."""
 
     @property
     def usable_s(self) -> float:
@@ -182,20 +185,10 @@ class App:
         if cfg.addresses_file is not None:
             load_addresses_file(cfg.addresses_file, codecs, self.indexes)
 
-        async def stopped_early() -> int:
-            for source in sources.values():
-                with contextlib.suppress(Exception):
-                    await source.close()  # its scan workers, its HTTP connections
-            return 0
-
-        # A SIGTERM while a start waits for Kafka ends the wait (exit 0), not the grace period.
-        if not await unless_stopped(until_kafka_answers(
-                "ensuring topics", lambda: ensure_topics(cfg.kafka, chains=list(cfg.chains))), stop):
-            return await stopped_early()
+        await until_kafka_answers("ensuring topics",
+                                  lambda: ensure_topics(cfg.kafka, chains=list(cfg.chains)))
         dead_letters = DeadLetterWriter(cfg.kafka)
-        if not await unless_stopped(until_kafka_answers("starting the dead-letter producer",
-                                                        dead_letters.start), stop):
-            return await stopped_early()
+        await until_kafka_answers("starting the dead-letter producer", dead_letters.start)
         snapshots = SnapshotSettings(AddressSnapshotStore(cfg.kafka),
                                      base=file_fingerprint(cfg.addresses_file))
         registrations = RegistrationFollower(cfg.kafka, codecs, self.indexes, dead_letters,
@@ -248,15 +241,17 @@ class App:
             log.info("address registrations loaded",
                      **{f"watched_{cid}": len(ix) for cid, ix in self.indexes.items()})
             tune_for_throughput()
-            # A start that hangs (Kafka or a node away) is cut by serve()'s backstop.
+            # Every chain started before any follows: until then no step is in flight
+            # anywhere, and a stop cancels the start at once (serve()), Kafka or a node away.
+            for name in list(starting):
+                await starting.pop(name)
+            self.following = True
             for name in list(self.followers):
                 if cfg.leadership.enabled:
                     tasks.append(asyncio.create_task(
                         self._lead_chain(name, new_follower, stop), name=f"lead-{name}"))
                 else:
                     f = self.followers[name]
-                    if not await unless_stopped(starting.pop(name), stop):
-                        return 0
                     tasks.append(asyncio.create_task(f.run(stop), name=f"follow-{name}"))
                     runner = self._new_runner(name)
                     if runner is not None:
@@ -412,24 +407,6 @@ class App:
         await f.run(stop)
 
 
-async def unless_stopped(step: Awaitable[object], stop: asyncio.Event) -> bool:
-    """``await step`` unless ``stop`` is set first; then ``step`` is cancelled. True when the
-    step finished (its error, if any, is raised), False when the stop came first."""
-    task = asyncio.ensure_future(step)
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-    if task.done():
-        task.result()
-        return True
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return False
-
-
 async def follow_until_stopped(tasks: list[asyncio.Task[None]], stop: asyncio.Event,
                                drain_s: float) -> None:
     """Returns when every follower ended or, after ``stop``, when they drained.
@@ -472,9 +449,8 @@ async def serve(cfg: WatcherConfig) -> int:
     main = asyncio.create_task(app.run(stop))
 
     def past_grace() -> None:
-        # The backstop for phases that do not watch `stop` (creating topics, starting the
-        # producers, fencing, verifying nodes with Kafka or a node away): Kafka's
-        # transactions keep the stream whole whatever is cut.
+        # The backstop for what the drain could not end: Kafka's transactions keep the
+        # stream whole whatever is cut.
         if not main.done():
             log.error("still stopping at the end of the grace period; cancelling",
                       grace_s=cfg.shutdown_grace_s)
@@ -490,6 +466,10 @@ async def serve(cfg: WatcherConfig) -> int:
             log.info("stopping: draining in-flight steps", signal=sig.name,
                      grace_s=cfg.shutdown_grace_s)
             loop.call_later(app.usable_s, past_grace)
+            if not app.following:
+                # Still starting (creating topics, fencing, reading the registrations, maybe
+                # waiting for Kafka or a node): nothing to drain, so nothing to wait for.
+                main.cancel()
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):

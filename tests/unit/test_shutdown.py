@@ -4,14 +4,16 @@ end of the drain, a follower's failure is raised; the config bounds the grace pe
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from watcher.app import App, follow_until_stopped, unless_stopped
+from watcher.app import App, follow_until_stopped, serve
 from watcher.config import load
 from watcher.errors import ConfigError
 
@@ -51,35 +53,6 @@ async def test_a_step_stuck_past_the_drain_is_cancelled() -> None:
     assert 0.15 < time.monotonic() - started < 2
 
 
-async def test_a_start_step_waiting_for_kafka_is_cancelled_by_the_stop() -> None:
-    stop = asyncio.Event()
-    cancelled = asyncio.Event()
-
-    async def waiting() -> None:
-        try:
-            await asyncio.sleep(3600)  # a start retrying a broker that is not there
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
-    asyncio.get_running_loop().call_later(0.05, stop.set)
-    started = time.monotonic()
-    assert await unless_stopped(waiting(), stop) is False
-    assert cancelled.is_set() and time.monotonic() - started < 1
-
-
-async def test_a_start_step_that_finishes_or_fails_first_is_its_own_outcome() -> None:
-    async def done() -> str:
-        return "ok"
-
-    async def fails() -> None:
-        raise RuntimeError("final")
-
-    assert await unless_stopped(done(), asyncio.Event()) is True
-    with pytest.raises(RuntimeError, match="final"):
-        await unless_stopped(fails(), asyncio.Event())
-
-
 async def test_a_failing_follower_is_raised() -> None:
     async def broken() -> None:
         raise RuntimeError("boom")
@@ -108,3 +81,39 @@ def test_grace_period_is_configured_and_bounded(tmp_path: Path) -> None:
     assert load(config_with(tmp_path), environ={}).shutdown_grace_s == 30
     with pytest.raises(ConfigError, match="shutdown_grace_s"):
         load(config_with(tmp_path, shutdown_grace_s=0), environ={})
+
+
+@pytest.mark.parametrize(("following", "within_s"), [(False, 1.0), (True, 99.0)])
+async def test_a_stop_cancels_a_start_at_once_and_never_a_drain(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, following: bool, within_s: float) -> None:
+    """Before the chains' loops run (a start waiting for Kafka, say) nothing is in flight:
+    a SIGTERM cancels the start at once and serve() returns 0. Once they run, the same
+    SIGTERM only asks them to drain (the stop event); nothing is cancelled before the end of
+    the usable grace time (10 s here)."""
+    cfg = load(config_with(tmp_path, shutdown_grace_s=12), environ={})
+    seen: dict[str, object] = {}
+
+    async def run(self: App, stop: asyncio.Event) -> int:
+        self.following = following
+        try:
+            if following:
+                await stop.wait()  # the loops drain: they end by themselves once asked
+                seen["stop"] = True
+            else:
+                await asyncio.sleep(3600)  # a start that does not watch the stop
+            return 0
+        except asyncio.CancelledError:
+            seen["cancelled"] = True
+            raise
+
+    monkeypatch.setattr(App, "run", run)
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.1, os.kill, os.getpid(), signal.SIGTERM)
+    started = time.monotonic()
+    try:
+        assert await serve(cfg) == 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    assert time.monotonic() - started < within_s
+    assert seen == ({"stop": True} if following else {"cancelled": True})
