@@ -47,6 +47,8 @@ from typing import Any
 import orjson
 import yaml
 
+from bench.proc import cpu_seconds
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WATCHER_EXE = REPO_ROOT / ".venv" / "bin" / "watcher"
 
@@ -313,16 +315,9 @@ def run_end_to_end(rpc: str, bootstrap: str, directory: Path, *, cpus: Sequence[
 
 
 def process_cpu(pid: int) -> Callable[[], float]:
-    """A probe of ``pid``'s CPU seconds so far (user + system, all its threads), from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    """A probe of ``pid``'s CPU seconds so far (user + system, all its threads)."""
+    return lambda: cpu_seconds(pid)
 
-    def read() -> float:
-        # Fields after the command name (which may hold spaces, in parentheses): utime and
-        # stime are the 14th and 15th of the line.
-        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(rest[11]) + int(rest[12])) / ticks
-
-    return read
 
 
 def main(argv: Sequence[str] | None = None) -> int:

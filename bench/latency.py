@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
 import subprocess
@@ -31,6 +30,8 @@ import aiohttp
 import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer
+
+from bench.proc import cpu_seconds
 
 WATCHED = "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720"
 SENDER = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
@@ -92,21 +93,6 @@ async def measure(anvil_url: str, bootstrap: str, topic: str, samples: int) -> l
     return latencies
 
 
-def _cpu_of(pid: int) -> float:
-    """User + system CPU seconds of a process and its live children (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids.extend(int(c) for c in children)
-    for p in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 def pct(xs: Sequence[float], p: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
@@ -151,10 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          str(tmpd / "watcher.yaml")], stdout=out, stderr=out)
             try:
                 _wait_ready(f"http://127.0.0.1:{port}/readyz", proc, log)
-                cpu0, t0 = _cpu_of(proc.pid), time.perf_counter()
+                cpu0, t0 = cpu_seconds(proc.pid, children=True), time.perf_counter()
                 lat = asyncio.run(measure(anvil.url, kafka.bootstrap_servers, f"{prefix}.deposits",
                                           args.samples))
-                cpu, wall = _cpu_of(proc.pid) - cpu0, time.perf_counter() - t0
+                cpu, wall = cpu_seconds(proc.pid, children=True) - cpu0, time.perf_counter() - t0
             finally:
                 proc.terminate()
                 proc.wait(20)

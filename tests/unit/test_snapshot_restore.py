@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import pytest
@@ -98,13 +98,19 @@ CASES: list[tuple[str, Any, Any, dict[str, Any], str]] = [
 ]
 
 
+def manifests_of(f: RegistrationFollower) -> dict[str, Awaitable[Manifest | None]]:
+    """Each chain's manifest read, as the follower starts them while its consumer connects."""
+    assert f._snap is not None
+    return {chain: f._snap.store.read_manifest(chain) for chain in f._indexes}
+
+
 @pytest.mark.parametrize(("name", "found", "chunks", "settings", "expected"), CASES)
 async def test_restore_outcomes(name: str, found: Any, chunks: Any, settings: dict[str, Any],
                                 expected: str) -> None:
     store = FakeStore({"eth": found}) if chunks is None else FakeStore({"eth": found}, chunks)
     f, ix = follower(store, **settings)
     before = outcome("eth", expected)
-    start = await f._restore([0, 1], BEGIN, ENDS)
+    start = await f._restore([0, 1], BEGIN, ENDS, manifests_of(f))
     assert outcome("eth", expected) == before + 1, name
     if expected == "restored":
         assert start == {0: 40, 1: 7} and f.restored["eth"]
@@ -119,10 +125,10 @@ async def test_start_is_the_lowest_offset_any_chain_needs() -> None:
     store = FakeStore({"eth": manifest("eth", {0: 40, 1: 7}), "arb": manifest("arb", {0: 12}),
                        "op": None})
     f, _ = follower(store, ("eth", "arb"))
-    assert await f._restore([0, 1], BEGIN, ENDS) == {0: 12, 1: 0}, \
+    assert await f._restore([0, 1], BEGIN, ENDS, manifests_of(f)) == {0: 12, 1: 0}, \
         "arb's snapshot has no partition 1: read it whole"
     g, _ = follower(store, ("eth", "op"))
-    assert await g._restore([0, 1], BEGIN, ENDS) == BEGIN, "op has no snapshot"
+    assert await g._restore([0, 1], BEGIN, ENDS, manifests_of(g)) == BEGIN, "op has no snapshot"
 
 
 async def test_snapshots_are_taken_when_due_and_a_failure_backs_off() -> None:

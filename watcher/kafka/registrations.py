@@ -383,18 +383,15 @@ class RegistrationFollower:
 
     async def _restore(self, partitions: list[int], beginning: Mapping[int, int],
                        targets: Mapping[int, int],
-                       manifests: Mapping[str, Awaitable[Manifest | None]] | None = None
-                       ) -> dict[int, int]:
+                       manifests: Mapping[str, Awaitable[Manifest | None]]) -> dict[int, int]:
         """Loads each chain's snapshot; returns where the read must start per partition.
-        ``manifests``: each chain's manifest already being read (None: read them here)."""
+        ``manifests``: each chain's manifest, already being read."""
         assert self._snap is not None
         used: list[Manifest | None] = []
         for chain, index in self._indexes.items():
             started = time.perf_counter()
-            reading = manifests[chain] if manifests is not None else \
-                self._snap.store.read_manifest(chain)
             manifest, outcome = await self._restore_chain(chain, index, partitions, targets,
-                                                          reading)
+                                                          manifests[chain])
             ADDRESS_SNAPSHOT_RESTORES.labels(chain, outcome).inc()
             ADDRESS_SNAPSHOT_RESTORE_SECONDS.labels(chain).set(time.perf_counter() - started)
             used.append(manifest)

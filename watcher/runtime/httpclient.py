@@ -92,8 +92,8 @@ def default_ssl_context() -> ssl.SSLContext:
 class _Response:
     """The parser's state for one response on one connection."""
 
-    __slots__ = ("body", "chunk_left", "close_after", "done", "got", "length", "mode",
-                 "parts", "status", "trailers")
+    __slots__ = ("body", "chunk_left", "close_after", "got", "length", "mode", "parts",
+                 "status", "trailers")
 
     def __init__(self) -> None:
         self.status = 0
@@ -106,7 +106,6 @@ class _Response:
         """A Content-Length body as received, joined once at the end (one copy)."""
         self.got = 0
         self.close_after = False
-        self.done = False
 
 
 class _Connection(asyncio.Protocol):
@@ -124,9 +123,10 @@ class _Connection(asyncio.Protocol):
         self.idle_since = time.monotonic()
         self.reused = False
         self.generation = 0
-        self.loop: asyncio.AbstractEventLoop | None = None
         """The client's generation it was opened in: a connection outliving a close() is
         dropped, not pooled."""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop it was opened in (a pooled connection of an ended loop is dropped)."""
 
     # -------------------------------------------------------------- asyncio callbacks
 
@@ -357,7 +357,6 @@ class _Connection(asyncio.Protocol):
             resp.chunk_left = -1
 
     def _complete(self, resp: _Response, body: bytes) -> None:
-        resp.done = True
         waiter, self._waiter = self._waiter, None
         if resp.close_after:
             self.close()
