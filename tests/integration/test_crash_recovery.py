@@ -140,10 +140,15 @@ class Sending:
 
 
 async def drive(chain: Chain, token: AsyncContract, watched: Sequence[str], stranger: str,
-                rng: random.Random, until: float, log: Sending) -> None:
-    """Deposits, noise, empty blocks and reorgs in random order until ``until``."""
+                rng: random.Random, until: float, log: Sending,
+                stop: asyncio.Event | None = None) -> None:
+    """Deposits, noise, empty blocks and reorgs in random order until ``until``, or until
+    ``stop`` is set. Stop it so, never by cancelling: a step cancelled after its transaction
+    was sent leaves a mined deposit out of ``log``, and the oracle then calls its events
+    unexpected."""
+    stop = stop or asyncio.Event()
     last_reorg = time.monotonic()
-    while time.monotonic() < until:
+    while time.monotonic() < until and not stop.is_set():
         roll = rng.random()
         if roll < 0.35:
             to, amount = rng.choice(watched), rng.randrange(1, 10**18)
@@ -161,7 +166,8 @@ async def drive(chain: Chain, token: AsyncContract, watched: Sequence[str], stra
         else:
             await reorg(chain, rng, log)
             last_reorg = time.monotonic()
-        await asyncio.sleep(rng.uniform(0.02, 0.25))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), rng.uniform(0.02, 0.25))
 
 
 async def reorg(chain: Chain, rng: random.Random, log: Sending) -> None:
