@@ -30,6 +30,7 @@ import base64
 import contextlib
 import ctypes
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -863,6 +864,113 @@ class BtcdInfo:
                         timeout=timeout)
 
 
+# btcd deletes its regtest database at every start (btcd.go, removeRegressionDB), so a
+# restarted btcd would mine a new chain under the watcher's checkpoints in Kafka, which name
+# the old one's blocks: a reorg below finality, and the watcher halts, as it must. With
+# ``persist`` (what `make up` does) devstack keeps the chain itself, like anvil's --state:
+# the raw blocks, appended at every save, and the mempool, submitted again at the next start.
+BTCD_CHAIN_FILE = "chain.blocks"
+"""Under ``<state>/btcd``: one hex-encoded raw block a line, heights 1.. in order."""
+BTCD_MEMPOOL_FILE = "mempool.txs"
+"""Under ``<state>/btcd``: one hex-encoded raw transaction a line, as of the last save."""
+
+Rpc = Callable[..., Any]
+"""``rpc(method, *params)`` of a btcd: :meth:`BtcdInfo.rpc` or any client of the same shape."""
+
+
+def block_hash(raw: bytes) -> str:
+    """A block's hash as RPC prints it: double SHA-256 of its 80-byte header, reversed."""
+    return hashlib.sha256(hashlib.sha256(raw[:80]).digest()).digest()[::-1].hex()
+
+
+def _prev_hash(raw: bytes) -> str:
+    return raw[4:36][::-1].hex()
+
+
+def _saved_lines(path: Path) -> tuple[list[str], bool]:
+    """The complete lines of ``path``, and whether nothing follows them: a line a kill cut
+    short (no newline yet) is not one, and must not be appended to."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return [], False
+    *lines, rest = text.split("\n")
+    return [ln for ln in lines if ln], rest == ""
+
+
+def _write_atomically(path: Path, lines: Sequence[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as out:
+        out.write("".join(f"{ln}\n" for ln in lines))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def save_btcd_chain(rpc: Rpc, home: Path) -> int:
+    """Write btcd's chain to ``home``: blocks new since the last save are appended (what the
+    node reorganised away is cut first), and the mempool is rewritten. Returns the height
+    saved. Called at `make down`, after `make up`'s first blocks, and by the traffic
+    generator after each block it mines, so a kill -9 loses at most what came since."""
+    path = home / BTCD_CHAIN_FILE
+    saved, appendable = _saved_lines(path)
+    tip = int(rpc("getblockcount"))
+    keep = min(len(saved), tip)
+    while keep and block_hash(bytes.fromhex(saved[keep - 1])) != rpc("getblockhash", keep):
+        keep -= 1
+    new = [str(rpc("getblock", rpc("getblockhash", h), 0)) for h in range(keep + 1, tip + 1)]
+    if keep == len(saved) and appendable:
+        with open(path, "a") as out:
+            out.write("".join(f"{ln}\n" for ln in new))
+            out.flush()
+            os.fsync(out.fileno())
+    else:
+        _write_atomically(path, saved[:keep] + new)
+    txs = [str(rpc("getrawtransaction", txid)) for txid in rpc("getrawmempool")]
+    _write_atomically(home / BTCD_MEMPOOL_FILE, txs)
+    return tip
+
+
+def restore_btcd_chain(rpc: Rpc, home: Path) -> tuple[int, int]:
+    """Submit the saved chain to a btcd that starts from its genesis block, then the saved
+    mempool; returns (blocks, transactions) accepted. A block that does not follow the one
+    before it, or that btcd refuses, fails the start with the file and height named: the
+    chain under the watcher's checkpoints cannot be rebuilt, and a new one would be a fork."""
+    path = home / BTCD_CHAIN_FILE
+    blocks, _ = _saved_lines(path)
+    if not blocks or int(rpc("getblockcount")) != 0:
+        return 0, 0
+    prev = str(rpc("getblockhash", 0))
+    for height, hexed in enumerate(blocks, 1):
+        try:
+            raw = bytes.fromhex(hexed)
+        except ValueError:
+            raw = b""
+        if len(raw) < 80 or _prev_hash(raw) != prev:
+            raise DevStackError(f"{path}, line {height}: not the block after {prev}; the saved "
+                                "chain cannot be rebuilt")
+        refused = rpc("submitblock", hexed)
+        if refused is not None:
+            raise DevStackError(f"{path}, line {height}: btcd refused the block: {refused}")
+        prev = block_hash(raw)
+    # In any order: a child sent before its parent is refused, and sent again next round.
+    pending, _ = _saved_lines(home / BTCD_MEMPOOL_FILE)
+    accepted = 0
+    while pending:
+        left = []
+        for tx in pending:
+            try:
+                rpc("sendrawtransaction", tx)
+                accepted += 1
+            except DevStackError:
+                left.append(tx)
+        if len(left) == len(pending):
+            _say(f"btcd: {len(left)} saved mempool transaction(s) not accepted again, dropped")
+            break
+        pending = left
+    return len(blocks), accepted
+
+
 def btc_miner() -> dict[str, str]:
     data: dict[str, str] = json.loads(BTC_MINER_FILE.read_text())
     return data
@@ -871,9 +979,11 @@ def btc_miner() -> dict[str, str]:
 def start_btcd(state_dir: Path, rpc_port: int = DEFAULT_PORTS["btcd"],
                p2p_port: int | None = None, *, initial_blocks: int = BTC_INITIAL_BLOCKS,
                timeout: float = 60.0, die_with_parent: bool = False,
-               extra_args: Sequence[str] = ()) -> BtcdInfo:
+               extra_args: Sequence[str] = (), persist: bool = False) -> BtcdInfo:
     """btcd --regtest; P2P on 127.0.0.1:p2p_port, or --nolisten when p2p_port is None.
-    ``extra_args`` go last (policy flags of a test: --minrelaytxfee, --blockprioritysize)."""
+    ``extra_args`` go last (policy flags of a test: --minrelaytxfee, --blockprioritysize).
+    ``persist``: the chain outlives a restart (:func:`save_btcd_chain`); else every start
+    begins at the genesis block, as btcd's regtest does."""
     state_dir = Path(state_dir)
     binary = install_btcd()
     home = state_dir / "btcd"
@@ -902,16 +1012,45 @@ def start_btcd(state_dir: Path, rpc_port: int = DEFAULT_PORTS["btcd"],
     info = BtcdInfo(**{**info.__dict__, "pid": proc.pid})
     what = f"btcd regtest on 127.0.0.1:{rpc_port}"
     wait_ready(proc, lambda: isinstance(info.rpc("getblockcount", timeout=2), int), timeout, what)
-    height = int(info.rpc("getblockcount"))
-    if height < initial_blocks:
-        try:
+    step = "restoring the saved chain"
+    try:
+        if persist:
+            blocks, txs = restore_btcd_chain(info.rpc, home)
+            if blocks:
+                _say(f"btcd: restored {blocks} saved blocks and {txs} mempool transaction(s)")
+        height = int(info.rpc("getblockcount"))
+        if height < initial_blocks:
+            step = f"mining {initial_blocks - height} initial blocks"
             info.rpc("generate", initial_blocks - height, timeout=300)
-        except (DevStackError, OSError) as exc:
-            with contextlib.suppress(DevStackError):
-                stop_proc(proc, 10)
-            raise _failure(what, f"mining {initial_blocks - height} initial blocks: {exc}",
-                           [proc.log]) from exc
+        if persist:
+            step = "saving the chain"
+            save_btcd_chain(info.rpc, home)
+    except (DevStackError, OSError) as exc:
+        with contextlib.suppress(DevStackError):
+            stop_proc(proc, 10)
+        raise _failure(what, f"{step}: {exc}", [proc.log]) from exc
     return info
+
+
+def save_persisted_btcd(state_dir: Path) -> None:
+    """Before a stop: save the chain of a running btcd that was started with ``persist``."""
+    home = Path(state_dir) / "btcd"
+    proc = read_proc(state_dir, "btcd")
+    if proc is None or not proc.alive() or not (home / BTCD_CHAIN_FILE).exists():
+        return
+    meta = json.loads(_meta_path(state_dir, "btcd").read_text())
+    port = int(re.search(r"--rpclisten=127\.0\.0\.1:(\d+)", " ".join(meta["argv"])).group(1))  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        height = save_btcd_chain(
+            lambda method, *params: json_rpc(url, method, params,
+                                             auth=(BTCD_RPC_USER, BTCD_RPC_PASSWORD),
+                                             timeout=30),
+            home)
+    except (DevStackError, OSError) as exc:
+        _say(f"btcd: saving its chain FAILED ({exc}); the saved one is kept")
+        return
+    _say(f"btcd: chain saved to height {height} ({home / BTCD_CHAIN_FILE})")
 
 
 # ------------------------------------------------------------------------------ anvil
@@ -1061,7 +1200,8 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, *, ports: dict[str, int] | None = No
         install_all()
     starters: dict[str, Callable[[], Any]] = {
         "kafka": lambda: start_kafka(state_dir, ports["kafka"], ports["kafka_controller"]),
-        "btcd": lambda: start_btcd(state_dir, ports["btcd"], ports.get("btcd_p2p")),
+        "btcd": lambda: start_btcd(state_dir, ports["btcd"], ports.get("btcd_p2p"),
+                                   persist=True),
         # The chain must outlive a restart like Kafka's data does: the watcher's checkpoint
         # in Kafka names anvil's blocks, and a fresh chain under it looks like a node that
         # fell behind (or a reorg below the window). Dumped every 2 s, so kill -9 loses little.
@@ -1167,6 +1307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _say(f"stack up in {time.monotonic() - started:.1f}s (state {state_dir}, logs "
                  f"{run_dir(state_dir)}):\n{_summary(results)}")
         elif args.command == "down":
+            save_persisted_btcd(state_dir)
             left = stop_all(state_dir)
             if left:
                 _say(f"NOT stopped: {left} (pid files in {run_dir(state_dir)})")

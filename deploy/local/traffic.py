@@ -38,6 +38,9 @@ from web3 import AsyncHTTPProvider, AsyncWeb3
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import devstack  # noqa: E402
+
 # The dev-only helpers shared with the tests: the solc wrapper and the regtest signer.
 from tests.support.btc_wallet import RegtestWallet, regtest_payee  # noqa: E402
 from tests.support.solidity import compile_contracts  # noqa: E402
@@ -52,6 +55,8 @@ WATCHED = ["0xa0Ee7A142d267C1f36714E4a8F75612F20a79720", "0x23618e81E3f5cdF7f54C
 """config/local-addresses.yaml: watched from the start."""
 WATCHED_BTC = regtest_payee("p2wpkh", "demo-customer-btc-1")
 """config/local-addresses.yaml: bcrt1q9de3p6zn7xe6k0fp9zlcc9yutkpzdl23pgv38s, watched from the start."""
+BTCD_HOME = REPO_ROOT / ".stack" / "btcd"
+"""Where `make up` keeps btcd's chain across restarts (devstack.save_btcd_chain)."""
 TOKEN = "0x7357000000000000000000000000000000000001"
 """config/local.yaml allow-lists TKN (6 decimals) at this address."""
 TOKEN_DECIMALS = 6
@@ -100,6 +105,18 @@ async def ensure_token(w3: AsyncWeb3, payer: str) -> Any:
         txid = await token.functions.mint(payer, 10**9 * 10**TOKEN_DECIMALS).transact({"from": payer})
         await w3.eth.wait_for_transaction_receipt(txid)
     return token
+
+
+async def save_btc_chain(rpc: devstack.Rpc) -> None:
+    """btcd forgets its regtest chain at a restart; `make up` keeps it in BTCD_HOME, saved
+    at `make down` and here after each block mined, so a kill -9 of the stack loses at most
+    one round's block and payment."""
+    if not (BTCD_HOME / devstack.BTCD_CHAIN_FILE).exists():
+        return  # a btcd that `make up` did not start: nothing of it to keep
+    try:
+        await asyncio.to_thread(devstack.save_btcd_chain, rpc, BTCD_HOME)
+    except (OSError, RuntimeError) as exc:
+        print(f"traffic: saving btcd's chain failed ({exc}); the last save is kept", flush=True)
 
 
 def btc_payee(n: int, seed: float) -> tuple[str, bytes]:
@@ -159,6 +176,7 @@ async def main(interval: float, rounds: int | None, anvil: str = ANVIL, kafka: s
                 sats = rng.randrange(10_000, 50_000_000)
                 btc_txid = await asyncio.to_thread(wallet.pay, [(script, sats)])
                 print(f"traffic: paid {sats} sat to {address} in {btc_txid}", flush=True)
+                await save_btc_chain(wallet.node.rpc)
             await asyncio.sleep(interval)
     finally:
         await producer.stop()

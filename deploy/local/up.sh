@@ -16,6 +16,17 @@ else
   echo $! > "$pidfile"
   echo "watcher: started (pid $!), log .stack/logs/watcher.log"
 fi
+# Traffic starts before the wait: after a kill -9 a node can restart a block or two behind
+# the watcher's checkpoint, and the watcher waits until the chain passes it (then reverts
+# what the lost blocks held, as for any reorg); the traffic's blocks are what pass it.
+traffic_pid=$run/traffic.pid
+if [ -f "$traffic_pid" ] && kill -0 "$(cat "$traffic_pid")" 2>/dev/null; then
+  echo "traffic: already running (pid $(cat "$traffic_pid"))"
+else
+  nohup .venv/bin/python deploy/local/traffic.py > .stack/logs/traffic.log 2>&1 &
+  echo $! > "$traffic_pid"
+  echo "traffic: ETH, TKN and BTC deposits every 3 s, a new registration every 30 s, a reorg every 75 s (log .stack/logs/traffic.log)"
+fi
 for _ in $(seq 1 120); do
   if curl -fsS http://127.0.0.1:9308/readyz >/dev/null 2>&1; then break; fi
   if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
@@ -31,21 +42,13 @@ curl -fsS http://127.0.0.1:9308/readyz >/dev/null || {
   echo; echo "its last warnings and errors (.stack/logs/watcher.log):" >&2
   grep -E '"level": "(warning|error|critical)"|\[(warning|error|critical) *\]' .stack/logs/watcher.log \
     | tail -8 >&2 || true
-  echo "A stack left over from an unclean stop (a local node restarted behind, or on another" >&2
-  echo "chain than, the checkpoints Kafka kept) waits or halts, as it would in production;" >&2
+  echo "A stack left over from an unclean stop (a local node restarted far behind, or on" >&2
+  echo "another chain than, the checkpoints Kafka kept) waits or halts, as it would in production;" >&2
   echo "start the local stack afresh with: make down && rm -rf .stack && make up" >&2
   exit 1
 }
 echo "watcher: ready — metrics http://127.0.0.1:9308/metrics, Prometheus http://127.0.0.1:9090"
 .venv/bin/python deploy/local/demo.py
-traffic_pid=$run/traffic.pid
-if [ -f "$traffic_pid" ] && kill -0 "$(cat "$traffic_pid")" 2>/dev/null; then
-  echo "traffic: already running (pid $(cat "$traffic_pid"))"
-else
-  nohup .venv/bin/python deploy/local/traffic.py > .stack/logs/traffic.log 2>&1 &
-  echo $! > "$traffic_pid"
-  echo "traffic: ETH, TKN and BTC deposits every 3 s, a new registration every 30 s, a reorg every 75 s (log .stack/logs/traffic.log)"
-fi
 echo
 echo "Stack and watcher are running. Watch the events: .venv/bin/watcher tail -c config/local.yaml"
 echo "Stop everything with: make down"
