@@ -393,20 +393,28 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
     return fields[0], fields[19]
 
 
-def _reap(pid: int) -> None:
+def _reap(pid: int) -> bool | None:
+    """Reap ``pid`` if it exited; for a child started here, whether it did (None for others)."""
     with _CHILDREN_LOCK:
         child = _CHILDREN.get(pid)
     if child is not None:
-        if child.poll() is not None:
-            with _CHILDREN_LOCK:
-                _CHILDREN.pop(pid, None)
-        return
+        if child.poll() is None:
+            return False
+        with _CHILDREN_LOCK:
+            _CHILDREN.pop(pid, None)
+        return True
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
+    return None
 
 
 def pid_alive(pid: int, starttime: str | None = None) -> bool:
-    _reap(pid)
+    exited = _reap(pid)
+    if exited is not None:
+        # A child's exit is known from wait(), not from its state "Z": a killed
+        # multi-threaded process (btcd, the JVM) shows "Z" while its other threads still
+        # exit and hold its listening sockets, so a restart on the same port would fail.
+        return not exited
     stat = _proc_stat(pid)
     if stat is None or stat[0] in ("Z", "X"):
         return False

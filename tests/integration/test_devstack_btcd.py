@@ -6,9 +6,12 @@ second `make up` always met a new chain under the watcher's checkpoints and halt
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +25,21 @@ def lines(path: Path) -> list[str]:
     text = path.read_text()
     assert text.endswith("\n"), "a saved file ends with a whole line"
     return text.splitlines()
+
+
+@contextlib.contextmanager
+def btcd_at(state_dir: Path, port: int, *, persist: bool = True) -> Iterator[Any]:
+    """devstack's btcd of ``state_dir``, stopped on leaving."""
+    ds = devstack()
+    try:
+        yield ds.start_btcd(state_dir, port, None, die_with_parent=True, persist=persist)
+    finally:
+        ds.stop(state_dir, "btcd")
+
+
+def assert_tip(node: Any, height: int, tip: str) -> None:
+    assert int(node.rpc("getblockcount")) == height
+    assert node.rpc("getbestblockhash") == tip
 
 
 def test_the_chain_and_mempool_outlive_a_stop(services: ServiceManager, tmp_path: Path) -> None:
@@ -38,20 +56,13 @@ def test_the_chain_and_mempool_outlive_a_stop(services: ServiceManager, tmp_path
     assert height == 104
 
     # What btcd does by itself: a new chain from the genesis block (mined to 101 again).
-    plain = ds.start_btcd(tmp_path, port, None, die_with_parent=True)
-    try:
+    with btcd_at(tmp_path, port, persist=False) as plain:
         assert int(plain.rpc("getblockcount")) == 101
         assert plain.rpc("getbestblockhash") != tip
-    finally:
-        ds.stop(tmp_path, "btcd")
 
-    again = ds.start_btcd(tmp_path, port, None, die_with_parent=True, persist=True)
-    try:
-        assert int(again.rpc("getblockcount")) == height
-        assert again.rpc("getbestblockhash") == tip
+    with btcd_at(tmp_path, port) as again:
+        assert_tip(again, height, tip)
         assert again.rpc("getrawmempool") == [txid]
-    finally:
-        ds.stop(tmp_path, "btcd")
 
 
 def test_a_reorg_is_cut_from_the_file_and_a_kill_loses_only_the_unsaved(
@@ -77,11 +88,9 @@ def test_a_reorg_is_cut_from_the_file_and_a_kill_loses_only_the_unsaved(
     finally:
         ds.stop(tmp_path, "btcd")
 
-    again = ds.start_btcd(tmp_path, port, None, die_with_parent=True, persist=True)
-    try:
-        assert int(again.rpc("getblockcount")) == height
-        assert again.rpc("getbestblockhash") == tip
+    with btcd_at(tmp_path, port) as again:
+        assert_tip(again, height, tip)
         # The start saved again: rewritten whole, the cut line gone.
-        assert [ds.block_hash(bytes.fromhex(x)) for x in lines(home / ds.BTCD_CHAIN_FILE)][-1] == tip
-    finally:
-        ds.stop(tmp_path, "btcd")
+        saved = lines(home / ds.BTCD_CHAIN_FILE)
+        assert len(saved) == height
+        assert ds.block_hash(bytes.fromhex(saved[-1])) == tip
