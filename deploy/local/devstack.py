@@ -895,6 +895,14 @@ def _prev_hash(raw: bytes) -> str:
     return raw[4:36][::-1].hex()
 
 
+def _decoded(line: str) -> bytes:
+    """A saved line's raw block, or b"" for one that is not hex (nothing matches it)."""
+    try:
+        return bytes.fromhex(line)
+    except ValueError:
+        return b""
+
+
 def _saved_lines(path: Path) -> tuple[list[str], bool]:
     """The complete lines of ``path``, and whether nothing follows them: a line a kill cut
     short (no newline yet) is not one, and must not be appended to."""
@@ -924,7 +932,7 @@ def save_btcd_chain(rpc: Rpc, home: Path) -> int:
     saved, appendable = _saved_lines(path)
     tip = int(rpc("getblockcount"))
     keep = min(len(saved), tip)
-    while keep and block_hash(bytes.fromhex(saved[keep - 1])) != rpc("getblockhash", keep):
+    while keep and block_hash(_decoded(saved[keep - 1])) != rpc("getblockhash", keep):
         keep -= 1
     new = [str(rpc("getblock", rpc("getblockhash", h), 0)) for h in range(keep + 1, tip + 1)]
     if keep == len(saved) and appendable:
@@ -950,10 +958,7 @@ def restore_btcd_chain(rpc: Rpc, home: Path) -> tuple[int, int]:
         return 0, 0
     prev = str(rpc("getblockhash", 0))
     for height, hexed in enumerate(blocks, 1):
-        try:
-            raw = bytes.fromhex(hexed)
-        except ValueError:
-            raw = b""
+        raw = _decoded(hexed)
         if len(raw) < 80 or _prev_hash(raw) != prev:
             raise DevStackError(f"{path}, line {height}: not the block after {prev}; the saved "
                                 "chain cannot be rebuilt")

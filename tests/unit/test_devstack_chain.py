@@ -99,3 +99,30 @@ def test_nothing_saved_restores_nothing(tmp_path: Path) -> None:
     node = FakeNode()
     assert devstack().restore_btcd_chain(node.rpc, tmp_path) == (0, 0)
     assert node.submitted == []
+
+
+class SavingNode:
+    """A btcd at height ``len(chain)`` with an empty mempool, answering what a save asks."""
+
+    def __init__(self, chain: list[bytes]) -> None:
+        self.chain = chain
+
+    def rpc(self, method: str, *params: Any) -> Any:
+        if method == "getblockcount":
+            return len(self.chain)
+        if method == "getblockhash":
+            return devstack().block_hash(self.chain[params[0] - 1])
+        if method == "getblock":
+            assert params[1] == 0
+            return next(b.hex() for b in self.chain if devstack().block_hash(b) == params[0])
+        if method == "getrawmempool":
+            return []
+        raise AssertionError(f"unexpected call {method}{params}")
+
+
+def test_a_save_cuts_lines_the_node_does_not_have_and_writes_whole_lines(tmp_path: Path) -> None:
+    chain = chain_of(3)
+    (tmp_path / "chain.blocks").write_text(chain[0].hex() + "\nnot hex\n" + chain[2].hex()[:9])
+    assert devstack().save_btcd_chain(SavingNode(chain).rpc, tmp_path) == 3
+    assert (tmp_path / "chain.blocks").read_text() == "".join(b.hex() + "\n" for b in chain)
+    assert (tmp_path / "mempool.txs").read_text() == ""
