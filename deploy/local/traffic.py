@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.types import RPCEndpoint, Wei
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
@@ -90,7 +91,7 @@ async def register(producer: AIOKafkaProducer, topic: str, chain: str, address: 
     await producer.send_and_wait(topic, value=value, key=f"{chain}:{address}".encode())
 
 
-async def ensure_token(w3: AsyncWeb3, payer: str) -> Any:
+async def ensure_token(w3: AsyncWeb3[Any], payer: str) -> Any:
     """The demo ERC-20 at TOKEN, its code put there if missing, the payer funded."""
     art = (await asyncio.to_thread(compile_contracts, ("TestToken.sol",)))["TestToken"]
     token = w3.eth.contract(address=AsyncWeb3.to_checksum_address(TOKEN), abi=art.abi)
@@ -98,8 +99,10 @@ async def ensure_token(w3: AsyncWeb3, payer: str) -> Any:
         factory = w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
         txid = await factory.constructor("Demo Token", "TKN", TOKEN_DECIMALS).transact({"from": payer})
         deployed = (await w3.eth.wait_for_transaction_receipt(txid))["contractAddress"]
+        if deployed is None:
+            raise RuntimeError(f"deploying the demo token: no contract address in {txid!r}'s receipt")
         runtime = await w3.eth.get_code(deployed)
-        await w3.provider.make_request("anvil_setCode", [TOKEN, "0x" + bytes(runtime).hex()])  # type: ignore[arg-type]
+        await w3.provider.make_request(RPCEndpoint("anvil_setCode"), [TOKEN, "0x" + bytes(runtime).hex()])
         print(f"traffic: demo token TKN placed at {TOKEN}", flush=True)
     if await token.functions.balanceOf(payer).call() < 10**6 * 10**TOKEN_DECIMALS:
         txid = await token.functions.mint(payer, 10**9 * 10**TOKEN_DECIMALS).transact({"from": payer})
@@ -160,7 +163,7 @@ async def main(interval: float, rounds: int | None, anvil: str = ANVIL, kafka: s
             # A fresh registration is paid from the next round on (the watcher reads it first).
             eth_to = rng.choice(targets[:-1] if fresh_eth else targets)
             if n % 25 == 0:
-                await w3.provider.make_request("anvil_reorg", [2, []])  # type: ignore[arg-type]
+                await w3.provider.make_request(RPCEndpoint("anvil_reorg"), [2, []])
                 print("traffic: reorganised the last 2 blocks", flush=True)
             elif n % 3 == 0:
                 units = rng.randrange(1, 500) * 10**TOKEN_DECIMALS
@@ -168,7 +171,7 @@ async def main(interval: float, rounds: int | None, anvil: str = ANVIL, kafka: s
                 print(f"traffic: paid {units} TKN units to {eth_to} in 0x{bytes(txid).hex()}", flush=True)
             else:
                 wei = rng.randrange(10**15, 3 * 10**18)
-                txid = await w3.eth.send_transaction({"from": payer, "to": eth_to, "value": wei})
+                txid = await w3.eth.send_transaction({"from": payer, "to": eth_to, "value": Wei(wei)})
                 print(f"traffic: paid {wei} wei to {eth_to} in 0x{bytes(txid).hex()}", flush=True)
             if wallet is not None and n % 2 == 1:
                 await asyncio.to_thread(wallet.node.rpc, "generate", 1)
