@@ -1083,10 +1083,15 @@ class AnvilInfo:
         return json_rpc(self.url, method, params, timeout=timeout)
 
 
-def _anvil_state_args(state_dir: Path) -> tuple[str, ...]:
+def anvil_state_args(state_dir: Path) -> tuple[str, ...]:
+    """anvil's chain kept in ``<state>/anvil/state.json``, dumped every 2 s and at exit.
+    With the historical states too: without them anvil answers a trace of a block it loaded
+    from the file with "Resource not found", and the watcher, which traces every block for
+    internal transfers, sets the node aside and waits for ever at its checkpoint."""
     home = Path(state_dir) / "anvil"
     home.mkdir(parents=True, exist_ok=True)
-    return ("--state", str(home / "state.json"), "--state-interval", "2")
+    return ("--state", str(home / "state.json"), "--state-interval", "2",
+            "--preserve-historical-states")
 
 
 def start_anvil(state_dir: Path, port: int = DEFAULT_PORTS["anvil"], *, name: str = "anvil",
@@ -1218,7 +1223,7 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, *, ports: dict[str, int] | None = No
         # The chain must outlive a restart like Kafka's data does: the watcher's checkpoint
         # in Kafka names anvil's blocks, and a fresh chain under it looks like a node that
         # fell behind (or a reorg below the window). Dumped every 2 s, so kill -9 loses little.
-        "anvil": lambda: start_anvil(state_dir, ports["anvil"], extra_args=_anvil_state_args(state_dir)),
+        "anvil": lambda: start_anvil(state_dir, ports["anvil"], extra_args=anvil_state_args(state_dir)),
         "prometheus": lambda: start_prometheus(state_dir, ports["prometheus"],
                                                targets=[watcher_target]),
     }

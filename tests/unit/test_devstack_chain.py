@@ -1,6 +1,6 @@
 """`make up`'s btcd keeps its regtest chain across restarts (deploy/local/devstack.py): the
 saved file's checks and the order of what is submitted again, against a fake node. The real
-btcd round trip is in tests/integration/test_devstack_btcd.py."""
+btcd round trip is in tests/integration/test_devstack_restart.py."""
 
 from __future__ import annotations
 
