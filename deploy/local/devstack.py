@@ -21,6 +21,7 @@ every install step is skipped when its result is already there.
     python3 deploy/local/devstack.py up      [--state-dir .stack] [--watcher-target H:P]
     python3 deploy/local/devstack.py status  [--state-dir .stack]
     python3 deploy/local/devstack.py down    [--state-dir .stack]
+    python3 deploy/local/devstack.py settle  # wait for the watcher to commit anvil's head
 """
 
 from __future__ import annotations
@@ -637,6 +638,34 @@ def http_get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
         return int(exc.code), exc.read()
 
 
+def processed_height(metrics: str, chain: str) -> int | None:
+    """``watcher_processed_height`` of ``chain`` in a Prometheus text exposition."""
+    found = re.search(r'^watcher_processed_height\{[^}]*chain="' + re.escape(chain)
+                      + r'"[^}]*\} (\S+)$', metrics, re.M)
+    return int(float(found.group(1))) if found else None
+
+
+def settle_watcher(metrics_url: str = f"http://{DEFAULT_WATCHER_TARGET}",
+                   anvil_url: str = f"http://127.0.0.1:{DEFAULT_PORTS['anvil']}",
+                   chain: str = "eth", timeout: float = 10.0) -> bool:
+    """Wait until the local watcher has committed anvil's head: what `make down` does once
+    the traffic has stopped, before it stops the watcher (see :func:`anvil_state_args`).
+    False when it did not within ``timeout`` or could not be asked."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            head = int(json_rpc(anvil_url, "eth_blockNumber", timeout=2), 16)
+            status, body = http_get(f"{metrics_url}/metrics", timeout=2)
+            done = processed_height(body.decode(errors="replace"), chain)
+            if status == 200 and done is not None and done >= head:
+                return True
+        except (DevStackError, OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
 def _kafka_request(host: str, port: int, api_key: int, api_version: int, body: bytes,
                    timeout: float = 3.0) -> bytes:
     client_id = b"devstack"
@@ -1085,13 +1114,16 @@ class AnvilInfo:
 
 def anvil_state_args(state_dir: Path) -> tuple[str, ...]:
     """anvil's chain kept in ``<state>/anvil/state.json``, dumped every 2 s and at exit.
-    With the historical states too: without them anvil answers a trace of a block it loaded
-    from the file with "Resource not found", and the watcher, which traces every block for
-    internal transfers, sets the node aside and waits for ever at its checkpoint."""
+
+    Not its historical states (--preserve-historical-states): they made the file grow as
+    blocks times accounts (3.6 MB after 140 blocks, rewritten every 2 s). Without them
+    anvil cannot trace a block it loaded ("Resource not found"), and the watcher, which
+    traces every block, sets it aside at its checkpoint; so `make down` lets the watcher
+    commit anvil's head before stopping it (:func:`settle_watcher`), and a restart traces
+    only blocks mined live."""
     home = Path(state_dir) / "anvil"
     home.mkdir(parents=True, exist_ok=True)
-    return ("--state", str(home / "state.json"), "--state-interval", "2",
-            "--preserve-historical-states")
+    return ("--state", str(home / "state.json"), "--state-interval", "2")
 
 
 def start_anvil(state_dir: Path, port: int = DEFAULT_PORTS["anvil"], *, name: str = "anvil",
@@ -1306,7 +1338,7 @@ def _summary(results: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="devstack.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["install", "up", "down", "status"])
+    parser.add_argument("command", choices=["install", "up", "down", "status", "settle"])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
                         help=f"where data, pid files and logs go (default {DEFAULT_STATE_DIR})")
     parser.add_argument("--watcher-target", default=DEFAULT_WATCHER_TARGET,
@@ -1324,6 +1356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                          install=not args.no_install)
             _say(f"stack up in {time.monotonic() - started:.1f}s (state {state_dir}, logs "
                  f"{run_dir(state_dir)}):\n{_summary(results)}")
+        elif args.command == "settle":
+            if not settle_watcher():
+                _say("the watcher did not commit anvil's head within 10 s; a restart may "
+                     "meet blocks anvil cannot trace")
+                return 1
         elif args.command == "down":
             save_persisted_btcd(state_dir)
             left = stop_all(state_dir)

@@ -1,10 +1,13 @@
-"""`make up`'s btcd keeps its regtest chain across restarts (deploy/local/devstack.py): the
-saved file's checks and the order of what is submitted again, against a fake node. The real
-btcd round trip is in tests/integration/test_devstack_restart.py."""
+"""`make up`'s chains across restarts (deploy/local/devstack.py): btcd's saved file, its
+checks and the order of what is submitted again, against a fake node (the real btcd round
+trip is in tests/integration/test_devstack_btcd.py); and `make down`'s wait for the watcher
+to commit anvil's head, against a fake watcher and anvil."""
 
 from __future__ import annotations
 
 import hashlib
+import http.server
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +129,63 @@ def test_a_save_cuts_lines_the_node_does_not_have_and_writes_whole_lines(tmp_pat
     assert devstack().save_btcd_chain(SavingNode(chain).rpc, tmp_path) == 3
     assert (tmp_path / "chain.blocks").read_text() == "".join(b.hex() + "\n" for b in chain)
     assert (tmp_path / "mempool.txs").read_text() == ""
+
+
+# ----------------------------------------------------- `make down` lets the watcher settle
+
+METRICS = """# HELP watcher_processed_height Height of the last block committed with its events
+# TYPE watcher_processed_height gauge
+watcher_processed_height{chain="btc"} 116.0
+watcher_processed_height{chain="eth"} 49.0
+"""
+
+
+def test_processed_height_reads_the_chain_asked_for() -> None:
+    assert devstack().processed_height(METRICS, "eth") == 49
+    assert devstack().processed_height(METRICS, "btc") == 116
+    assert devstack().processed_height(METRICS, "ltc") is None
+
+
+class FakeWatcherAndAnvil(http.server.BaseHTTPRequestHandler):
+    """GET /metrics: the watcher, its eth height one more at every scrape up to ``reach``;
+    POST: anvil, its head at 0x31 (49)."""
+
+    scrapes = 0
+    reach = 49
+
+    def do_GET(self) -> None:
+        cls = type(self)
+        cls.scrapes += 1
+        body = f'watcher_processed_height{{chain="eth"}} {min(45 + cls.scrapes, cls.reach)}.0\n'
+        self._answer(body.encode())
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._answer(b'{"jsonrpc": "2.0", "id": 1, "result": "0x31"}')
+
+    def _answer(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("reach", "settled"), [(49, True), (48, False)])
+def test_settle_waits_for_the_watcher_to_commit_anvils_head(reach: int, settled: bool) -> None:
+    class Handler(FakeWatcherAndAnvil):
+        scrapes = 0
+
+    Handler.reach = reach
+    handler = Handler
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert devstack().settle_watcher(url, url, timeout=1.5) is settled
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert handler.scrapes >= 4  # it polled until 49 (or until the timeout)

@@ -1,11 +1,8 @@
-"""`make up`'s chains outlive a restart, on a real btcd and a real anvil.
+"""`make up`'s btcd keeps its regtest chain across a stop and a kill -9, on a real btcd.
 
-The watcher's checkpoints in Kafka name the chains' blocks, so the second `make up` must
-find the same chains, and answers the watcher believes about them. btcd deletes its
-regtest database at every start: before devstack kept the chain, the second `make up`
-met a new chain and the watcher halted ("reorg below finality"). anvil keeps its chain
-(--state) but, without its historical states, cannot trace the blocks it loaded, and the
-watcher set it aside at its checkpoint."""
+btcd deletes its regtest database at every start, so before devstack kept the chain, the
+second `make up` always met a new chain under the watcher's checkpoints and halted it
+("reorg below finality")."""
 
 from __future__ import annotations
 
@@ -98,29 +95,3 @@ def test_a_reorg_is_cut_from_the_file_and_a_kill_loses_only_the_unsaved(
         assert len(saved) == height
         assert ds.block_hash(bytes.fromhex(saved[-1])) == tip
 
-
-def test_anvil_traces_the_blocks_it_loaded_from_its_state(services: ServiceManager,
-                                                         tmp_path: Path) -> None:
-    ds = devstack()
-    port = services.free_port()
-    args = ds.anvil_state_args(tmp_path)
-    anvil = ds.start_anvil(tmp_path, port, extra_args=args, die_with_parent=True)
-    try:
-        payer = anvil.rpc("eth_accounts")[0]
-        sent = [anvil.rpc("eth_sendTransaction",
-                          {"from": payer, "to": "0x" + "11" * 20, "value": hex(10**18 + i)})
-                for i in range(2)]
-        blocks = [anvil.rpc("eth_getTransactionByHash", t)["blockHash"] for t in sent]
-    finally:
-        ds.stop(tmp_path, "anvil")  # SIGTERM: anvil dumps its state as it exits
-
-    anvil = ds.start_anvil(tmp_path, port, extra_args=args, die_with_parent=True)
-    try:
-        for txid, block in zip(sent, blocks, strict=True):
-            (trace,) = anvil.rpc("debug_traceBlockByHash", block, {"tracer": "callTracer"})
-            # What the watcher's scan needs of a trace: a result frame per transaction.
-            assert trace.get("error") is None, trace
-            assert trace["txHash"] == txid
-            assert trace["result"]["to"] == "0x" + "11" * 20
-    finally:
-        ds.stop(tmp_path, "anvil")
