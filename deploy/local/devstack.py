@@ -943,13 +943,16 @@ def _saved_lines(path: Path) -> tuple[list[str], bool]:
     return [ln for ln in lines if ln], rest == ""
 
 
-def _write_atomically(path: Path, lines: Sequence[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as out:
+def _write_lines(path: Path, lines: Sequence[str], *, append: bool = False) -> None:
+    """``lines`` written and synced: appended to ``path``, or else replacing it whole (a
+    reader sees the old file or the new one, never half of it)."""
+    target = path if append else path.with_name(path.name + ".tmp")
+    with open(target, "a" if append else "w") as out:
         out.write("".join(f"{ln}\n" for ln in lines))
         out.flush()
         os.fsync(out.fileno())
-    os.replace(tmp, path)
+    if not append:
+        os.replace(target, path)
 
 
 def save_btcd_chain(rpc: Rpc, home: Path) -> int:
@@ -965,14 +968,11 @@ def save_btcd_chain(rpc: Rpc, home: Path) -> int:
         keep -= 1
     new = [str(rpc("getblock", rpc("getblockhash", h), 0)) for h in range(keep + 1, tip + 1)]
     if keep == len(saved) and appendable:
-        with open(path, "a") as out:
-            out.write("".join(f"{ln}\n" for ln in new))
-            out.flush()
-            os.fsync(out.fileno())
+        _write_lines(path, new, append=True)
     else:
-        _write_atomically(path, saved[:keep] + new)
+        _write_lines(path, saved[:keep] + new)
     txs = [str(rpc("getrawtransaction", txid)) for txid in rpc("getrawmempool")]
-    _write_atomically(home / BTCD_MEMPOOL_FILE, txs)
+    _write_lines(home / BTCD_MEMPOOL_FILE, txs)
     return tip
 
 
@@ -1074,21 +1074,28 @@ def start_btcd(state_dir: Path, rpc_port: int = DEFAULT_PORTS["btcd"],
     return info
 
 
+def btcd_rpc(url: str, timeout: float = 30.0) -> Rpc:
+    """``rpc(method, *params)`` of the btcd at ``url``, with devstack's credentials."""
+    return lambda method, *params: json_rpc(url, method, params,
+                                            auth=(BTCD_RPC_USER, BTCD_RPC_PASSWORD),
+                                            timeout=timeout)
+
+
+def _started_btcd_rpc(state_dir: Path, timeout: float = 30.0) -> Rpc:
+    """The RPC of the btcd started in ``state_dir``, its port read from its recorded argv."""
+    argv = " ".join(json.loads(_meta_path(state_dir, "btcd").read_text())["argv"])
+    port = int(re.search(r"--rpclisten=127\.0\.0\.1:(\d+)", argv).group(1))  # type: ignore[union-attr]
+    return btcd_rpc(f"http://127.0.0.1:{port}", timeout)
+
+
 def save_persisted_btcd(state_dir: Path) -> None:
     """Before a stop: save the chain of a running btcd that was started with ``persist``."""
     home = Path(state_dir) / "btcd"
     proc = read_proc(state_dir, "btcd")
     if proc is None or not proc.alive() or not (home / BTCD_CHAIN_FILE).exists():
         return
-    meta = json.loads(_meta_path(state_dir, "btcd").read_text())
-    port = int(re.search(r"--rpclisten=127\.0\.0\.1:(\d+)", " ".join(meta["argv"])).group(1))  # type: ignore[union-attr]
-    url = f"http://127.0.0.1:{port}"
     try:
-        height = save_btcd_chain(
-            lambda method, *params: json_rpc(url, method, params,
-                                             auth=(BTCD_RPC_USER, BTCD_RPC_PASSWORD),
-                                             timeout=30),
-            home)
+        height = save_btcd_chain(_started_btcd_rpc(state_dir), home)
     except (DevStackError, OSError) as exc:
         _say(f"btcd: saving its chain FAILED ({exc}); the saved one is kept")
         return
@@ -1303,10 +1310,7 @@ def _answers(state_dir: Path, name: str) -> bool:
             stamp = json.loads((Path(state_dir) / "kafka" / "formatted.json").read_text())
             return kafka_broker_count("127.0.0.1", int(stamp["port"])) >= 1
         if name == "btcd":
-            port = int(re.search(r"--rpclisten=127\.0\.0\.1:(\d+)", argv).group(1))  # type: ignore[union-attr]
-            url = f"http://127.0.0.1:{port}"
-            return isinstance(json_rpc(url, "getblockcount", auth=(BTCD_RPC_USER,
-                                       BTCD_RPC_PASSWORD), timeout=2), int)
+            return isinstance(_started_btcd_rpc(state_dir, 2)("getblockcount"), int)
         if name.startswith("anvil"):
             port = int(re.search(r"--port (\d+)", argv).group(1))  # type: ignore[union-attr]
             return bool(json_rpc(f"http://127.0.0.1:{port}", "eth_chainId", timeout=2))

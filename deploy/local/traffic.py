@@ -22,13 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import hashlib
-import json
 import random
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -64,25 +60,15 @@ TOKEN_DECIMALS = 6
 
 
 class Btcd:
-    """The few btcd JSON-RPC calls the wallet needs (stdlib, blocking: called in a thread)."""
+    """The btcd JSON-RPC calls the wallet needs, through devstack's client (stdlib,
+    blocking: called in a thread); an RPC error raises devstack.DevStackError."""
 
     def __init__(self, url: str, user: str, password: str) -> None:
         self.url = url
-        self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self._auth = (user, password)
 
     def rpc(self, method: str, *params: Any, timeout: float = 60.0) -> Any:
-        body = json.dumps({"jsonrpc": "1.0", "id": 1, "method": method, "params": list(params)})
-        req = urllib.request.Request(self.url, data=body.encode(), method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "Authorization": self._auth})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                doc = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:  # btcd answers RPC errors with HTTP 500
-            doc = json.loads(exc.read() or b"{}") or {"error": {"message": f"HTTP {exc.code}"}}
-        if doc.get("error"):
-            raise RuntimeError(f"btcd {method}: {doc['error'].get('message')}")
-        return doc["result"]
+        return devstack.json_rpc(self.url, method, params, auth=self._auth, timeout=timeout)
 
 
 async def register(producer: AIOKafkaProducer, topic: str, chain: str, address: str,
